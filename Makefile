@@ -1,0 +1,44 @@
+# Stockade developer tasks. `make test` is the one command CI runs (.ci/run).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test setup check lint unit integration kernel crds run services-up services-down
+
+## Set everything up on a fresh machine, then run every check and test.
+test: setup check
+
+## Debian packages, the Python venv, and the services the tests use.
+setup:
+	scripts/setup
+
+## Lint, type-check and run the whole test suite (needs `make setup` once).
+check: lint
+	scripts/test
+
+lint:
+	$(VENV)/bin/ruff check stockade tests
+	$(VENV)/bin/mypy
+
+unit:
+	$(VENV)/bin/pytest tests/unit
+
+integration:
+	$(VENV)/bin/pytest tests/integration
+
+kernel:
+	$(VENV)/bin/pytest tests/kernel
+
+## Regenerate crds/ from the models (a unit test fails when they are stale).
+crds:
+	$(VENV)/bin/stockade generate-crds crds
+
+## The main job, for now: validate the shipped example policies.
+run:
+	$(VENV)/bin/stockade validate examples/policies/*.yaml
+
+services-up:
+	services/up
+
+services-down:
+	services/down

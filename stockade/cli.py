@@ -1,0 +1,215 @@
+"""The `stockade` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from stockade.policy.compiler import CompileError, Pod, compile_bundle, encode
+from stockade.policy.crd import all_crds, write_crds
+from stockade.policy.evaluator import Event, evaluate
+from stockade.policy.loader import (
+    SourceError,
+    YamlDocument,
+    format_path,
+    iter_policies,
+    load_file,
+    read_yaml,
+)
+from stockade.policy.model import Action
+from stockade.policy.rules import Severity
+
+
+class UsageError(Exception):
+    """Bad input named in one line; the CLI prints it and exits 1."""
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            loaded = load_file(path)
+        except SourceError as exc:
+            print(exc)
+            failed = True
+            continue
+        policies = 0
+        for doc in loaded:
+            if doc.skipped:
+                print(f"{path}: warning: skipped {doc.skipped} (line {doc.line})", file=sys.stderr)
+                continue
+            for finding in doc.findings:
+                warning = finding.severity == Severity.WARNING
+                print(finding.render(str(path)), file=sys.stderr if warning else sys.stdout)
+            failed |= not doc.valid
+            policies += doc.valid
+        if not loaded or all(d.skipped for d in loaded):
+            print(f"{path}: document: no ContainerPolicy, ClusterContainerPolicy or bare policy")
+            failed = True
+        elif policies == len([d for d in loaded if not d.skipped]):
+            print(f"{path}: valid ({policies} {'policy' if policies == 1 else 'policies'})",
+                  file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _read_event(path: Path) -> Event:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: can't read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: line {exc.lineno} column {exc.colno}: not valid JSON: "
+                         f"{exc.msg}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    try:
+        return Event.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = format_path(tuple(error["loc"])) or "event"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise UsageError(f"{path}: {where}: {message}") from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    documents = list(iter_policies([args.policy]))
+    if args.name:
+        documents = [d for d in documents if d.name == args.name]
+    if len(documents) != 1:
+        names = ", ".join(d.key for d in documents) or "none"
+        raise UsageError(f"{args.policy}: explain takes one policy, found {len(documents)} "
+                         f"({names}); pick one with --name")
+    event = _read_event(args.event)
+    decision = evaluate(documents[0], event)
+    out: dict[str, Any] = {
+        "matched_selectors": list(decision.matched_selectors),
+        "actions": [a.value for a in Action if a in decision.actions],
+    }
+    if decision.would_block:
+        out["would_block"] = True
+    print(json.dumps(out))
+    return 0
+
+
+def _pods_and_namespaces(
+    paths: Sequence[Path], node: str | None
+) -> tuple[list[Pod], dict[str, dict[str, str]]]:
+    """Pods (optionally only those bound to `node`) and namespace labels from YAML/JSON."""
+    pods: list[Pod] = []
+    namespaces: dict[str, dict[str, str]] = {}
+
+    def visit(obj: Any, source: Path, doc: YamlDocument) -> None:
+        if not isinstance(obj, dict):
+            raise UsageError(f"{source}: line {doc.line}: expected a Kubernetes object")
+        kind = obj.get("kind", "")
+        meta = obj.get("metadata") or {}
+        if kind.endswith("List"):
+            for item in obj.get("items") or []:
+                visit(item, source, doc)
+        elif kind == "Pod":
+            if node is None or (obj.get("spec") or {}).get("nodeName") == node:
+                pods.append(Pod(meta.get("namespace", "default"), meta["name"],
+                                meta.get("labels") or {}))
+        elif kind == "Namespace":
+            namespaces[meta["name"]] = meta.get("labels") or {}
+        else:
+            raise UsageError(f"{source}: line {doc.line}: {kind or 'an object without kind'} "
+                             "is neither a Pod nor a Namespace")
+
+    for path in paths:
+        for doc in read_yaml(path):
+            visit(doc.data, path, doc)
+    return pods, namespaces
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    documents = list(iter_policies(args.policies))
+    pods: list[Pod] | None = None
+    namespaces: dict[str, dict[str, str]] | None = None
+    if args.pods:
+        pods, namespaces = _pods_and_namespaces(args.pods, args.node)
+    try:
+        bundle = compile_bundle(documents, node=args.node, pods=pods, namespace_labels=namespaces)
+    except CompileError as exc:
+        raise UsageError(f"can't compile: {exc}") from None
+    if args.summary:
+        print(f"bundle {bundle['hash']} for node {bundle['node'] or '(any)'}: "
+              f"{len(encode(bundle))} bytes")
+        for p in bundle["policies"]:
+            key = f"{p['namespace']}/{p['name']}" if p["namespace"] else p["name"]
+            print(f"  policy {p['kind']} {key} generation {p['generation']} mode {p['mode']}")
+        for part in ("process", "file"):
+            data = bundle[part]
+            paths = data["paths"]
+            print(f"  {part}: {len(data['selectors'])} selectors, {len(data['responses'])} "
+                  f"responses, paths {len(paths['exact'])} exact / {len(paths['children'])} "
+                  f"children / {len(paths['recursive'])} recursive")
+    else:
+        print(json.dumps(bundle, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_generate_crds(args: argparse.Namespace) -> int:
+    for path in write_crds(args.directory):
+        print(path)
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from importlib.metadata import version
+
+    print(f"stockade {version('stockade')}, CRDs {', '.join(sorted(all_crds()))}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="stockade", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check policy files (bare or Kubernetes YAML)")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.set_defaults(run=cmd_validate)
+
+    p = sub.add_parser("explain", help="which selectors match an event and what is done")
+    p.add_argument("--policy", required=True, type=Path, metavar="FILE")
+    p.add_argument("--event", required=True, type=Path, metavar="EVENT.json")
+    p.add_argument("--name", help="the policy to use when FILE holds several")
+    p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser("compile", help="print the bundle the sensor of a node would get")
+    p.add_argument("policies", nargs="+", type=Path, metavar="POLICY_FILE")
+    p.add_argument("--pods", nargs="+", type=Path, metavar="FILE",
+                   help="Pods and Namespaces (YAML or JSON, lists allowed) scoping the bundle")
+    p.add_argument("--node", help="keep only pods bound to this node; names the bundle")
+    p.add_argument("--summary", action="store_true", help="a short human summary")
+    p.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("generate-crds", help="write the CRDs generated from the models")
+    p.add_argument("directory", type=Path, nargs="?", default=Path("crds"))
+    p.set_defaults(run=cmd_generate_crds)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(run=cmd_version)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (SourceError, UsageError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

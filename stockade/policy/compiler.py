@@ -1,0 +1,262 @@
+"""The compiler: the policies that matter to one node → one bundle.
+
+The bundle is the operator → sensor contract (`docs/bundle.md`). Selectors
+get bit positions per part; operations become masks; path and executable
+patterns become lookup tables (exact, direct children, recursive prefix);
+responses become rows of (match mask, exclude mask, actions, policy).
+Conditions on the container and its pod, and the policy's own scope, stay
+predicates: the sensor evaluates them once per container into that
+container's selector mask (`tables.container_masks`).
+
+Masks are written as lowercase hex integers (bit i = selector i). The bundle
+is deterministic: the same inputs give the same bytes and the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stockade.policy.document import PolicyDocument
+from stockade.policy.model import FileSelector, PartName, ProcessSelector
+from stockade.policy.predicates import PathPattern, Workload
+from stockade.policy.resources import LabelSelector
+
+SCHEMA_VERSION = 1
+# Selector bits per part in one bundle: the width of the kernel's masks.
+MAX_SELECTORS_PER_BUNDLE_PART = 1024
+PART_OPERATIONS: dict[PartName, tuple[str, ...]] = {
+    "process": ("fork", "exec"),
+    "file": ("createExecutable", "modifyExecutable", "createFile", "modifyFile", "deleteFile"),
+}
+
+Bundle = dict[str, Any]
+
+
+class CompileError(Exception):
+    """The inputs can't be compiled into one bundle (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod as scoping sees it (no images: those are the sensor's business)."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def hex_mask(mask: int) -> str:
+    return format(mask, "x")
+
+
+def _bits(bits: Iterable[int]) -> int:
+    mask = 0
+    for bit in bits:
+        mask |= 1 << bit
+    return mask
+
+
+def _sort_key(doc: PolicyDocument) -> tuple[str, str, str]:
+    return (doc.kind, doc.namespace or "", doc.name)
+
+
+def _selector_dump(selector: LabelSelector | None) -> dict[str, Any] | None:
+    if selector is None or (not selector.match_labels and not selector.match_expressions):
+        return None
+    return selector.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _scope(doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]] | None) -> Any:
+    """The policy's scope as a predicate: namespaces (None = all) and a pod selector."""
+    scope = doc.scope
+    namespaces: list[str] | None = None
+    if scope.namespace is not None:
+        namespaces = [scope.namespace]
+    elif _selector_dump(scope.namespace_selector) is not None:
+        if namespace_labels is None:
+            raise CompileError(
+                f"{doc.kind} {doc.key} has a namespaceSelector: compiling it needs the "
+                "namespaces' labels"
+            )
+        assert scope.namespace_selector is not None
+        namespaces = sorted(
+            ns for ns, labels in namespace_labels.items()
+            if scope.namespace_selector.matches(dict(labels))
+        )
+    return {"namespaces": namespaces, "podSelector": _selector_dump(scope.pod_selector)}
+
+
+def applies_to_pod(
+    doc: PolicyDocument, pod: Pod, namespace_labels: Mapping[str, Mapping[str, str]]
+) -> bool:
+    labels = namespace_labels.get(pod.namespace)
+    workload = Workload(
+        namespace=pod.namespace,
+        pod_name=pod.name,
+        pod_labels=dict(pod.labels),
+        namespace_labels=dict(labels) if labels is not None else None,
+    )
+    return doc.scope.holds(workload)
+
+
+class _PartCompiler:
+    """Assigns bits to one part's selectors across policies and builds its tables."""
+
+    def __init__(self, part: PartName) -> None:
+        self.part = part
+        self.selectors: list[dict[str, Any]] = []
+        self.operations: dict[str, set[int]] = {op: set() for op in PART_OPERATIONS[part]}
+        self.paths: dict[str, dict[str, set[int]]] = {
+            "exact": defaultdict(set), "children": defaultdict(set), "recursive": defaultdict(set)
+        }
+        self.any_path: set[int] = set()
+        self.names: dict[str, set[int]] = defaultdict(set)
+        self.any_name: set[int] = set()
+        self.interactive: dict[bool, set[int]] = {True: set(), False: set()}
+        self.ignore_mounts: set[int] = set()
+        self.ignore_files: set[int] = set()
+        self.responses: list[dict[str, Any]] = []
+
+    def add(self, policy_index: int, doc: PolicyDocument) -> None:
+        part = doc.policy.parts().get(self.part)
+        if part is None:
+            return
+        bit_of: dict[str, int] = {}
+        for selector in part.selectors:
+            bit = len(self.selectors)
+            bit_of[selector.name.lower()] = bit
+            self.selectors.append({
+                "bit": bit,
+                "policy": policy_index,
+                "name": selector.name,
+                "container": selector.container_conditions(),
+            })
+            for op in selector.operation or PART_OPERATIONS[self.part]:
+                self.operations[op].add(bit)
+            if isinstance(selector, FileSelector):
+                self._add_paths(bit, selector.target_file_path)
+                if selector.ignore_volume_mounts:
+                    self.ignore_mounts.add(bit)
+                if selector.ignore_volume_files:
+                    self.ignore_files.add(bit)
+            else:
+                self._add_process(bit, selector)
+        for response in part.responses:
+            self.responses.append({
+                "policy": policy_index,
+                "match": hex_mask(_bits(bit_of[n.lower()] for n in response.match)),
+                "exclude": hex_mask(_bits(bit_of[n.lower()] for n in response.exclude or [])),
+                "actions": sorted(response.actions),
+            })
+
+    def _add_paths(self, bit: int, patterns: list[str] | None) -> None:
+        if patterns is None:
+            self.any_path.add(bit)
+            return
+        for pattern in patterns:
+            parsed = PathPattern.parse(pattern)
+            self.paths[parsed.kind.value][parsed.path].add(bit)
+
+    def _add_process(self, bit: int, selector: ProcessSelector) -> None:
+        self._add_paths(bit, selector.process_executable)
+        if selector.process_name is None:
+            self.any_name.add(bit)
+        for name in selector.process_name or []:
+            self.names[name].add(bit)
+        if selector.session_leader_interactive is not None:
+            self.interactive[selector.session_leader_interactive].add(bit)
+
+    def build(self) -> dict[str, Any]:
+        if len(self.selectors) > MAX_SELECTORS_PER_BUNDLE_PART:
+            raise CompileError(
+                f"{len(self.selectors)} {self.part} selectors on one node; a bundle holds at "
+                f"most {MAX_SELECTORS_PER_BUNDLE_PART} per part"
+            )
+
+        def table(entries: Mapping[str, set[int]]) -> dict[str, str]:
+            return {key: hex_mask(_bits(bits)) for key, bits in sorted(entries.items())}
+
+        built: dict[str, Any] = {
+            "selectors": self.selectors,
+            "operations": table(self.operations),
+            "paths": {kind: table(entries) for kind, entries in self.paths.items()}
+            | {"any": hex_mask(_bits(self.any_path))},
+            "responses": self.responses,
+        }
+        if self.part == "process":
+            built["names"] = {"exact": table(self.names), "any": hex_mask(_bits(self.any_name))}
+            built["interactive"] = {
+                "requireTrue": hex_mask(_bits(self.interactive[True])),
+                "requireFalse": hex_mask(_bits(self.interactive[False])),
+            }
+        else:
+            built["volumes"] = {
+                "ignoreMounts": hex_mask(_bits(self.ignore_mounts)),
+                "ignoreFiles": hex_mask(_bits(self.ignore_files)),
+            }
+        return built
+
+
+def compile_bundle(
+    documents: Iterable[PolicyDocument],
+    *,
+    node: str | None = None,
+    pods: Iterable[Pod] | None = None,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> Bundle:
+    """Compile the documents that apply to at least one of `pods` (all, when None).
+
+    `namespace_labels` maps namespace → labels; ClusterContainerPolicies with a
+    namespaceSelector need it.
+    """
+    chosen = sorted(documents, key=_sort_key)
+    if pods is not None:
+        pod_list = list(pods)
+        labels = namespace_labels or {}
+        chosen = [d for d in chosen if any(applies_to_pod(d, p, labels) for p in pod_list)]
+        # Only the namespaces of the node's pods can matter to its bundle.
+        if namespace_labels is not None:
+            on_node = {p.namespace for p in pod_list}
+            namespace_labels = {ns: v for ns, v in namespace_labels.items() if ns in on_node}
+    keys = [(d.kind, d.key) for d in chosen]
+    if len(set(keys)) != len(keys):
+        raise CompileError("two policies share a kind and name: " + ", ".join(sorted(
+            f"{k} {n}" for k, n in set(keys) if keys.count((k, n)) > 1
+        )))
+    parts = {part: _PartCompiler(part) for part in PART_OPERATIONS}
+    policies = []
+    for index, doc in enumerate(chosen):
+        policies.append({
+            "kind": doc.kind,
+            "namespace": doc.namespace,
+            "name": doc.name,
+            "uid": doc.uid,
+            "generation": doc.generation,
+            "mode": doc.mode.value,
+            "scope": _scope(doc, namespace_labels),
+        })
+        for compiler in parts.values():
+            compiler.add(index, doc)
+    bundle: Bundle = {
+        "schemaVersion": SCHEMA_VERSION,
+        "node": node,
+        "policies": policies,
+        **{part: compiler.build() for part, compiler in parts.items()},
+    }
+    bundle["hash"] = bundle_hash(bundle)
+    return bundle
+
+
+def encode(bundle: Bundle) -> bytes:
+    """The canonical bytes of a bundle: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(bundle, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def bundle_hash(bundle: Bundle) -> str:
+    content = {k: v for k, v in bundle.items() if k != "hash"}
+    return "sha256:" + hashlib.sha256(encode(content)).hexdigest()

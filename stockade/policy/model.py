@@ -1,0 +1,350 @@
+"""The policy language as pydantic models: the shape and every per-field rule.
+
+`../shared/spec/policy-language.md` is the contract. These models check what a
+single field can check (patterns, limits, empty values, unknown fields); the
+rules that relate several fields (names referenced by responses, block needs
+alert, the file-block safety rule) live in `rules.py`, so that every problem
+in a policy is reported at once with its exact field path.
+
+The models also carry the JSON-schema facts (`pattern`, `maxLength`,
+`maxItems`, CEL rules) from which `crd.py` generates the CRDs: one place for
+each rule the apiserver can check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+# Limits. Far more than the 64 selectors other products allow; bounded so that
+# the apiserver can estimate the cost of the CEL rules in the CRD.
+MAX_SELECTORS_PER_PART = 256
+MAX_RESPONSES_PER_PART = 256
+MAX_NAMES_PER_RESPONSE = 64
+MAX_VALUES_PER_CONDITION = 256
+MAX_NAME_LENGTH = 128
+MAX_PATH_BYTES = 255
+MAX_PROCESS_NAME_BYTES = 15  # TASK_COMM_LEN - 1: what the kernel keeps of a name
+
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
+# Absolute, no empty component, a wildcard only as the whole last component.
+PATH_PATTERN = r"^/$|^(/[^/*]+)*/([^/*]+|\*|\*\*)$"
+IMAGE_NAME_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*$"
+# Registry host (optional :port), then one or more path components (the
+# distribution reference grammar, lowercase).
+IMAGE_FULL_NAME_PATTERN = (
+    r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"(:[0-9]+)?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+$"
+)
+IMAGE_TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}$"
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A pod name (DNS subdomain), optionally ending in `*` for a prefix match.
+POD_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?|[a-z0-9][-a-z0-9.]*\*|\*)$"
+# `key:value`; key is a label key (optional DNS prefix + `/`), value a label
+# value, a prefix ending in `*`, or `*` alone.
+POD_LABEL_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?"
+    r":([a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?|[a-zA-Z0-9][-a-zA-Z0-9_.]*\*|\*)?$"
+)
+
+
+def _fail(kind: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, message)
+
+
+def _text(
+    what: str,
+    *,
+    pattern: str | None = None,
+    hint: str = "",
+    max_length: int = 253,
+    max_bytes: int | None = None,
+    check: Callable[[str], str | None] | None = None,
+) -> Any:
+    """A string type with a human error message and its JSON-schema facts.
+
+    `check` returns an error message for rules a regular expression can't say
+    (it runs after the pattern matched).
+    """
+    regex = re.compile(pattern) if pattern else None
+
+    def validate(value: str) -> str:
+        if value == "":
+            raise _fail("empty", f"{what} must not be empty")
+        size = len(value.encode())
+        if max_bytes is not None and size > max_bytes:
+            raise _fail("too_long", f"{what} is {size} bytes long; at most {max_bytes} allowed")
+        if len(value) > max_length:
+            raise _fail("too_long", f"{what} is {len(value)} characters; at most {max_length}")
+        if regex is not None and not regex.match(value):
+            raise _fail("pattern", f"{value!r} is not a valid {what}" + (f": {hint}" if hint else ""))
+        problem = check(value) if check else None
+        if problem:
+            raise _fail("invalid", f"{value!r} is not a valid {what}: {problem}")
+        return value
+
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_bytes or max_length}
+    if pattern:
+        schema["pattern"] = pattern
+    return Annotated[str, AfterValidator(validate), WithJsonSchema(schema)]
+
+
+def _values(item: Any, what: str, max_items: int = MAX_VALUES_PER_CONDITION) -> Any:
+    """A non-empty list of distinct values (a set in the CRD)."""
+
+    def validate(values: list[Any]) -> list[Any]:
+        if not values:
+            raise _fail("empty", f"{what} must not be an empty list; give a value or drop it")
+        if len(values) > max_items:
+            raise _fail("too_many", f"{what} has {len(values)} entries; at most {max_items}")
+        seen: set[Any] = set()
+        for value in values:
+            if value in seen:
+                raise _fail("duplicate", f"{what} lists {value!r} twice")
+            seen.add(value)
+        return values
+
+    extra = {"minItems": 1, "maxItems": max_items, "x-kubernetes-list-type": "set"}
+    return Annotated[list[item], AfterValidator(validate), Field(json_schema_extra=extra)]
+
+
+def _path_problem(value: str) -> str | None:
+    parts = value.split("/")[1:]
+    if any(part in (".", "..") for part in parts):
+        return "'.' and '..' are not allowed; write the path as the kernel resolves it"
+    if "\0" in value:
+        return "it contains a NUL byte"
+    return None
+
+
+SelectorName = _text(
+    "selector name",
+    pattern=NAME_PATTERN,
+    hint="letters, digits, '_' and '-', starting with a letter or digit",
+    max_length=MAX_NAME_LENGTH,
+)
+PathPattern = _text(
+    "path pattern",
+    pattern=PATH_PATTERN,
+    hint="an absolute path; '*' (direct children) or '**' (any depth) only as the "
+    "whole last component, e.g. /usr/bin/echo, /usr/sbin/*, /usr/local/**",
+    max_bytes=MAX_PATH_BYTES,
+    check=_path_problem,
+)
+ProcessName = _text(
+    "process name",
+    hint="the executable's basename, without '/'",
+    pattern=r"^[^/]+$",
+    max_bytes=MAX_PROCESS_NAME_BYTES,
+)
+ImageFullName = _text(
+    "image full name",
+    pattern=IMAGE_FULL_NAME_PATTERN,
+    hint="a registry host, optional :port and at least one /path component, without tag, "
+    "e.g. docker.io/library/nginx",
+    max_length=255,
+)
+ImageName = _text(
+    "image name",
+    pattern=IMAGE_NAME_PATTERN,
+    hint="the image's last path component in lowercase, e.g. nginx",
+    max_length=128,
+)
+ImageTag = _text(
+    "image tag",
+    pattern=IMAGE_TAG_PATTERN,
+    hint="letters, digits, '_', '.' and '-', at most 128, e.g. latest",
+    max_length=128,
+)
+ClusterId = _text("cluster id", max_length=128)
+ClusterName = _text("cluster name", max_length=253)
+Namespace = _text(
+    "namespace",
+    pattern=NAMESPACE_PATTERN,
+    hint="a DNS label: lowercase letters, digits and '-'",
+    max_length=63,
+)
+PodName = _text(
+    "pod name",
+    pattern=POD_NAME_PATTERN,
+    hint="a pod name, or a prefix ending in '*' such as nginx-pod-*",
+    max_length=254,
+)
+PodLabel = _text(
+    "pod label",
+    pattern=POD_LABEL_PATTERN,
+    hint="key:value, key:prefix* or key:* (any value)",
+    max_length=317,
+)
+
+
+class FileOperation(StrEnum):
+    CREATE_EXECUTABLE = "createExecutable"
+    MODIFY_EXECUTABLE = "modifyExecutable"
+    CREATE_FILE = "createFile"
+    MODIFY_FILE = "modifyFile"
+    DELETE_FILE = "deleteFile"
+
+
+class ProcessOperation(StrEnum):
+    FORK = "fork"
+    EXEC = "exec"
+
+
+class Action(StrEnum):
+    LOG = "log"
+    ALERT = "alert"
+    BLOCK = "block"
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    AUDIT = "audit"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in rules]}
+
+
+# The conditions on the container and its pod, shared by both parts.
+CONTAINER_CONDITIONS = (
+    "containerImageFullName",
+    "containerImageName",
+    "containerImageTag",
+    "kubernetesClusterId",
+    "kubernetesClusterName",
+    "kubernetesNamespace",
+    "kubernetesPodName",
+    "kubernetesPodLabel",
+)
+
+
+class _Selector(_Model):
+    name: SelectorName
+    container_image_full_name: _values(ImageFullName, "containerImageFullName") | None = None
+    container_image_name: _values(ImageName, "containerImageName") | None = None
+    container_image_tag: _values(ImageTag, "containerImageTag") | None = None
+    kubernetes_cluster_id: _values(ClusterId, "kubernetesClusterId") | None = None
+    kubernetes_cluster_name: _values(ClusterName, "kubernetesClusterName") | None = None
+    kubernetes_namespace: _values(Namespace, "kubernetesNamespace") | None = None
+    kubernetes_pod_name: _values(PodName, "kubernetesPodName") | None = None
+    kubernetes_pod_label: _values(PodLabel, "kubernetesPodLabel") | None = None
+
+    def conditions(self) -> dict[str, Any]:
+        """The conditions this selector sets, by their policy-language names."""
+        return self.model_dump(by_alias=True, exclude_none=True, exclude={"name"})
+
+    def container_conditions(self) -> dict[str, list[str]]:
+        """The conditions that only depend on the container and its pod."""
+        return {k: v for k, v in self.conditions().items() if k in CONTAINER_CONDITIONS}
+
+
+_IMAGE_RULE = (
+    "!(has(self.containerImageFullName) && has(self.containerImageName))",
+    "containerImageFullName and containerImageName can't both be in one selector",
+)
+
+
+class FileSelector(_Selector):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            _IMAGE_RULE,
+            (
+                "!(has(self.ignoreVolumeMounts) && has(self.ignoreVolumeFiles))",
+                "ignoreVolumeMounts and ignoreVolumeFiles can't both be in one selector",
+            ),
+        )
+    )
+    operation: _values(FileOperation, "operation") | None = None
+    target_file_path: _values(PathPattern, "targetFilePath") | None = None
+    ignore_volume_mounts: bool | None = None
+    ignore_volume_files: bool | None = None
+
+
+class ProcessSelector(_Selector):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            _IMAGE_RULE,
+            (
+                "!(has(self.processExecutable) && has(self.processName))",
+                "processExecutable and processName can't both be in one selector",
+            ),
+        )
+    )
+    operation: _values(ProcessOperation, "operation") | None = None
+    process_executable: _values(PathPattern, "processExecutable") | None = None
+    process_name: _values(ProcessName, "processName") | None = None
+    session_leader_interactive: bool | None = None
+
+
+class Response(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!('block' in self.actions) || 'alert' in self.actions",
+                "block needs alert in the same response",
+            )
+        )
+    )
+    match: _values(SelectorName, "match", MAX_NAMES_PER_RESPONSE)
+    exclude: _values(SelectorName, "exclude", MAX_NAMES_PER_RESPONSE) | None = None
+    actions: _values(Action, "actions", 3)
+
+
+def _names_exist_rule(field: str) -> tuple[str, str]:
+    names = "self.selectors.map(s, s.name.lowerAscii())"
+    inner = f"r.{field}.all(n, n.lowerAscii() in {names})"
+    rule = f"self.responses.all(r, {inner})" if field == "match" else (
+        f"self.responses.all(r, !has(r.{field}) || {inner})"
+    )
+    return rule, f"every name in responses[].{field} must be a selector of the same part"
+
+
+_PART_RULES = _cel(
+    _names_exist_rule("match"),
+    _names_exist_rule("exclude"),
+)
+
+
+SelectorT = TypeVar("SelectorT", FileSelector, ProcessSelector)
+
+
+class PolicyPart(_Model, Generic[SelectorT]):
+    """One part of a policy: its selectors and the responses that name them."""
+
+    model_config = ConfigDict(json_schema_extra=_PART_RULES)
+    selectors: Annotated[list[SelectorT], Field(min_length=1, max_length=MAX_SELECTORS_PER_PART)]
+    responses: Annotated[list[Response], Field(min_length=1, max_length=MAX_RESPONSES_PER_PART)]
+
+
+FilePart = PolicyPart[FileSelector]
+ProcessPart = PolicyPart[ProcessSelector]
+Part = FilePart | ProcessPart
+PartName = Literal["process", "file"]
+
+
+class Policy(_Model):
+    """A policy in the seed's bare format: a `process` part, a `file` part, or both."""
+
+    process: ProcessPart | None = None
+    file: FilePart | None = None
+
+    def parts(self) -> dict[PartName, Part]:
+        found: dict[PartName, Part] = {}
+        if self.process is not None:
+            found["process"] = self.process
+        if self.file is not None:
+            found["file"] = self.file
+        return found

@@ -1,0 +1,219 @@
+"""The table interpreter: decides an operation from a bundle alone, as the kernel does.
+
+`PartTables` is the form the sensor writes into BPF maps; `decide` is the
+kernel's algorithm in Python: AND the masks found by table lookups (no
+pattern matching), then OR the actions of the response rows that apply.
+`container_masks` is the sensor's user-space step, run once per container:
+it evaluates the container-level predicates the bundle kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntFlag
+from typing import Any
+
+from stockade.policy.compiler import PART_OPERATIONS, Bundle
+from stockade.policy.model import PartName
+from stockade.policy.predicates import Workload, container_conditions_hold, parent_dir
+from stockade.policy.resources import LabelSelector
+
+
+class ActionBits(IntFlag):
+    LOG = 1
+    ALERT = 2
+    BLOCK = 4
+    AUDIT_BLOCK = 8  # audit mode: the block the policy asks for is reported, not done
+
+
+ACTION_BITS = {"log": ActionBits.LOG, "alert": ActionBits.ALERT, "block": ActionBits.BLOCK}
+
+
+@dataclass(frozen=True)
+class ResponseRow:
+    match: int
+    exclude: int
+    actions: ActionBits
+    policy: int
+
+
+@dataclass(frozen=True)
+class PathTables:
+    exact: Mapping[str, int]
+    children: Mapping[str, int]  # directory → selectors matching its direct children
+    # LPM keys ("/dir/", or "/" for the root) → the union of the masks of every
+    # recursive pattern on that directory or an ancestor: one longest-prefix
+    # lookup yields every `/dir/**` that matches.
+    recursive_lpm: Mapping[str, int]
+    any: int  # selectors with no path condition
+
+    @classmethod
+    def from_bundle(cls, paths: Mapping[str, Any]) -> PathTables:
+        recursive = {d: int(m, 16) for d, m in paths["recursive"].items()}
+        lpm: dict[str, int] = {}
+        for directory in recursive:
+            mask = 0
+            for ancestor in _self_and_ancestors(directory):
+                mask |= recursive.get(ancestor, 0)
+            lpm[_lpm_key(directory)] = mask
+        return cls(
+            exact=_masks(paths["exact"]),
+            children=_masks(paths["children"]),
+            recursive_lpm=lpm,
+            any=int(paths["any"], 16),
+        )
+
+    def lookup(self, path: str | None) -> int:
+        if path is None:
+            return self.any
+        mask = self.any | self.exact.get(path, 0)
+        if path == "/":
+            return mask
+        directory = parent_dir(path)
+        mask |= self.children.get(directory, 0)
+        return mask | self._longest_prefix(_lpm_key(directory))
+
+    def _longest_prefix(self, key: str) -> int:
+        """What a BPF LPM trie lookup returns: the value of the longest stored prefix."""
+        for end in range(len(key), 0, -1):
+            if key[end - 1] == "/" and key[:end] in self.recursive_lpm:
+                return self.recursive_lpm[key[:end]]
+        return 0
+
+
+def _masks(table: Mapping[str, str]) -> dict[str, int]:
+    return {key: int(mask, 16) for key, mask in table.items()}
+
+
+def _lpm_key(directory: str) -> str:
+    return "/" if directory == "/" else directory + "/"
+
+
+def _self_and_ancestors(directory: str) -> list[str]:
+    chain = [directory]
+    while directory != "/":
+        directory = parent_dir(directory)
+        chain.append(directory)
+    return chain
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation as the kernel sees it; None where the hook knows nothing."""
+
+    operations: frozenset[str]
+    path: str | None = None  # file: the target; process: the executable
+    volume: str | None = None  # file: none, mount or file
+    name: str | None = None  # process: comm
+    interactive: bool | None = None  # process: the session has a controlling tty
+
+
+@dataclass(frozen=True)
+class PartTables:
+    part: PartName
+    selector_count: int
+    operations: Mapping[str, int]
+    paths: PathTables
+    responses: tuple[ResponseRow, ...]
+    names: Mapping[str, int]
+    any_name: int
+    require_interactive: int
+    require_not_interactive: int
+    ignore_mounts: int
+    ignore_files: int
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, part: PartName) -> PartTables:
+        data = bundle[part]
+        modes = [p["mode"] for p in bundle["policies"]]
+        names = data.get("names", {"exact": {}, "any": "0"})
+        interactive = data.get("interactive", {"requireTrue": "0", "requireFalse": "0"})
+        volumes = data.get("volumes", {"ignoreMounts": "0", "ignoreFiles": "0"})
+        return cls(
+            part=part,
+            selector_count=len(data["selectors"]),
+            operations=_masks(data["operations"]),
+            paths=PathTables.from_bundle(data["paths"]),
+            responses=tuple(_row(r, modes[r["policy"]]) for r in data["responses"]),
+            names=_masks(names["exact"]),
+            any_name=int(names["any"], 16),
+            require_interactive=int(interactive["requireTrue"], 16),
+            require_not_interactive=int(interactive["requireFalse"], 16),
+            ignore_mounts=int(volumes["ignoreMounts"], 16),
+            ignore_files=int(volumes["ignoreFiles"], 16),
+        )
+
+    @property
+    def all_ones(self) -> int:
+        return (1 << self.selector_count) - 1
+
+    def matched(self, container_mask: int, op: Operation) -> int:
+        mask = container_mask
+        ops = 0
+        for name in op.operations:
+            ops |= self.operations[name]
+        mask &= ops & self.paths.lookup(op.path)
+        if self.part == "process":
+            mask &= self.any_name | (self.names.get(op.name, 0) if op.name is not None else 0)
+            if op.interactive is None:
+                mask &= ~(self.require_interactive | self.require_not_interactive)
+            else:
+                mask &= ~(self.require_not_interactive if op.interactive else
+                          self.require_interactive)
+        else:
+            if op.volume == "mount":
+                mask &= ~self.ignore_mounts
+            elif op.volume != "none":  # a single mounted file, or not known
+                mask &= ~(self.ignore_mounts | self.ignore_files)
+        return mask & self.all_ones
+
+    def decide(self, container_mask: int, op: Operation) -> tuple[int, ActionBits]:
+        """(matched-selector mask, actions) for one operation in one container."""
+        mask = self.matched(container_mask, op)
+        actions = ActionBits(0)
+        if mask == 0:
+            return mask, actions
+        for row in self.responses:
+            if mask & row.match and not mask & row.exclude:
+                actions |= row.actions
+        return mask, actions
+
+
+def _row(row: Mapping[str, Any], mode: str) -> ResponseRow:
+    actions = ActionBits(0)
+    for action in row["actions"]:
+        actions |= ACTION_BITS[action]
+    if mode == "audit" and ActionBits.BLOCK in actions:
+        actions = (actions & ~ActionBits.BLOCK) | ActionBits.AUDIT_BLOCK
+    return ResponseRow(int(row["match"], 16), int(row["exclude"], 16), actions, row["policy"])
+
+
+def scope_holds(scope: Mapping[str, Any], workload: Workload) -> bool:
+    namespaces = scope["namespaces"]
+    if namespaces is not None and workload.namespace not in namespaces:
+        return False
+    if scope["podSelector"] is None:
+        return True
+    selector = LabelSelector.model_validate(scope["podSelector"])
+    return workload.pod_labels is not None and selector.matches(workload.pod_labels)
+
+
+def container_masks(bundle: Bundle, workload: Workload) -> dict[PartName, int]:
+    """Each part's selectors whose container-level predicates hold for this container."""
+    in_scope = [scope_holds(p["scope"], workload) for p in bundle["policies"]]
+    masks: dict[PartName, int] = {}
+    for part in PART_OPERATIONS:
+        mask = 0
+        for selector in bundle[part]["selectors"]:
+            if in_scope[selector["policy"]] and container_conditions_hold(
+                selector["container"], workload
+            ):
+                mask |= 1 << selector["bit"]
+        masks[part] = mask
+    return masks
+
+
+def selector_names(bundle: Bundle, part: PartName, mask: int) -> list[tuple[int, str]]:
+    """(policy index, selector name) of every bit set in `mask`, in bit order."""
+    return [(s["policy"], s["name"]) for s in bundle[part]["selectors"] if mask >> s["bit"] & 1]
