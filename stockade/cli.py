@@ -53,8 +53,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"{path}: document: no ContainerPolicy, ClusterContainerPolicy or bare policy")
             failed = True
         elif policies == len([d for d in loaded if not d.skipped]):
-            print(f"{path}: valid ({policies} {'policy' if policies == 1 else 'policies'})",
-                  file=sys.stderr)
+            print(
+                f"{path}: valid ({policies} {'policy' if policies == 1 else 'policies'})",
+                file=sys.stderr,
+            )
     return 1 if failed else 0
 
 
@@ -64,8 +66,9 @@ def _read_event(path: Path) -> Event:
     except OSError as exc:
         raise UsageError(f"{path}: can't read: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: line {exc.lineno} column {exc.colno}: not valid JSON: "
-                         f"{exc.msg}") from None
+        raise UsageError(
+            f"{path}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
+        ) from None
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not UTF-8 text") from None
     try:
@@ -85,8 +88,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         documents = [d for d in documents if d.name == args.name]
     if len(documents) != 1:
         names = ", ".join(d.key for d in documents) or "none"
-        raise UsageError(f"{args.policy}: explain takes one policy, found {len(documents)} "
-                         f"({names}); pick one with --name")
+        raise UsageError(
+            f"{args.policy}: explain takes one policy, found {len(documents)} "
+            f"({names}); pick one with --name"
+        )
     event = _read_event(args.event)
     decision = evaluate(documents[0], event)
     out: dict[str, Any] = {
@@ -116,13 +121,16 @@ def _pods_and_namespaces(
                 visit(item, source, doc)
         elif kind == "Pod":
             if node is None or (obj.get("spec") or {}).get("nodeName") == node:
-                pods.append(Pod(meta.get("namespace", "default"), meta["name"],
-                                meta.get("labels") or {}))
+                pods.append(
+                    Pod(meta.get("namespace", "default"), meta["name"], meta.get("labels") or {})
+                )
         elif kind == "Namespace":
             namespaces[meta["name"]] = meta.get("labels") or {}
         else:
-            raise UsageError(f"{source}: line {doc.line}: {kind or 'an object without kind'} "
-                             "is neither a Pod nor a Namespace")
+            raise UsageError(
+                f"{source}: line {doc.line}: {kind or 'an object without kind'} "
+                "is neither a Pod nor a Namespace"
+            )
 
     for path in paths:
         for doc in read_yaml(path):
@@ -141,17 +149,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
     except CompileError as exc:
         raise UsageError(f"can't compile: {exc}") from None
     if args.summary:
-        print(f"bundle {bundle['hash']} for node {bundle['node'] or '(any)'}: "
-              f"{len(encode(bundle))} bytes")
+        print(
+            f"bundle {bundle['hash']} for node {bundle['node'] or '(any)'}: "
+            f"{len(encode(bundle))} bytes"
+        )
         for p in bundle["policies"]:
             key = f"{p['namespace']}/{p['name']}" if p["namespace"] else p["name"]
             print(f"  policy {p['kind']} {key} generation {p['generation']} mode {p['mode']}")
         for part in ("process", "file"):
             data = bundle[part]
             paths = data["paths"]
-            print(f"  {part}: {len(data['selectors'])} selectors, {len(data['responses'])} "
-                  f"responses, paths {len(paths['exact'])} exact / {len(paths['children'])} "
-                  f"children / {len(paths['recursive'])} recursive")
+            print(
+                f"  {part}: {len(data['selectors'])} selectors, {len(data['responses'])} "
+                f"responses, paths {len(paths['exact'])} exact / {len(paths['children'])} "
+                f"children / {len(paths['recursive'])} recursive"
+            )
     else:
         print(json.dumps(bundle, indent=2, sort_keys=True))
     return 0
@@ -186,8 +198,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="print the bundle the sensor of a node would get")
     p.add_argument("policies", nargs="+", type=Path, metavar="POLICY_FILE")
-    p.add_argument("--pods", nargs="+", type=Path, metavar="FILE",
-                   help="Pods and Namespaces (YAML or JSON, lists allowed) scoping the bundle")
+    p.add_argument(
+        "--pods",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="Pods and Namespaces (YAML or JSON, lists allowed) scoping the bundle",
+    )
     p.add_argument("--node", help="keep only pods bound to this node; names the bundle")
     p.add_argument("--summary", action="store_true", help="a short human summary")
     p.set_defaults(run=cmd_compile)

@@ -85,7 +85,8 @@ def _scope(doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]
             )
         assert scope.namespace_selector is not None
         namespaces = sorted(
-            ns for ns, labels in namespace_labels.items()
+            ns
+            for ns, labels in namespace_labels.items()
             if scope.namespace_selector.matches(dict(labels))
         )
     return {"namespaces": namespaces, "podSelector": _selector_dump(scope.pod_selector)}
@@ -112,7 +113,9 @@ class _PartCompiler:
         self.selectors: list[dict[str, Any]] = []
         self.operations: dict[str, set[int]] = {op: set() for op in PART_OPERATIONS[part]}
         self.paths: dict[str, dict[str, set[int]]] = {
-            "exact": defaultdict(set), "children": defaultdict(set), "recursive": defaultdict(set)
+            "exact": defaultdict(set),
+            "children": defaultdict(set),
+            "recursive": defaultdict(set),
         }
         self.any_path: set[int] = set()
         self.names: dict[str, set[int]] = defaultdict(set)
@@ -130,12 +133,14 @@ class _PartCompiler:
         for selector in part.selectors:
             bit = len(self.selectors)
             bit_of[selector.name.lower()] = bit
-            self.selectors.append({
-                "bit": bit,
-                "policy": policy_index,
-                "name": selector.name,
-                "container": selector.container_conditions(),
-            })
+            self.selectors.append(
+                {
+                    "bit": bit,
+                    "policy": policy_index,
+                    "name": selector.name,
+                    "container": selector.container_conditions(),
+                }
+            )
             for op in selector.operation or PART_OPERATIONS[self.part]:
                 self.operations[op].add(bit)
             if isinstance(selector, FileSelector):
@@ -147,12 +152,14 @@ class _PartCompiler:
             else:
                 self._add_process(bit, selector)
         for response in part.responses:
-            self.responses.append({
-                "policy": policy_index,
-                "match": hex_mask(_bits(bit_of[n.lower()] for n in response.match)),
-                "exclude": hex_mask(_bits(bit_of[n.lower()] for n in response.exclude or [])),
-                "actions": sorted(response.actions),
-            })
+            self.responses.append(
+                {
+                    "policy": policy_index,
+                    "match": hex_mask(_bits(bit_of[n.lower()] for n in response.match)),
+                    "exclude": hex_mask(_bits(bit_of[n.lower()] for n in response.exclude or [])),
+                    "actions": sorted(response.actions),
+                }
+            )
 
     def _add_paths(self, bit: int, patterns: list[str] | None) -> None:
         if patterns is None:
@@ -225,21 +232,24 @@ def compile_bundle(
             namespace_labels = {ns: v for ns, v in namespace_labels.items() if ns in on_node}
     keys = [(d.kind, d.key) for d in chosen]
     if len(set(keys)) != len(keys):
-        raise CompileError("two policies share a kind and name: " + ", ".join(sorted(
-            f"{k} {n}" for k, n in set(keys) if keys.count((k, n)) > 1
-        )))
+        raise CompileError(
+            "two policies share a kind and name: "
+            + ", ".join(sorted(f"{k} {n}" for k, n in set(keys) if keys.count((k, n)) > 1))
+        )
     parts = {part: _PartCompiler(part) for part in PART_OPERATIONS}
     policies = []
     for index, doc in enumerate(chosen):
-        policies.append({
-            "kind": doc.kind,
-            "namespace": doc.namespace,
-            "name": doc.name,
-            "uid": doc.uid,
-            "generation": doc.generation,
-            "mode": doc.mode.value,
-            "scope": _scope(doc, namespace_labels),
-        })
+        policies.append(
+            {
+                "kind": doc.kind,
+                "namespace": doc.namespace,
+                "name": doc.name,
+                "uid": doc.uid,
+                "generation": doc.generation,
+                "mode": doc.mode.value,
+                "scope": _scope(doc, namespace_labels),
+            }
+        )
         for compiler in parts.values():
             compiler.add(index, doc)
     bundle: Bundle = {

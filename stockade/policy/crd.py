@@ -31,7 +31,8 @@ _DROP = {"title", "default", "$defs"}
 def structural(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema as a Kubernetes structural schema."""
     schema = model.model_json_schema(by_alias=True, mode="validation")
-    return _convert(schema, schema.get("$defs", {}))
+    converted: dict[str, Any] = _convert(schema, schema.get("$defs", {}))
+    return converted
 
 
 def _convert(node: Any, defs: dict[str, Any]) -> Any:
@@ -57,7 +58,7 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = {name: _convert(sub, defs) for name, sub in value.items()}
         else:
             out[key] = _convert(value, defs)
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if out.get("type") == "object" and not {"properties", "additionalProperties"} & out.keys():
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
 
@@ -73,7 +74,9 @@ def _columns() -> list[dict[str, Any]]:
         column("Blocked", "integer", ".status.counts.blocked", "operations blocked"),
         column("Alerts", "integer", ".status.counts.alerted", "alerts raised"),
         column(
-            "Ready", "string", '.status.conditions[?(@.type=="Ready")].status',
+            "Ready",
+            "string",
+            '.status.conditions[?(@.type=="Ready")].status',
             "every targeted node runs this generation",
         ),
         column("Age", "date", ".metadata.creationTimestamp", ""),
@@ -111,14 +114,16 @@ def custom_resource_definition(
                 "shortNames": [short_name],
                 "categories": ["stockade"],
             },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": _columns(),
-                "schema": {"openAPIV3Schema": schema},
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _columns(),
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
         },
     }
 
@@ -130,7 +135,10 @@ def all_crds() -> dict[str, dict[str, Any]]:
             "ContainerPolicy", "containerpolicies", "cpol", "Namespaced", ContainerPolicySpec
         ),
         custom_resource_definition(
-            "ClusterContainerPolicy", "clustercontainerpolicies", "ccpol", "Cluster",
+            "ClusterContainerPolicy",
+            "clustercontainerpolicies",
+            "ccpol",
+            "Cluster",
             ClusterContainerPolicySpec,
         ),
     ]

@@ -109,9 +109,15 @@ def format_path(loc: Loc) -> str:
 
 def _known_fields() -> list[str]:
     classes: list[type[BaseModel]] = [
-        model.FileSelector, model.ProcessSelector, model.Response, model.FilePart,
-        model.Policy, resources.ClusterContainerPolicySpec, resources.LabelSelector,
-        resources.LabelSelectorRequirement, resources.ContainerPolicy,
+        model.FileSelector,
+        model.ProcessSelector,
+        model.Response,
+        model.FilePart,
+        model.Policy,
+        resources.ClusterContainerPolicySpec,
+        resources.LabelSelector,
+        resources.LabelSelectorRequirement,
+        resources.ContainerPolicy,
     ]
     return sorted({f.alias or name for c in classes for name, f in c.model_fields.items()})
 
@@ -123,6 +129,8 @@ def _message(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         name = str(error["loc"][-1])
+        if name in KNOWN_FIELDS:
+            return f"field {name!r} is not allowed here"
         close = difflib.get_close_matches(name, KNOWN_FIELDS, n=1)
         return f"unknown field {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
     if kind == "missing":
@@ -134,8 +142,9 @@ def validation_findings(exc: ValidationError, doc: YamlDocument) -> list[Finding
     findings = []
     for error in exc.errors():
         loc: Loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
-        findings.append(Finding(format_path(loc) or "document", _message(error),
-                                line=doc.line_of(loc)))
+        findings.append(
+            Finding(format_path(loc) or "document", _message(error), line=doc.line_of(loc))
+        )
     return findings
 
 

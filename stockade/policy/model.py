@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, core_schema
 
 # Limits. Far more than the 64 selectors other products allow; bounded so that
 # the apiserver can estimate the cost of the CEL rules in the CRD.
@@ -58,60 +59,85 @@ def _fail(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message)
 
 
-def _text(
-    what: str,
-    *,
-    pattern: str | None = None,
-    hint: str = "",
-    max_length: int = 253,
-    max_bytes: int | None = None,
-    check: Callable[[str], str | None] | None = None,
-) -> Any:
-    """A string type with a human error message and its JSON-schema facts.
+@dataclass(frozen=True)
+class Text:
+    """Annotated metadata for a string: a human error message and its JSON-schema facts.
 
     `check` returns an error message for rules a regular expression can't say
     (it runs after the pattern matched).
     """
-    regex = re.compile(pattern) if pattern else None
 
-    def validate(value: str) -> str:
+    what: str
+    pattern: str | None = None
+    hint: str = ""
+    max_length: int = 253
+    max_bytes: int | None = None
+    check: Callable[[str], str | None] | None = None
+
+    def validate(self, value: str) -> str:
+        what, limit = self.what, self.max_bytes or self.max_length
         if value == "":
             raise _fail("empty", f"{what} must not be empty")
         size = len(value.encode())
-        if max_bytes is not None and size > max_bytes:
-            raise _fail("too_long", f"{what} is {size} bytes long; at most {max_bytes} allowed")
-        if len(value) > max_length:
-            raise _fail("too_long", f"{what} is {len(value)} characters; at most {max_length}")
-        if regex is not None and not regex.match(value):
-            raise _fail("pattern", f"{value!r} is not a valid {what}" + (f": {hint}" if hint else ""))
-        problem = check(value) if check else None
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise _fail("too_long", f"{what} is {size} bytes long; at most {limit} allowed")
+        if len(value) > limit:
+            raise _fail("too_long", f"{what} is {len(value)} characters; at most {limit}")
+        if self.pattern is not None and not re.match(self.pattern, value):
+            explained = f": {self.hint}" if self.hint else ""
+            raise _fail("pattern", f"{value!r} is not a valid {what}{explained}")
+        problem = self.check(value) if self.check else None
         if problem:
             raise _fail("invalid", f"{value!r} is not a valid {what}: {problem}")
         return value
 
-    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_bytes or max_length}
-    if pattern:
-        schema["pattern"] = pattern
-    return Annotated[str, AfterValidator(validate), WithJsonSchema(schema)]
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        limit = self.max_bytes or self.max_length
+        out: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": limit}
+        if self.pattern:
+            out["pattern"] = self.pattern
+        return out
 
 
-def _values(item: Any, what: str, max_items: int = MAX_VALUES_PER_CONDITION) -> Any:
-    """A non-empty list of distinct values (a set in the CRD)."""
+@dataclass(frozen=True)
+class Values:
+    """Annotated metadata for a condition's list: non-empty, distinct (a set in the CRD)."""
 
-    def validate(values: list[Any]) -> list[Any]:
+    what: str
+    max_items: int = MAX_VALUES_PER_CONDITION
+
+    def validate(self, values: list[Any]) -> list[Any]:
         if not values:
-            raise _fail("empty", f"{what} must not be an empty list; give a value or drop it")
-        if len(values) > max_items:
-            raise _fail("too_many", f"{what} has {len(values)} entries; at most {max_items}")
+            raise _fail("empty", f"{self.what} must not be an empty list; give a value or drop it")
+        if len(values) > self.max_items:
+            raise _fail(
+                "too_many", f"{self.what} has {len(values)} entries; at most {self.max_items}"
+            )
         seen: set[Any] = set()
         for value in values:
             if value in seen:
-                raise _fail("duplicate", f"{what} lists {value!r} twice")
+                raise _fail("duplicate", f"{self.what} lists {str(value)!r} twice")
             seen.add(value)
         return values
 
-    extra = {"minItems": 1, "maxItems": max_items, "x-kubernetes-list-type": "set"}
-    return Annotated[list[item], AfterValidator(validate), Field(json_schema_extra=extra)]
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        out = dict(handler(schema))
+        out.update({"minItems": 1, "maxItems": self.max_items, "x-kubernetes-list-type": "set"})
+        return out
 
 
 def _path_problem(value: str) -> str | None:
@@ -123,65 +149,92 @@ def _path_problem(value: str) -> str | None:
     return None
 
 
-SelectorName = _text(
-    "selector name",
-    pattern=NAME_PATTERN,
-    hint="letters, digits, '_' and '-', starting with a letter or digit",
-    max_length=MAX_NAME_LENGTH,
-)
-PathPattern = _text(
-    "path pattern",
-    pattern=PATH_PATTERN,
-    hint="an absolute path; '*' (direct children) or '**' (any depth) only as the "
-    "whole last component, e.g. /usr/bin/echo, /usr/sbin/*, /usr/local/**",
-    max_bytes=MAX_PATH_BYTES,
-    check=_path_problem,
-)
-ProcessName = _text(
-    "process name",
-    hint="the executable's basename, without '/'",
-    pattern=r"^[^/]+$",
-    max_bytes=MAX_PROCESS_NAME_BYTES,
-)
-ImageFullName = _text(
-    "image full name",
-    pattern=IMAGE_FULL_NAME_PATTERN,
-    hint="a registry host, optional :port and at least one /path component, without tag, "
-    "e.g. docker.io/library/nginx",
-    max_length=255,
-)
-ImageName = _text(
-    "image name",
-    pattern=IMAGE_NAME_PATTERN,
-    hint="the image's last path component in lowercase, e.g. nginx",
-    max_length=128,
-)
-ImageTag = _text(
-    "image tag",
-    pattern=IMAGE_TAG_PATTERN,
-    hint="letters, digits, '_', '.' and '-', at most 128, e.g. latest",
-    max_length=128,
-)
-ClusterId = _text("cluster id", max_length=128)
-ClusterName = _text("cluster name", max_length=253)
-Namespace = _text(
-    "namespace",
-    pattern=NAMESPACE_PATTERN,
-    hint="a DNS label: lowercase letters, digits and '-'",
-    max_length=63,
-)
-PodName = _text(
-    "pod name",
-    pattern=POD_NAME_PATTERN,
-    hint="a pod name, or a prefix ending in '*' such as nginx-pod-*",
-    max_length=254,
-)
-PodLabel = _text(
-    "pod label",
-    pattern=POD_LABEL_PATTERN,
-    hint="key:value, key:prefix* or key:* (any value)",
-    max_length=317,
-)
+SelectorName = Annotated[
+    str,
+    Text(
+        "selector name",
+        pattern=NAME_PATTERN,
+        hint="letters, digits, '_' and '-', starting with a letter or digit",
+        max_length=MAX_NAME_LENGTH,
+    ),
+]
+PathPattern = Annotated[
+    str,
+    Text(
+        "path pattern",
+        pattern=PATH_PATTERN,
+        hint="an absolute path; '*' (direct children) or '**' (any depth) only as the "
+        "whole last component, e.g. /usr/bin/echo, /usr/sbin/*, /usr/local/**",
+        max_bytes=MAX_PATH_BYTES,
+        check=_path_problem,
+    ),
+]
+ProcessName = Annotated[
+    str,
+    Text(
+        "process name",
+        hint="the executable's basename, without '/'",
+        pattern=r"^[^/]+$",
+        max_bytes=MAX_PROCESS_NAME_BYTES,
+    ),
+]
+ImageFullName = Annotated[
+    str,
+    Text(
+        "image full name",
+        pattern=IMAGE_FULL_NAME_PATTERN,
+        hint="a registry host, optional :port and at least one /path component, without tag, "
+        "e.g. docker.io/library/nginx",
+        max_length=255,
+    ),
+]
+ImageName = Annotated[
+    str,
+    Text(
+        "image name",
+        pattern=IMAGE_NAME_PATTERN,
+        hint="the image's last path component in lowercase, e.g. nginx",
+        max_length=128,
+    ),
+]
+ImageTag = Annotated[
+    str,
+    Text(
+        "image tag",
+        pattern=IMAGE_TAG_PATTERN,
+        hint="letters, digits, '_', '.' and '-', at most 128, e.g. latest",
+        max_length=128,
+    ),
+]
+ClusterId = Annotated[str, Text("cluster id", max_length=128)]
+ClusterName = Annotated[str, Text("cluster name", max_length=253)]
+Namespace = Annotated[
+    str,
+    Text(
+        "namespace",
+        pattern=NAMESPACE_PATTERN,
+        hint="a DNS label: lowercase letters, digits and '-'",
+        max_length=63,
+    ),
+]
+PodName = Annotated[
+    str,
+    Text(
+        "pod name",
+        pattern=POD_NAME_PATTERN,
+        hint="a pod name, or a prefix ending in '*' such as nginx-pod-*",
+        max_length=254,
+    ),
+]
+PodLabel = Annotated[
+    str,
+    Text(
+        "pod label",
+        pattern=POD_LABEL_PATTERN,
+        hint="key:value, key:prefix* or key:* (any value)",
+        max_length=317,
+    ),
+]
 
 
 class FileOperation(StrEnum):
@@ -233,14 +286,18 @@ CONTAINER_CONDITIONS = (
 
 class _Selector(_Model):
     name: SelectorName
-    container_image_full_name: _values(ImageFullName, "containerImageFullName") | None = None
-    container_image_name: _values(ImageName, "containerImageName") | None = None
-    container_image_tag: _values(ImageTag, "containerImageTag") | None = None
-    kubernetes_cluster_id: _values(ClusterId, "kubernetesClusterId") | None = None
-    kubernetes_cluster_name: _values(ClusterName, "kubernetesClusterName") | None = None
-    kubernetes_namespace: _values(Namespace, "kubernetesNamespace") | None = None
-    kubernetes_pod_name: _values(PodName, "kubernetesPodName") | None = None
-    kubernetes_pod_label: _values(PodLabel, "kubernetesPodLabel") | None = None
+    container_image_full_name: (
+        Annotated[list[ImageFullName], Values("containerImageFullName")] | None
+    ) = None
+    container_image_name: Annotated[list[ImageName], Values("containerImageName")] | None = None
+    container_image_tag: Annotated[list[ImageTag], Values("containerImageTag")] | None = None
+    kubernetes_cluster_id: Annotated[list[ClusterId], Values("kubernetesClusterId")] | None = None
+    kubernetes_cluster_name: (
+        Annotated[list[ClusterName], Values("kubernetesClusterName")] | None
+    ) = None
+    kubernetes_namespace: Annotated[list[Namespace], Values("kubernetesNamespace")] | None = None
+    kubernetes_pod_name: Annotated[list[PodName], Values("kubernetesPodName")] | None = None
+    kubernetes_pod_label: Annotated[list[PodLabel], Values("kubernetesPodLabel")] | None = None
 
     def conditions(self) -> dict[str, Any]:
         """The conditions this selector sets, by their policy-language names."""
@@ -267,8 +324,8 @@ class FileSelector(_Selector):
             ),
         )
     )
-    operation: _values(FileOperation, "operation") | None = None
-    target_file_path: _values(PathPattern, "targetFilePath") | None = None
+    operation: Annotated[list[FileOperation], Values("operation")] | None = None
+    target_file_path: Annotated[list[PathPattern], Values("targetFilePath")] | None = None
     ignore_volume_mounts: bool | None = None
     ignore_volume_files: bool | None = None
 
@@ -283,9 +340,9 @@ class ProcessSelector(_Selector):
             ),
         )
     )
-    operation: _values(ProcessOperation, "operation") | None = None
-    process_executable: _values(PathPattern, "processExecutable") | None = None
-    process_name: _values(ProcessName, "processName") | None = None
+    operation: Annotated[list[ProcessOperation], Values("operation")] | None = None
+    process_executable: Annotated[list[PathPattern], Values("processExecutable")] | None = None
+    process_name: Annotated[list[ProcessName], Values("processName")] | None = None
     session_leader_interactive: bool | None = None
 
 
@@ -298,16 +355,18 @@ class Response(_Model):
             )
         )
     )
-    match: _values(SelectorName, "match", MAX_NAMES_PER_RESPONSE)
-    exclude: _values(SelectorName, "exclude", MAX_NAMES_PER_RESPONSE) | None = None
-    actions: _values(Action, "actions", 3)
+    match: Annotated[list[SelectorName], Values("match", MAX_NAMES_PER_RESPONSE)]
+    exclude: Annotated[list[SelectorName], Values("exclude", MAX_NAMES_PER_RESPONSE)] | None = None
+    actions: Annotated[list[Action], Values("actions", 3)]
 
 
 def _names_exist_rule(field: str) -> tuple[str, str]:
     names = "self.selectors.map(s, s.name.lowerAscii())"
     inner = f"r.{field}.all(n, n.lowerAscii() in {names})"
-    rule = f"self.responses.all(r, {inner})" if field == "match" else (
-        f"self.responses.all(r, !has(r.{field}) || {inner})"
+    rule = (
+        f"self.responses.all(r, {inner})"
+        if field == "match"
+        else (f"self.responses.all(r, !has(r.{field}) || {inner})")
     )
     return rule, f"every name in responses[].{field} must be a selector of the same part"
 
@@ -332,6 +391,7 @@ class PolicyPart(_Model, Generic[SelectorT]):
 FilePart = PolicyPart[FileSelector]
 ProcessPart = PolicyPart[ProcessSelector]
 Part = FilePart | ProcessPart
+Selector = FileSelector | ProcessSelector
 PartName = Literal["process", "file"]
 
 

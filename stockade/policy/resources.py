@@ -19,21 +19,24 @@ from stockade.policy.model import (
     Mode,
     Policy,
     ProcessPart,
+    Text,
     _cel,
     _Model,
-    _text,
 )
 
 GROUP = "stockade.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-LabelKey = _text(
-    "label key",
-    pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$",
-    hint="an optional DNS prefix and '/', then letters, digits, '-', '_' and '.'",
-    max_length=317,
-)
+LabelKey = Annotated[
+    str,
+    Text(
+        "label key",
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$",
+        hint="an optional DNS prefix and '/', then letters, digits, '-', '_' and '.'",
+        max_length=317,
+    ),
+]
 LabelValue = Annotated[
     str,
     Field(max_length=63, pattern=r"^(([a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?)?)$"),
@@ -77,9 +80,7 @@ class LabelSelector(_Model):
     """A standard Kubernetes label selector; empty selects everything."""
 
     match_labels: Annotated[dict[str, LabelValue], Field(max_length=64)] | None = None
-    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=64)] | None = (
-        None
-    )
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=64)] | None = None
 
     def matches(self, labels: dict[str, str]) -> bool:
         for key, value in (self.match_labels or {}).items():

@@ -8,6 +8,7 @@ sensor's standalone mode.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,8 +17,8 @@ from stockade.policy.model import (
     FileSelector,
     PartName,
     Policy,
-    ProcessSelector,
     Response,
+    Selector,
 )
 
 # File operations whose blocking, unnarrowed by a path, would break workloads.
@@ -52,8 +53,11 @@ def check(policy: Policy, prefix: str = "") -> list[Finding]:
     findings: list[Finding] = []
     parts = policy.parts()
     if not parts:
-        findings.append(Finding(prefix.rstrip(".") or "policy",
-                                "a policy needs a process part, a file part or both"))
+        findings.append(
+            Finding(
+                prefix.rstrip(".") or "policy", "a policy needs a process part, a file part or both"
+            )
+        )
     for part_name, part in parts.items():
         other: PartName = "file" if part_name == "process" else "process"
         other_part = parts.get(other)
@@ -67,27 +71,34 @@ def check(policy: Policy, prefix: str = "") -> list[Finding]:
 def _check_part(
     where: str,
     part: PartName,
-    selectors: list[FileSelector] | list[ProcessSelector],
+    selectors: Sequence[Selector],
     responses: list[Response],
     other_part_names: set[str],
 ) -> list[Finding]:
     findings: list[Finding] = []
-    by_name: dict[str, tuple[int, FileSelector | ProcessSelector]] = {}
+    by_name: dict[str, tuple[int, Selector]] = {}
     for i, selector in enumerate(selectors):
         at = f"{where}.selectors[{i}]"
         key = selector.name.lower()
         if key in by_name:
-            findings.append(Finding(
-                f"{at}.name",
-                f"{selector.name!r} is already the name of selectors[{by_name[key][0]}]; "
-                "names are unique within a part, ignoring case",
-            ))
+            findings.append(
+                Finding(
+                    f"{at}.name",
+                    f"{selector.name!r} is already the name of selectors[{by_name[key][0]}]; "
+                    "names are unique within a part, ignoring case",
+                )
+            )
         else:
             by_name[key] = (i, selector)
         conditions = selector.conditions()
         if not conditions:
-            findings.append(Finding(at, f"selector {selector.name!r} has no condition; add at "
-                                        "least one, e.g. operation"))
+            findings.append(
+                Finding(
+                    at,
+                    f"selector {selector.name!r} has no condition; add at "
+                    "least one, e.g. operation",
+                )
+            )
         for a, b in FORBIDDEN_PAIRS:
             if a in conditions and b in conditions:
                 findings.append(Finding(at, f"{a} and {b} can't both be in one selector"))
@@ -98,11 +109,14 @@ def _check_part(
             for n, name in enumerate(names):
                 if name.lower() in by_name:
                     continue
-                hint = (f"; {name!r} is a selector of the other part, and the parts never mix"
-                        if name.lower() in other_part_names else "")
-                findings.append(Finding(
-                    f"{at}.{field}[{n}]", f"{name!r} is not a {part} selector{hint}"
-                ))
+                hint = (
+                    f"; {name!r} is a selector of the other part, and the parts never mix"
+                    if name.lower() in other_part_names
+                    else ""
+                )
+                findings.append(
+                    Finding(f"{at}.{field}[{n}]", f"{name!r} is not a {part} selector{hint}")
+                )
         if Action.BLOCK in response.actions and Action.ALERT not in response.actions:
             findings.append(Finding(f"{at}.actions", "block needs alert in the same response"))
         if Action.BLOCK in response.actions and part == "file":
@@ -111,14 +125,12 @@ def _check_part(
 
 
 def _check_file_block(
-    at: str, response: Response, by_name: dict[str, tuple[int, FileSelector | ProcessSelector]]
+    at: str, response: Response, by_name: dict[str, tuple[int, Selector]]
 ) -> list[Finding]:
     """A blocking file response must be narrowed by a path (the spec's safety rule)."""
     findings: list[Finding] = []
     excludes = [by_name[n.lower()][1] for n in response.exclude or [] if n.lower() in by_name]
-    exclude_narrows = any(
-        isinstance(s, FileSelector) and s.target_file_path for s in excludes
-    )
+    exclude_narrows = any(isinstance(s, FileSelector) and s.target_file_path for s in excludes)
     for n, name in enumerate(response.match):
         if name.lower() not in by_name:
             continue
@@ -127,16 +139,20 @@ def _check_file_block(
         operations = set(selector.operation) if selector.operation else set(WRITE_OPERATIONS)
         writes = sorted(operations & WRITE_OPERATIONS)
         if writes and not selector.target_file_path and not exclude_narrows:
-            findings.append(Finding(
-                f"{at}.match[{n}]",
-                f"blocking {name!r} would block every {'/'.join(writes)} in the container; "
-                f"add targetFilePath to {name!r} or to a selector in this response's exclude",
-            ))
+            findings.append(
+                Finding(
+                    f"{at}.match[{n}]",
+                    f"blocking {name!r} would block every {'/'.join(writes)} in the container; "
+                    f"add targetFilePath to {name!r} or to a selector in this response's exclude",
+                )
+            )
         if selector.target_file_path and "/**" in selector.target_file_path:
-            findings.append(Finding(
-                f"{at}.match[{n}]",
-                f"{name!r} has targetFilePath /** in a blocking response: it blocks these "
-                "operations on every path in the container",
-                Severity.WARNING,
-            ))
+            findings.append(
+                Finding(
+                    f"{at}.match[{n}]",
+                    f"{name!r} has targetFilePath /** in a blocking response: it blocks these "
+                    "operations on every path in the container",
+                    Severity.WARNING,
+                )
+            )
     return findings

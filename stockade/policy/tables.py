@@ -159,8 +159,9 @@ class PartTables:
             if op.interactive is None:
                 mask &= ~(self.require_interactive | self.require_not_interactive)
             else:
-                mask &= ~(self.require_not_interactive if op.interactive else
-                          self.require_interactive)
+                mask &= ~(
+                    self.require_not_interactive if op.interactive else self.require_interactive
+                )
         else:
             if op.volume == "mount":
                 mask &= ~self.ignore_mounts

@@ -18,7 +18,7 @@ from stockade.policy.compiler import PART_OPERATIONS, compile_bundle
 from stockade.policy.document import PolicyDocument
 from stockade.policy.evaluator import Event, evaluate
 from stockade.policy.loader import YamlDocument, load_document
-from stockade.policy.model import Action
+from stockade.policy.model import Action, PartName
 from stockade.policy.rules import check
 from stockade.policy.tables import (
     ActionBits,
@@ -31,9 +31,9 @@ from stockade.policy.tables import (
 DIRS = ["/", "/usr", "/usr/bin", "/usr/local", "/usr/local/bin", "/etc", "/etc/ssl"]
 FILES = [d.rstrip("/") + "/" + n for d in DIRS for n in ("a", "bin", "etc")]
 PATHS = sorted(set(DIRS + FILES))
-PATTERNS = sorted(set(PATHS + [d.rstrip("/") + "/*" for d in DIRS] + [
-    d.rstrip("/") + "/**" for d in DIRS
-]))
+PATTERNS = sorted(
+    set(PATHS + [d.rstrip("/") + "/*" for d in DIRS] + [d.rstrip("/") + "/**" for d in DIRS])
+)
 NAMESPACES = ["shop", "prod"]
 NS_LABELS = {"shop": {"env": "dev"}, "prod": {"env": "prod", "tier": "gold"}}
 POD_NAMES = ["web-1", "web-2", "db-0"]
@@ -97,13 +97,15 @@ def policy_part(draw: st.DrawFn, part: str) -> dict[str, Any]:
     responses = []
     for _ in range(draw(st.integers(1, 4))):
         response: dict[str, Any] = {
-            "match": draw(st.lists(st.sampled_from(names), min_size=1, max_size=2,
-                                   unique_by=str.lower)),
+            "match": draw(
+                st.lists(st.sampled_from(names), min_size=1, max_size=2, unique_by=str.lower)
+            ),
             "actions": draw(values(["log", "alert", "block"])),
         }
         if draw(st.booleans()):
-            response["exclude"] = draw(st.lists(st.sampled_from(names), min_size=1,
-                                                max_size=2, unique_by=str.lower))
+            response["exclude"] = draw(
+                st.lists(st.sampled_from(names), min_size=1, max_size=2, unique_by=str.lower)
+            )
         if "block" in response["actions"] and "alert" not in response["actions"]:
             response["actions"].append("alert")
         responses.append(response)
@@ -123,11 +125,19 @@ def document(draw: st.DrawFn, index: int) -> PolicyDocument:
         if draw(st.booleans()):
             spec["podSelector"] = {"matchLabels": draw(st.sampled_from(LABELS))}
         if kind == "ClusterContainerPolicy" and draw(st.booleans()):
-            spec["namespaceSelector"] = draw(st.sampled_from([
-                {"matchLabels": {"env": "prod"}},
-                {"matchExpressions": [{"key": "tier", "operator": "Exists"}]},
-                {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]},
-            ]))
+            spec["namespaceSelector"] = draw(
+                st.sampled_from(
+                    [
+                        {"matchLabels": {"env": "prod"}},
+                        {"matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+                        {
+                            "matchExpressions": [
+                                {"key": "env", "operator": "NotIn", "values": ["prod"]}
+                            ]
+                        },
+                    ]
+                )
+            )
         data = {
             "apiVersion": "stockade.dev/v1alpha1",
             "kind": kind,
@@ -155,9 +165,10 @@ def optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 @st.composite
 def event(draw: st.DrawFn) -> Event:
-    part = draw(st.sampled_from(["process", "file"]))
-    ops = draw(st.lists(st.sampled_from(PART_OPERATIONS[part]), min_size=1, max_size=2,
-                        unique=True))
+    part: PartName = draw(st.sampled_from(["process", "file"]))
+    ops = draw(
+        st.lists(st.sampled_from(PART_OPERATIONS[part]), min_size=1, max_size=2, unique=True)
+    )
     image = draw(optional(st.sampled_from(IMAGES)))
     namespace = draw(optional(st.sampled_from(NAMESPACES)))
     data: dict[str, Any] = {
@@ -196,8 +207,11 @@ def reference(docs: list[PolicyDocument], ev: Event) -> tuple[set[tuple[str, str
         decision = evaluate(doc, ev)
         matched |= {(doc.key, name) for name in decision.matched_selectors}
         for action in decision.actions:
-            actions |= {Action.LOG: ActionBits.LOG, Action.ALERT: ActionBits.ALERT,
-                        Action.BLOCK: ActionBits.BLOCK}[action]
+            actions |= {
+                Action.LOG: ActionBits.LOG,
+                Action.ALERT: ActionBits.ALERT,
+                Action.BLOCK: ActionBits.BLOCK,
+            }[action]
         if decision.would_block:
             actions |= ActionBits.AUDIT_BLOCK
     return matched, actions
@@ -217,8 +231,10 @@ def compiled(docs: list[PolicyDocument], ev: Event) -> tuple[set[tuple[str, str]
     )
     assert facts is not None
     mask, actions = tables.decide(masks[ev.part], operation)
-    keys = [p["namespace"] + "/" + p["name"] if p["namespace"] else p["name"]
-            for p in bundle["policies"]]
+    keys = [
+        p["namespace"] + "/" + p["name"] if p["namespace"] else p["name"]
+        for p in bundle["policies"]
+    ]
     return {(keys[p], name) for p, name in selector_names(bundle, ev.part, mask)}, actions
 
 
@@ -235,6 +251,8 @@ def test_tables_agree_with_reference(docs: list[PolicyDocument], ev: Event) -> N
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=documents(), events=st.lists(event(), min_size=5, max_size=20))
-def test_one_bundle_decides_many_operations(docs: list[PolicyDocument], events: list[Event]) -> None:
+def test_one_bundle_decides_many_operations(
+    docs: list[PolicyDocument], events: list[Event]
+) -> None:
     for ev in events:
         assert compiled(docs, ev) == reference(docs, ev)
