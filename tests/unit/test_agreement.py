@@ -243,7 +243,7 @@ def documents(draw: st.DrawFn) -> list[PolicyDocument]:
     return [draw(document(i)) for i in range(draw(st.integers(1, 3)))]
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=documents(), ev=event())
 def test_tables_agree_with_reference(docs: list[PolicyDocument], ev: Event) -> None:
     assert compiled(docs, ev) == reference(docs, ev)
