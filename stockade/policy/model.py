@@ -59,8 +59,20 @@ def _fail(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message)
 
 
+class _Checked:
+    """Annotated metadata whose `validate` runs after pydantic's own type checks."""
+
+    def validate(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.validate, handler(source))
+
+
 @dataclass(frozen=True)
-class Text:
+class Text(_Checked):
     """Annotated metadata for a string: a human error message and its JSON-schema facts.
 
     `check` returns an error message for rules a regular expression can't say
@@ -91,11 +103,6 @@ class Text:
             raise _fail("invalid", f"{value!r} is not a valid {what}: {problem}")
         return value
 
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self.validate, handler(source))
-
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> dict[str, Any]:
@@ -107,7 +114,7 @@ class Text:
 
 
 @dataclass(frozen=True)
-class Values:
+class Values(_Checked):
     """Annotated metadata for a condition's list: non-empty, distinct (a set in the CRD)."""
 
     what: str
@@ -126,11 +133,6 @@ class Values:
                 raise _fail("duplicate", f"{self.what} lists {str(value)!r} twice")
             seen.add(value)
         return values
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self.validate, handler(source))
 
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
@@ -308,22 +310,23 @@ class _Selector(_Model):
         return {k: v for k, v in self.conditions().items() if k in CONTAINER_CONDITIONS}
 
 
-_IMAGE_RULE = (
-    "!(has(self.containerImageFullName) && has(self.containerImageName))",
-    "containerImageFullName and containerImageName can't both be in one selector",
-)
+# Conditions that can't both be in one selector.
+IMAGE_PAIR = ("containerImageFullName", "containerImageName")
+VOLUME_PAIR = ("ignoreVolumeMounts", "ignoreVolumeFiles")
+PROCESS_PAIR = ("processExecutable", "processName")
+FORBIDDEN_PAIRS = (IMAGE_PAIR, VOLUME_PAIR, PROCESS_PAIR)
+
+
+def pair_message(pair: tuple[str, str]) -> str:
+    return f"{pair[0]} and {pair[1]} can't both be in one selector"
+
+
+def _pair_rules(*pairs: tuple[str, str]) -> dict[str, Any]:
+    return _cel(*((f"!(has(self.{a}) && has(self.{b}))", pair_message((a, b))) for a, b in pairs))
 
 
 class FileSelector(_Selector):
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            _IMAGE_RULE,
-            (
-                "!(has(self.ignoreVolumeMounts) && has(self.ignoreVolumeFiles))",
-                "ignoreVolumeMounts and ignoreVolumeFiles can't both be in one selector",
-            ),
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_pair_rules(IMAGE_PAIR, VOLUME_PAIR))
     operation: Annotated[list[FileOperation], Values("operation")] | None = None
     target_file_path: Annotated[list[PathPattern], Values("targetFilePath")] | None = None
     ignore_volume_mounts: bool | None = None
@@ -331,15 +334,7 @@ class FileSelector(_Selector):
 
 
 class ProcessSelector(_Selector):
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            _IMAGE_RULE,
-            (
-                "!(has(self.processExecutable) && has(self.processName))",
-                "processExecutable and processName can't both be in one selector",
-            ),
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=_pair_rules(IMAGE_PAIR, PROCESS_PAIR))
     operation: Annotated[list[ProcessOperation], Values("operation")] | None = None
     process_executable: Annotated[list[PathPattern], Values("processExecutable")] | None = None
     process_name: Annotated[list[ProcessName], Values("processName")] | None = None

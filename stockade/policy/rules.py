@@ -13,21 +13,18 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from stockade.policy.model import (
+    FORBIDDEN_PAIRS,
     Action,
     FileSelector,
     PartName,
     Policy,
     Response,
     Selector,
+    pair_message,
 )
 
 # File operations whose blocking, unnarrowed by a path, would break workloads.
 WRITE_OPERATIONS = frozenset({"createFile", "modifyFile", "deleteFile"})
-FORBIDDEN_PAIRS = (
-    ("containerImageFullName", "containerImageName"),
-    ("ignoreVolumeMounts", "ignoreVolumeFiles"),
-    ("processExecutable", "processName"),
-)
 
 
 class Severity(StrEnum):
@@ -101,7 +98,7 @@ def _check_part(
             )
         for a, b in FORBIDDEN_PAIRS:
             if a in conditions and b in conditions:
-                findings.append(Finding(at, f"{a} and {b} can't both be in one selector"))
+                findings.append(Finding(at, pair_message((a, b))))
 
     for r, response in enumerate(responses):
         at = f"{where}.responses[{r}]"

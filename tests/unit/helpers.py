@@ -10,6 +10,24 @@ from stockade.policy.document import PolicyDocument
 from stockade.policy.evaluator import Event
 from stockade.policy.loader import LoadedDocument, YamlDocument, load_document, parse_yaml
 
+# The spec's response example: alert and block drift under /usr/bin and /etc, but not for nginx.
+SPEC_RESPONSES_EXAMPLE = """
+file:
+  selectors:
+    - name: binDirExeMods
+      operation: [createExecutable, modifyExecutable]
+      targetFilePath: [/usr/bin/**]
+    - name: etcFileChanges
+      operation: [createFile, modifyFile, deleteFile]
+      targetFilePath: [/etc/**]
+    - name: nginx
+      containerImageName: [nginx]
+  responses:
+    - match: [binDirExeMods, etcFileChanges]
+      exclude: [nginx]
+      actions: [alert, block]
+"""
+
 
 def load_text(text: str, source: str = "policy.yaml") -> list[LoadedDocument]:
     return [load_document(doc, source) for doc in parse_yaml(text, source)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import yaml
 
 from stockade.policy.compiler import (
     MAX_SELECTORS_PER_BUNDLE_PART,
@@ -18,7 +19,7 @@ from stockade.policy.document import PolicyDocument
 from stockade.policy.predicates import Workload
 from stockade.policy.tables import ActionBits, Operation, PartTables, container_masks
 
-from .helpers import manifest, policy
+from .helpers import SPEC_RESPONSES_EXAMPLE, manifest, policy
 
 EXEC_ALERT = {
     "process": {
@@ -73,32 +74,9 @@ def test_hash_follows_content() -> None:
 
 
 def test_tables_of_the_spec_example() -> None:
-    doc = policy(
-        {
-            "file": {
-                "selectors": [
-                    {
-                        "name": "binDirExeMods",
-                        "operation": ["createExecutable", "modifyExecutable"],
-                        "targetFilePath": ["/usr/bin/**"],
-                    },
-                    {
-                        "name": "etcFileChanges",
-                        "operation": ["createFile", "modifyFile", "deleteFile"],
-                        "targetFilePath": ["/etc/**", "/root/.bashrc", "/etc/cron.d/*"],
-                    },
-                    {"name": "nginx", "containerImageName": ["nginx"]},
-                ],
-                "responses": [
-                    {
-                        "match": ["binDirExeMods", "etcFileChanges"],
-                        "exclude": ["nginx"],
-                        "actions": ["alert", "block"],
-                    }
-                ],
-            }
-        }
-    )
+    data = yaml.safe_load(SPEC_RESPONSES_EXAMPLE)
+    data["file"]["selectors"][1]["targetFilePath"] += ["/root/.bashrc", "/etc/cron.d/*"]
+    doc = policy(data)
     file = compile_bundle([doc])["file"]
     assert [(s["bit"], s["name"], s["container"]) for s in file["selectors"]] == [
         (0, "binDirExeMods", {}),

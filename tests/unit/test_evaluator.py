@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from stockade.policy.compiler import compile_bundle
 from stockade.policy.document import PolicyDocument
@@ -12,7 +13,7 @@ from stockade.policy.evaluator import Decision, Event, evaluate
 from stockade.policy.model import Action
 from stockade.policy.tables import ActionBits, Operation, PartTables, container_masks
 
-from .helpers import event, manifest, policy
+from .helpers import SPEC_RESPONSES_EXAMPLE, event, manifest, policy
 
 
 def file_event(path: str | None, operation: str | list[str] = "createFile", **more: Any) -> Event:
@@ -88,30 +89,7 @@ def test_a_path_condition_needs_a_path() -> None:
     assert decide_both(path_policy("/**"), file_event(None)).matched_selectors == ()
 
 
-SPEC_EXAMPLE = {
-    "file": {
-        "selectors": [
-            {
-                "name": "binDirExeMods",
-                "operation": ["createExecutable", "modifyExecutable"],
-                "targetFilePath": ["/usr/bin/**"],
-            },
-            {
-                "name": "etcFileChanges",
-                "operation": ["createFile", "modifyFile", "deleteFile"],
-                "targetFilePath": ["/etc/**"],
-            },
-            {"name": "nginx", "containerImageName": ["nginx"]},
-        ],
-        "responses": [
-            {
-                "match": ["binDirExeMods", "etcFileChanges"],
-                "exclude": ["nginx"],
-                "actions": ["alert", "block"],
-            }
-        ],
-    }
-}
+SPEC_EXAMPLE = yaml.safe_load(SPEC_RESPONSES_EXAMPLE)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 
 from stockade.policy.model import MAX_SELECTORS_PER_PART
 
-from .helpers import errors, load, manifest, policy
+from .helpers import SPEC_RESPONSES_EXAMPLE, errors, load, manifest, policy
 
 SPEC_DEFAULT = """
 process:
@@ -30,23 +30,6 @@ file:
   responses:
     - match: [executableChanges]
       actions: [alert]
-"""
-
-SPEC_RESPONSES_EXAMPLE = """
-file:
-  selectors:
-    - name: binDirExeMods
-      operation: [createExecutable, modifyExecutable]
-      targetFilePath: [/usr/bin/**]
-    - name: etcFileChanges
-      operation: [createFile, modifyFile, deleteFile]
-      targetFilePath: [/etc/**]
-    - name: nginx
-      containerImageName: [nginx]
-  responses:
-    - match: [binDirExeMods, etcFileChanges]
-      exclude: [nginx]
-      actions: [alert, block]
 """
 
 SEED_SELECTOR = """
