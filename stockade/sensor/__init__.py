@@ -1,0 +1,1 @@
+"""Stockade's node sensor: BPF programs, their maps and the enforcement-mode probe."""

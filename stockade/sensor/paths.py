@@ -1,0 +1,44 @@
+"""Where the compiled BPF objects live, and the pseudo-filesystems they need."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+__all__ = ["bpf_build_dir", "ensure_fs", "object_path"]
+
+_REPO_BPF = Path(__file__).resolve().parents[2] / "bpf"
+
+
+def bpf_build_dir() -> Path:
+    """$STOCKADE_BPF_DIR, else the repository's bpf/.build."""
+    env = os.environ.get("STOCKADE_BPF_DIR")
+    return Path(env) if env else _REPO_BPF / ".build"
+
+
+def object_path(name: str) -> Path:
+    """Path of a compiled object such as 'stockade.bpf.o'."""
+    return bpf_build_dir() / name
+
+
+def _mounted(target: str) -> bool:
+    with open("/proc/mounts", encoding="utf-8") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def ensure_fs() -> list[str]:
+    """Mount tracefs, securityfs and bpffs where missing (root); returns what was mounted."""
+    done: list[str] = []
+    for fstype, target in (
+        ("tracefs", "/sys/kernel/tracing"),
+        ("securityfs", "/sys/kernel/security"),
+        ("bpf", "/sys/fs/bpf"),
+    ):
+        if Path(target).is_dir() and not _mounted(target):
+            res = subprocess.run(
+                ["mount", "-t", fstype, fstype, target], capture_output=True, check=False
+            )
+            if res.returncode == 0:
+                done.append(target)
+    return done

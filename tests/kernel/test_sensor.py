@@ -1,0 +1,284 @@
+"""Kill-mode programs in the real kernel: records, paths, volumes, blocking, isolation."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stockade.sensor.kernel import OP_INDEX, Bundle, KillSensor
+from stockade.sensor.records import (
+    ACTION_ALERT,
+    ACTION_AUDIT_BLOCK,
+    ACTION_BLOCK,
+    ACTION_LOG,
+    KIND_EXIT,
+    KIND_PROCESS,
+    FileRecord,
+    ProcessRecord,
+)
+
+from .conftest import Cgroup, Collector, empty_bundle
+
+pytestmark = pytest.mark.kernel
+
+Load = Callable[[Bundle], int]
+FILE_OPS = ["createExecutable", "modifyExecutable", "createFile", "modifyFile", "deleteFile"]
+HOOK_FAMILY = {
+    10: "open", 11: "open", 12: "open", 13: "open", 20: "unlink", 21: "unlink", 30: "rename",
+    31: "rename", 32: "rename", 40: "link", 41: "link", 50: "chmod", 51: "chmod", 52: "chmod",
+    53: "chmod", 60: "truncate", 61: "truncate", 70: "mknod", 71: "mknod",
+}  # fmt: skip
+
+# Absolute and relative paths, a dirfd, rename, unlink via dirfd, chmod, truncate.
+FILE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    d = sys.argv[1]
+    os.chdir(d)
+    os.mkdir("sub")
+    os.close(os.open(d + "/abs.txt", os.O_WRONLY | os.O_CREAT, 0o644))
+    os.close(os.open("rel.txt", os.O_WRONLY | os.O_CREAT, 0o755))
+    dfd = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+    os.close(os.open("at.txt", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=dfd))
+    os.close(os.open(d + "/abs.txt", os.O_WRONLY | os.O_TRUNC))
+    os.close(os.open("abs.txt", os.O_RDONLY))
+    os.chmod("abs.txt", 0o755)
+    os.rename("abs.txt", "sub/moved.txt")
+    os.unlink("at.txt", dir_fd=dfd)
+    os.truncate("rel.txt", 0)
+    """
+)
+
+
+def py(script: str, *args: str) -> list[str]:
+    return [sys.executable, "-S", "-B", "-c", script, *args]
+
+
+def file_bundle(cg: Cgroup, generation: int = 1) -> Bundle:
+    """Selector 0: every file operation anywhere; response: log."""
+    b = empty_bundle(generation)
+    b["cgroups"] = {cg.id: {"file": 1}}
+    b["ops"] = {op: 1 for op in FILE_OPS}
+    b["parts"] = {"file": {"any_path": 1}}
+    b["responses"] = {"file": [(1, 0, ACTION_LOG, 0)]}
+    return b
+
+
+def file_records(recs: list[ProcessRecord | FileRecord], under: Path) -> list[FileRecord]:
+    return [r for r in recs if isinstance(r, FileRecord) and r.path.startswith(str(under))]
+
+
+def test_file_operations_exact_records(
+    sensor: KillSensor, collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    load(file_bundle(cgroup, generation=41))
+    res, recs = collector.run(py(FILE_SCRIPT, str(workdir)), cgroup)
+    assert res.returncode == 0, res.stderr
+    d = str(workdir)
+    got = [
+        (HOOK_FAMILY[r.header.hook], set(r.ops), r.path) for r in recs if isinstance(r, FileRecord)
+    ]
+    assert got == [
+        ("open", {"createFile"}, f"{d}/abs.txt"),
+        ("open", {"createFile", "createExecutable"}, f"{d}/rel.txt"),
+        ("open", {"createFile"}, f"{d}/sub/at.txt"),
+        ("open", {"modifyFile"}, f"{d}/abs.txt"),
+        ("chmod", {"modifyFile", "createExecutable"}, f"{d}/abs.txt"),
+        ("rename", {"createFile", "modifyFile", "deleteFile"}, f"{d}/sub/moved.txt"),
+        ("unlink", {"deleteFile"}, f"{d}/sub/at.txt"),
+        ("truncate", {"modifyFile"}, f"{d}/rel.txt"),
+    ]
+    for r in recs:
+        assert r.header.cgroup_id == cgroup.id
+        assert r.header.generation == 41
+        if isinstance(r, FileRecord):
+            assert r.header.actions == ACTION_LOG
+            assert r.header.matched == 1
+            assert r.header.outcome == "allowed"
+            assert r.volume == "none"
+            assert r.comm.startswith("python")
+    assert sensor.stats()["rb_fail"] == 0
+
+
+def test_path_tables_and_responses(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    d = str(workdir)
+    b = empty_bundle(7)
+    b["cgroups"] = {cgroup.id: {"file": 0b1111}}
+    b["ops"] = {
+        "createFile": 0b0001, "modifyFile": 0b0001, "deleteFile": 0b0011,
+        "createExecutable": 0b1101, "modifyExecutable": 0b0001,
+    }  # fmt: skip
+    b["paths"] = {
+        "file": {
+            "exact": {f"{d}/sub/moved.txt": 0b0001},  # selector 0: that file, any op
+            "children": {f"{d}/sub": 0b0010},  # selector 1: d/sub/*, deleteFile
+            "recursive": {d: 0b0100, "/var": 0b1000},  # 2: d/**, 3: /var/**; createExecutable
+        }
+    }
+    b["responses"] = {
+        "file": [
+            (0b0011, 0, ACTION_LOG, 0),
+            (0b1100, 0, ACTION_ALERT, 1),
+            (0b0010, 0b0001, ACTION_AUDIT_BLOCK, 2),
+        ]
+    }
+    load(b)
+    res, recs = collector.run(py(FILE_SCRIPT, d), cgroup)
+    assert res.returncode == 0, res.stderr
+    got = [(r.path, r.header.matched, r.header.actions) for r in file_records(recs, workdir)]
+    assert got == [
+        (f"{d}/rel.txt", 0b1100, ACTION_ALERT),
+        (f"{d}/abs.txt", 0b1100, ACTION_ALERT),  # chmod +x
+        (f"{d}/sub/moved.txt", 0b0011, ACTION_LOG),  # exact + children; excluded from row 2
+        (f"{d}/sub/at.txt", 0b0010, ACTION_LOG | ACTION_AUDIT_BLOCK),
+    ]
+    assert all(r.header.generation == 7 for r in recs)
+
+
+def test_outside_cgroup_produces_nothing(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    b = file_bundle(cgroup)
+    b["cgroups"] = {cgroup.id: {"file": 1, "process": 1}}
+    b["ops"] = {op: 1 for op in OP_INDEX}
+    b["parts"] = {"file": {"any_path": 1}, "process": {"any_path": 1, "any_name": 1}}
+    b["responses"] = {
+        "file": [(1, 0, ACTION_ALERT | ACTION_BLOCK, 0)],
+        "process": [(1, 0, ACTION_ALERT | ACTION_BLOCK, 0)],
+    }
+    load(b)
+    res, recs = collector.run(
+        ["/bin/sh", "-c", "/bin/true && " + shlex.join(py(FILE_SCRIPT, str(workdir)))], None
+    )
+    assert res.returncode == 0, res.stderr  # nothing was killed
+    assert recs == []
+    assert (workdir / "sub" / "moved.txt").exists()
+
+
+def test_blocked_exec_never_runs(collector: Collector, cgroup: Cgroup, load: Load) -> None:
+    b = empty_bundle(3)
+    b["cgroups"] = {cgroup.id: {"process": 0b1}}
+    b["ops"] = {"exec": 0b1}
+    b["paths"] = {"process": {"exact": {"/usr/bin/echo": 0b1}}}
+    b["parts"] = {"process": {"any_name": 0b1}}
+    b["responses"] = {"process": [(0b1, 0, ACTION_ALERT | ACTION_BLOCK, 0)]}
+    load(b)
+    res, recs = collector.run(["/bin/sh", "-c", "/bin/echo MARKER-NEVER; echo after"], cgroup)
+    assert "MARKER-NEVER" not in res.stdout
+    assert res.stdout == "after\n"
+    procs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.kind == KIND_PROCESS]
+    assert len(procs) == 1
+    p = procs[0]
+    assert p.executable == "/usr/bin/echo"
+    assert p.args == ["/bin/echo", "MARKER-NEVER"]
+    assert p.header.outcome == "killed"
+    assert p.header.actions == ACTION_ALERT | ACTION_BLOCK
+    exits = [r for r in recs if isinstance(r, ProcessRecord) and r.header.kind == KIND_EXIT]
+    assert [(e.header.tgid, e.exit_code & 0x7F) for e in exits] == [(p.header.tgid, 9)]
+
+
+def test_process_name_interactive_and_fork(
+    collector: Collector, cgroup: Cgroup, load: Load
+) -> None:
+    b = empty_bundle(5)
+    b["cgroups"] = {cgroup.id: {"process": 0b111}}
+    b["ops"] = {"exec": 0b011, "fork": 0b100}
+    b["names"] = {"true": 0b001}
+    b["parts"] = {"process": {"any_path": 0b111, "any_name": 0b110, "requires_interactive": 0b010}}
+    b["responses"] = {"process": [(0b001, 0, ACTION_LOG, 0), (0b010, 0, ACTION_ALERT, 1),
+                                  (0b100, 0, ACTION_LOG, 2)]}  # fmt: skip
+    load(b)
+    res, recs = collector.run(["/bin/sh", "-c", "/bin/true; /bin/echo x"], cgroup)
+    assert res.returncode == 0
+    execs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == 1]
+    assert [(r.comm, r.header.matched, r.interactive) for r in execs] == [("true", 0b001, False)]
+    forks = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == 2]
+    assert len(forks) == 2  # sh forks for true and echo
+    sh_pid = forks[0].header.ppid
+    assert all(f.header.ppid == sh_pid and f.header.pid != sh_pid for f in forks)
+
+    # with a controlling terminal (script allocates a pty and makes a new session)
+    res, recs = collector.run(["script", "-qec", "/bin/true", "/dev/null"], cgroup)
+    assert res.returncode == 0, res.stderr
+    execs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == 1]
+    true_rec = [r for r in execs if r.comm == "true"]
+    assert len(true_rec) == 1
+    assert true_rec[0].interactive and true_rec[0].header.matched == 0b011
+    assert true_rec[0].header.actions == ACTION_LOG | ACTION_ALERT
+    assert true_rec[0].sid != 0 and true_rec[0].tty_major != 0
+
+
+def test_volume_kinds(collector: Collector, cgroup: Cgroup, workdir: Path, load: Load) -> None:
+    d = workdir
+    (d / "srcdir").mkdir()
+    (d / "vol").mkdir()
+    (d / "srcfile").write_text("")
+    (d / "single").write_text("")
+    b = file_bundle(cgroup)
+    b["cgroups"] = {cgroup.id: {"file": 0b111}}
+    b["ops"] = {op: 0b111 for op in FILE_OPS}
+    b["parts"] = {"file": {"any_path": 0b111, "ignore_files": 0b010, "ignore_mounts": 0b100}}
+    b["responses"] = {"file": [(0b111, 0, ACTION_LOG, 0)]}
+    load(b)
+    script = (
+        f"mount --make-rprivate / && mount --bind {d}/srcdir {d}/vol && "
+        f"mount --bind {d}/srcfile {d}/single && "
+        f"echo a > {d}/vol/new && echo b > {d}/single && echo c > {d}/plain"
+    )
+    res, recs = collector.run(["unshare", "-m", "/bin/sh", "-c", script], cgroup)
+    assert res.returncode == 0, res.stderr
+    got = [(r.path, r.volume, r.header.matched) for r in file_records(recs, d)]
+    assert got == [
+        (f"{d}/vol/new", "mount", 0b011),
+        (f"{d}/single", "file", 0b001),
+        (f"{d}/plain", "none", 0b111),
+    ]
+    assert all(r.path_from_fd for r in file_records(recs, d))
+
+
+def test_reload_flips_slot_and_generation(
+    sensor: KillSensor, collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    before = sensor.active_slot
+    load(file_bundle(cgroup, generation=100))
+    assert sensor.active_slot == 1 - before
+    _, recs = collector.run(["/bin/sh", "-c", f"echo > {workdir}/a"], cgroup)
+    assert [(r.header.generation, r.header.slot) for r in recs] == [(100, 1 - before)]
+    b = file_bundle(cgroup, generation=101)
+    b["responses"] = {"file": []}  # nothing applies any more
+    load(b)
+    assert sensor.active_slot == before
+    _, recs = collector.run(["/bin/sh", "-c", f"echo > {workdir}/b"], cgroup)
+    assert recs == []
+
+
+def test_string_paths_are_normalised(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    d = workdir
+    (d / "a").mkdir()
+    for name in ("a/b", "a/c", "e", "a/f"):
+        (d / name).write_text("")
+    load(file_bundle(cgroup))
+    script = textwrap.dedent(
+        """
+        import os, sys
+        d = sys.argv[1]
+        os.chdir(d + "/a")
+        os.unlink("../a/./b")
+        os.unlink(d + "/a/../a//c")
+        os.unlink("../../../../../../../../.." + d + "/e")
+        os.unlink("f")
+        """
+    )
+    res, recs = collector.run(py(script, str(d)), cgroup)
+    assert res.returncode == 0, res.stderr
+    got = [r.path for r in file_records(recs, d)]
+    assert got == [f"{d}/a/b", f"{d}/a/c", f"{d}/e", f"{d}/a/f"]
