@@ -47,8 +47,9 @@ def in_namespace(obj: dict[str, Any], namespace: str, name: str | None = None) -
 
 def test_a_valid_policy_is_accepted(crds: None, kubectl: Kubectl, namespace: str) -> None:
     apply(kubectl, in_namespace(DRIFT, namespace))
-    got = json.loads(kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json")
-                     .stdout)
+    got = json.loads(
+        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
+    )
     assert got["spec"]["file"]["responses"][0]["actions"] == ["alert", "block"]
     assert "mode" not in got["spec"]  # no default written: no permanent GitOps diff
 
@@ -58,41 +59,74 @@ def test_applying_the_same_manifest_again_changes_nothing(
 ) -> None:
     obj = in_namespace(DRIFT, namespace)
     apply(kubectl, obj)
-    before = kubectl("get", "cpol", "drift-prevention", "-n", namespace,
-                     "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    before = kubectl(
+        "get",
+        "cpol",
+        "drift-prevention",
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ).stdout
     apply(kubectl, obj)
-    after = kubectl("get", "cpol", "drift-prevention", "-n", namespace,
-                    "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    after = kubectl(
+        "get",
+        "cpol",
+        "drift-prevention",
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ).stdout
     assert before == after
     diff = kubectl("diff", "--server-side", "-f", "-", input=json.dumps(obj), check=False)
     assert diff.returncode == 0, diff.stdout + diff.stderr
 
 
 def broken(mutate: Any) -> dict[str, Any]:
-    obj = copy.deepcopy(DRIFT)
+    obj: dict[str, Any] = copy.deepcopy(DRIFT)
     mutate(obj["spec"]["file"])
     return obj
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda f: f["responses"][0]["match"].append("nope"),
-     "every name in responses[].match must be a selector of the same part"),
-    (lambda f: f["responses"][0].update(exclude=["NGINX", "ghost"]),
-     "every name in responses[].exclude must be a selector of the same part"),
-    (lambda f: f["responses"][0].update(actions=["block"]),
-     "block needs alert in the same response"),
-    (lambda f: f["selectors"][2].update(containerImageFullName=["docker.io/library/nginx"]),
-     "containerImageFullName and containerImageName can't both be in one selector"),
-    (lambda f: f["selectors"][0].update(ignoreVolumeMounts=True, ignoreVolumeFiles=True),
-     "ignoreVolumeMounts and ignoreVolumeFiles can't both be in one selector"),
-    (lambda f: f["selectors"][0].update(targetFilePath=["/usr/*/bin"]),
-     "spec.file.selectors[0].targetFilePath[0]: Invalid value"),
-    (lambda f: f["selectors"][0].update(operation=["exec"]),
-     'spec.file.selectors[0].operation[0]: Unsupported value: "exec"'),
-    (lambda f: f["selectors"][0].update(operation=[]),
-     "spec.file.selectors[0].operation: Invalid value: 0: "
-     "spec.file.selectors[0].operation in body should have at least 1 items"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda f: f["responses"][0]["match"].append("nope"),
+            "every name in responses[].match must be a selector of the same part",
+        ),
+        (
+            lambda f: f["responses"][0].update(exclude=["NGINX", "ghost"]),
+            "every name in responses[].exclude must be a selector of the same part",
+        ),
+        (
+            lambda f: f["responses"][0].update(actions=["block"]),
+            "block needs alert in the same response",
+        ),
+        (
+            lambda f: f["selectors"][2].update(containerImageFullName=["docker.io/library/nginx"]),
+            "containerImageFullName and containerImageName can't both be in one selector",
+        ),
+        (
+            lambda f: f["selectors"][0].update(ignoreVolumeMounts=True, ignoreVolumeFiles=True),
+            "ignoreVolumeMounts and ignoreVolumeFiles can't both be in one selector",
+        ),
+        (
+            lambda f: f["selectors"][0].update(targetFilePath=["/usr/*/bin"]),
+            "spec.file.selectors[0].targetFilePath[0]: Invalid value",
+        ),
+        (
+            lambda f: f["selectors"][0].update(operation=["exec"]),
+            'spec.file.selectors[0].operation[0]: Unsupported value: "exec"',
+        ),
+        (
+            lambda f: f["selectors"][0].update(operation=[]),
+            "spec.file.selectors[0].operation: Invalid value: 0: "
+            "spec.file.selectors[0].operation in body should have at least 1 items",
+        ),
+    ],
+)
 def test_the_apiserver_refuses_invalid_policies(
     crds: None, kubectl: Kubectl, namespace: str, mutate: Any, message: str
 ) -> None:
@@ -114,12 +148,17 @@ def test_process_part_rule_in_the_apiserver(crds: None, kubectl: Kubectl) -> Non
 def test_a_part_with_256_selectors_is_accepted(
     crds: None, kubectl: Kubectl, namespace: str
 ) -> None:
-    selectors = [{"name": f"sel-{i}", "operation": ["createFile"],
-                  "targetFilePath": [f"/data/{i}/**"]} for i in range(256)]
+    selectors = [
+        {"name": f"sel-{i}", "operation": ["createFile"], "targetFilePath": [f"/data/{i}/**"]}
+        for i in range(256)
+    ]
     responses = [{"match": [f"sel-{i}"], "actions": ["alert"]} for i in range(256)]
-    obj = {"apiVersion": "stockade.dev/v1alpha1", "kind": "ContainerPolicy",
-           "metadata": {"name": "wide", "namespace": namespace},
-           "spec": {"file": {"selectors": selectors, "responses": responses}}}
+    obj = {
+        "apiVersion": "stockade.dev/v1alpha1",
+        "kind": "ContainerPolicy",
+        "metadata": {"name": "wide", "namespace": namespace},
+        "spec": {"file": {"selectors": selectors, "responses": responses}},
+    }
     apply(kubectl, obj)
 
 
@@ -128,7 +167,14 @@ def test_cluster_policy_and_columns(crds: None, kubectl: Kubectl) -> None:
     try:
         table = kubectl("get", "ccpol").stdout.splitlines()
         assert table[0].split() == [
-            "NAME", "MODE", "SELECTORS", "NODES", "BLOCKED", "ALERTS", "READY", "AGE"
+            "NAME",
+            "MODE",
+            "SELECTORS",
+            "NODES",
+            "BLOCKED",
+            "ALERTS",
+            "READY",
+            "AGE",
         ]
         assert table[1].split()[0] == "production-shells"
     finally:
@@ -137,24 +183,43 @@ def test_cluster_policy_and_columns(crds: None, kubectl: Kubectl) -> None:
 
 def test_status_subresource(crds: None, kubectl: Kubectl, namespace: str) -> None:
     apply(kubectl, in_namespace(DRIFT, namespace))
-    before = json.loads(kubectl("get", "cpol", "drift-prevention", "-n", namespace,
-                                "-o", "json").stdout)
+    before = json.loads(
+        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
+    )
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    status = {"status": {
-        "observedGeneration": before["metadata"]["generation"],
-        "mode": "enforce",
-        "selectors": 3,
-        "nodes": {"targeted": 3, "applied": 2, "summary": "2/3", "modes": {"kill": 2}},
-        "counts": {"blocked": 7, "alerted": 9, "logged": 0},
-        "conditions": [{"type": "Ready", "status": "False", "reason": "Applying",
-                        "message": "node-c has not applied generation 1",
-                        "lastTransitionTime": now,
-                        "observedGeneration": before["metadata"]["generation"]}],
-    }}
-    kubectl("patch", "cpol", "drift-prevention", "-n", namespace, "--subresource=status",
-            "--type=merge", "-p", json.dumps(status))
-    after = json.loads(kubectl("get", "cpol", "drift-prevention", "-n", namespace,
-                               "-o", "json").stdout)
+    status = {
+        "status": {
+            "observedGeneration": before["metadata"]["generation"],
+            "mode": "enforce",
+            "selectors": 3,
+            "nodes": {"targeted": 3, "applied": 2, "summary": "2/3", "modes": {"kill": 2}},
+            "counts": {"blocked": 7, "alerted": 9, "logged": 0},
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "Applying",
+                    "message": "node-c has not applied generation 1",
+                    "lastTransitionTime": now,
+                    "observedGeneration": before["metadata"]["generation"],
+                }
+            ],
+        }
+    }
+    kubectl(
+        "patch",
+        "cpol",
+        "drift-prevention",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+    after = json.loads(
+        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
+    )
     assert after["spec"] == before["spec"]
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["status"]["counts"] == {"blocked": 7, "alerted": 9, "logged": 0}
@@ -164,16 +229,37 @@ def test_status_subresource(crds: None, kubectl: Kubectl, namespace: str) -> Non
     changed = in_namespace(DRIFT, namespace)
     changed["status"] = {"counts": {"blocked": 0}}
     apply(kubectl, changed)
-    again = json.loads(kubectl("get", "cpol", "drift-prevention", "-n", namespace,
-                               "-o", "json").stdout)
+    again = json.loads(
+        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
+    )
     assert again["status"]["counts"]["blocked"] == 7
 
 
 def test_a_status_the_schema_refuses(crds: None, kubectl: Kubectl, namespace: str) -> None:
     apply(kubectl, in_namespace(DRIFT, namespace))
-    bad = {"status": {"conditions": [{"type": "Ready", "status": "Maybe", "reason": "X",
-                                      "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
-    result = kubectl("patch", "cpol", "drift-prevention", "-n", namespace,
-                     "--subresource=status", "--type=merge", "-p", json.dumps(bad), check=False)
+    bad = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "Maybe",
+                    "reason": "X",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ]
+        }
+    }
+    result = kubectl(
+        "patch",
+        "cpol",
+        "drift-prevention",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(bad),
+        check=False,
+    )
     assert result.returncode != 0
     assert 'Unsupported value: "Maybe"' in result.stderr
