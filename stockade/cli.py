@@ -175,6 +175,21 @@ def cmd_generate_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    from stockade.operator.main import Config, main
+
+    return main(
+        Config(
+            namespace=args.namespace,
+            cluster=args.cluster,
+            log_level=args.log_level,
+            metrics_port=args.metrics_port,
+            peering=None if args.standalone else args.peering,
+            priority=args.priority,
+        )
+    )
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from importlib.metadata import version
 
@@ -212,6 +227,24 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-crds", help="write the CRDs generated from the models")
     p.add_argument("directory", type=Path, nargs="?", default=Path("crds"))
     p.set_defaults(run=cmd_generate_crds)
+
+    p = sub.add_parser("operator", help="run the operator (kubeconfig or in-cluster config)")
+    p.add_argument("--namespace", default="stockade-system", help="where the bundles are written")
+    p.add_argument("--cluster", default="", help="this cluster's name, for the sensors")
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    p.add_argument("--metrics-port", type=int, default=9090, help="0 turns metrics off")
+    p.add_argument(
+        "--peering",
+        default="stockade-operator",
+        help="the ClusterKopfPeering that elects the replica that writes",
+    )
+    p.add_argument("--standalone", action="store_true", help="no leader election (one replica)")
+    p.add_argument(
+        "--priority", type=int, help="leader-election priority (default: random, never tied)"
+    )
+    p.set_defaults(run=cmd_operator)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(run=cmd_version)

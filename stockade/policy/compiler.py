@@ -14,6 +14,8 @@ is deterministic: the same inputs give the same bytes and the same hash.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 from collections import defaultdict
@@ -270,3 +272,34 @@ def encode(bundle: Bundle) -> bytes:
 def bundle_hash(bundle: Bundle) -> str:
     content = {k: v for k, v in bundle.items() if k != "hash"}
     return "sha256:" + hashlib.sha256(encode(content)).hexdigest()
+
+
+# How a bundle travels in its node's ConfigMap: plain JSON under BUNDLE_KEY while
+# small enough to read with kubectl, else gzip (mtime 0: same bundle, same bytes)
+# under BUNDLE_GZIP_KEY in binaryData. Exactly one of the two keys is present.
+BUNDLE_KEY = "bundle.json"
+BUNDLE_GZIP_KEY = "bundle.json.gz"
+GZIP_ABOVE = 64 * 1024
+
+
+def configmap_payload(bundle: Bundle) -> tuple[dict[str, str], dict[str, str]]:
+    """(data, binaryData) of the ConfigMap that carries `bundle`."""
+    raw = encode(bundle)
+    if len(raw) <= GZIP_ABOVE:
+        return {BUNDLE_KEY: raw.decode()}, {}
+    packed = gzip.compress(raw, compresslevel=9, mtime=0)
+    return {}, {BUNDLE_GZIP_KEY: base64.b64encode(packed).decode()}
+
+
+def bundle_from_configmap(
+    data: Mapping[str, str] | None, binary_data: Mapping[str, str] | None
+) -> Bundle:
+    """The bundle a ConfigMap written with `configmap_payload` carries."""
+    if data and BUNDLE_KEY in data:
+        decoded: Bundle = json.loads(data[BUNDLE_KEY])
+        return decoded
+    if binary_data and BUNDLE_GZIP_KEY in binary_data:
+        packed = base64.b64decode(binary_data[BUNDLE_GZIP_KEY])
+        unpacked: Bundle = json.loads(gzip.decompress(packed))
+        return unpacked
+    raise CompileError(f"no {BUNDLE_KEY} or {BUNDLE_GZIP_KEY} in the ConfigMap")

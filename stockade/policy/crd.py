@@ -17,6 +17,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from stockade.policy.reports import KIND as REPORT_KIND
+from stockade.policy.reports import PLURAL as REPORT_PLURAL
+from stockade.policy.reports import NodePolicyReportBody
 from stockade.policy.resources import (
     GROUP,
     VERSION,
@@ -128,6 +131,59 @@ def custom_resource_definition(
     }
 
 
+def node_policy_report_definition() -> dict[str, Any]:
+    """NodePolicyReport: cluster-scoped, one per node, written whole by the node's sensor."""
+    body = structural(NodePolicyReportBody)
+    schema = {
+        "type": "object",
+        "description": "What the sensor of the node this object is named after enforces.",
+        "required": body.get("required", []),
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            **body["properties"],
+        },
+    }
+
+    def column(name: str, kind: str, path: str, description: str) -> dict[str, Any]:
+        return {"name": name, "type": kind, "jsonPath": path, "description": description}
+
+    columns = [
+        column("Mode", "string", ".sensor.mode", "lsm, kill or observe"),
+        column("Bundle", "string", ".bundle.hash", "the bundle in force"),
+        column("Dropped", "integer", ".droppedEvents", "events lost since sensor start"),
+        column("Heartbeat", "date", ".sensor.heartbeatTime", "last report"),
+        column("Age", "date", ".metadata.creationTimestamp", ""),
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{REPORT_PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": REPORT_KIND,
+                "listKind": f"{REPORT_KIND}List",
+                "plural": REPORT_PLURAL,
+                "singular": REPORT_KIND.lower(),
+                "shortNames": ["npr"],
+                "categories": ["stockade"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name → CRD."""
     crds = [
@@ -141,6 +197,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
             "Cluster",
             ClusterContainerPolicySpec,
         ),
+        node_policy_report_definition(),
     ]
     return {f"{GROUP}_{crd['spec']['names']['plural']}.yaml": crd for crd in crds}
 

@@ -1,0 +1,107 @@
+"""What the operator keeps of each watched object: only what scoping and status need."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from stockade.policy.compiler import Pod
+from stockade.policy.document import PolicyDocument
+from stockade.policy.loader import YamlDocument, load_document
+from stockade.policy.model import Action
+from stockade.policy.reports import NodePolicyReport
+from stockade.policy.resources import PolicyStatus
+from stockade.policy.rules import Severity
+
+# (kind, namespace or "", name): a policy's identity across generations.
+PolicyKey = tuple[str, str, str]
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    phase: str
+
+    def pod(self) -> Pod:
+        return Pod(self.namespace, self.name, dict(self.labels))
+
+
+def pod_ref(body: Mapping[str, Any]) -> tuple[str, PodRef] | None:
+    """(node, pod) for a pod bound to a node that may still run containers."""
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    node = spec.get("nodeName")
+    phase = status.get("phase") or "Pending"
+    if not node or phase in TERMINAL_PHASES:
+        return None
+    labels = tuple(sorted((meta.get("labels") or {}).items()))
+    return node, PodRef(meta.get("namespace", ""), meta["name"], labels, phase)
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    kind: str
+    namespace: str  # "" for a ClusterContainerPolicy
+    name: str
+    uid: str
+    generation: int
+    document: PolicyDocument | None  # None when invalid
+    errors: tuple[str, ...]  # "field.path: message", when invalid
+    status: PolicyStatus | None  # as stored on the object
+
+    @property
+    def key(self) -> PolicyKey:
+        return (self.kind, self.namespace, self.name)
+
+    @property
+    def label(self) -> str:
+        """`namespace/name@generation` (`name@generation` when cluster-scoped)."""
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{where}{self.name}@{self.generation}"
+
+    @property
+    def blocks(self) -> bool:
+        if self.document is None:
+            return False
+        return any(
+            Action.BLOCK in response.actions
+            for part in self.document.policy.parts().values()
+            for response in part.responses
+        )
+
+
+def policy_record(body: Mapping[str, Any]) -> PolicyRecord:
+    """Validate a policy as the CLI does; what the apiserver can't check becomes `errors`."""
+    meta = body["metadata"]
+    data = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    loaded = load_document(YamlDocument(data, line=0), source=meta["name"])
+    errors = tuple(
+        f"{f.path}: {f.message}" for f in loaded.findings if f.severity == Severity.ERROR
+    )
+    status: PolicyStatus | None = None
+    try:
+        status = PolicyStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        status = None  # not ours or from an older shape: rewritten on the next status write
+    return PolicyRecord(
+        kind=body["kind"],
+        namespace=meta.get("namespace") or "",
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation") or 0),
+        document=loaded.document if loaded.valid else None,
+        errors=errors or (() if loaded.valid else ("spec: not a valid policy",)),
+        status=status,
+    )
+
+
+def node_report(body: Mapping[str, Any]) -> NodePolicyReport:
+    """Raises ValidationError for a report the CRD schema should have refused."""
+    return NodePolicyReport.model_validate(
+        {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
+    )

@@ -1,0 +1,476 @@
+"""The reconciler: kopf's indexes in, bundle ConfigMaps and policy statuses out.
+
+Watch handlers only mark what changed (nodes, policies, reports) and wake the
+loop; the loop waits until changes pause for `quiet` seconds (at most
+`max_delay` after the first), then handles the whole batch: a rollout of 500
+pods on a node is one compile and at most one write. Nothing is written that
+equals what is stored (bundle hash, owner, status), so a restart or a repeated
+pass writes nothing. A node whose bundle can't be compiled keeps its previous
+one; an invalid policy is left out of every bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from stockade.operator import metrics
+from stockade.operator.bundles import configmap, configmap_name
+from stockade.operator.kube import Kube
+from stockade.operator.objects import PodRef, PolicyKey, PolicyRecord
+from stockade.operator.status import READY, policy_status, update_ledger
+from stockade.policy.compiler import CompileError, applies_to_pod, compile_bundle, encode
+from stockade.policy.document import PolicyDocument
+from stockade.policy.reports import NodePolicyReport
+from stockade.policy.resources import CounterLedger, PolicyStatus
+
+log = logging.getLogger("stockade.operator")
+
+
+@dataclass
+class Indexes:
+    """kopf's indexes (kopf updates these objects in place)."""
+
+    pods: kopf.Index[str, PodRef]  # node → its pods (bound, not finished)
+    pod_nodes: kopf.Index[str, str]  # namespace → the node of each of its pods
+    namespaces: kopf.Index[str, dict[str, str]]  # name → labels
+    nodes: kopf.Index[str, str]  # name → uid
+    policies: kopf.Index[str, PolicyRecord]  # namespace ("" = cluster-scoped) → policies
+    reports: kopf.Index[str, NodePolicyReport]  # node → its sensor's report
+
+
+@dataclass(frozen=True)
+class Written:
+    """A node's bundle as stored: `policies` is None when only read back (not compiled)."""
+
+    name: str
+    hash: str
+    owner_uid: str
+    cluster: str
+    policies: Mapping[PolicyKey, tuple[str, int]] | None = None  # key → (uid, generation)
+
+
+@dataclass
+class Options:
+    namespace: str
+    cluster: str = ""
+    peering: str | None = None  # None: standalone, always writes
+    identity: str = ""
+    priority: int = 0
+    quiet: float = 0.1
+    max_delay: float = 1.0
+    resync: float = 300.0
+    component: str = "stockade-operator"
+
+
+def _first(stores: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    store = stores.get(key)
+    return next(iter(store), default) if store is not None else default
+
+
+@dataclass
+class _Plan:
+    """One pass's work on a node, decided synchronously before the writes run."""
+
+    node: str
+    write: dict[str, Any] | None = None
+    written: Written | None = None
+    delete: str | None = None
+    bytes: int = 0
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    options: Options
+    ix: Indexes | None = None
+    full: bool = True
+    synced: bool = False
+    dirty_nodes: set[str] = field(default_factory=set)
+    dirty_policies: set[PolicyKey] = field(default_factory=set)
+    dirty_reports: set[str] = field(default_factory=set)
+    targets: dict[str, frozenset[PolicyKey]] = field(default_factory=dict)
+    policy_nodes: dict[PolicyKey, set[str]] = field(default_factory=lambda: defaultdict(set))
+    inputs: dict[str, Hashable] = field(default_factory=dict)
+    written: dict[str, Written] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    handled: dict[PolicyKey, tuple[str, int]] = field(default_factory=dict)
+    statuses: dict[str, PolicyStatus] = field(default_factory=dict)  # by policy uid
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _leader_checked: tuple[float, bool] = (0.0, False)
+
+    # --- called by the watch handlers: cheap, no I/O --------------------------
+
+    def attach(self, ix: Indexes) -> None:
+        self.ix = ix
+
+    def node_changed(self, node: str) -> None:
+        self.dirty_nodes.add(node)
+        self._wake.set()
+
+    def namespace_changed(self, namespace: str) -> None:
+        if self.ix is not None:
+            self.dirty_nodes.update(self.ix.pod_nodes.get(namespace, ()))
+            self._wake.set()
+
+    def policy_changed(self, key: PolicyKey, uid: str, generation: int, deleted: bool) -> None:
+        """Only a new generation matters: the operator's own status writes don't bump it."""
+        if deleted or self.handled.get(key) != (uid, generation):
+            self.dirty_policies.add(key)
+            self._wake.set()
+
+    def report_changed(self, node: str) -> None:
+        self.dirty_reports.add(node)
+        self._wake.set()
+
+    # --- the loop --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Debounce, then reconcile; forever (cancelled at operator exit)."""
+        loop = asyncio.get_running_loop()
+        resync_at = loop.time() + self.options.resync
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, resync_at - loop.time()))
+            except TimeoutError:
+                self.full = True
+            first = loop.time()
+            while True:
+                self._wake.clear()
+                left = first + self.options.max_delay - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._wake.wait(), min(self.options.quiet, left))
+                except TimeoutError:
+                    break
+            if self.ix is None:  # no watch event yet: kopf hasn't finished indexing
+                continue
+            if self.full:
+                resync_at = loop.time() + self.options.resync
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed; retrying everything in 5 s")
+                metrics.ERRORS.labels(op="reconcile").inc()
+                self.full = True
+                self._later(5.0)
+
+    def _later(self, seconds: float) -> None:
+        asyncio.get_running_loop().call_later(seconds, self._wake.set)
+
+    async def is_leader(self) -> bool:
+        """kopf's own rule, checked before writing: no live peer has a priority >= ours.
+
+        kopf pauses the watches of a replica that isn't the leader; this also
+        stops its reconciler from flushing what it had queued before the pause.
+        """
+        if self.options.peering is None:
+            return True
+        checked_at, leader = self._leader_checked
+        if time.monotonic() - checked_at < 2.0:
+            return leader
+        now = datetime.now(UTC)
+        leader = True
+        for identity, peer in (await self.kube.peers(self.options.peering)).items():
+            if identity == self.options.identity or not isinstance(peer, dict):
+                continue
+            seen = datetime.fromisoformat(str(peer.get("lastseen")))
+            alive = seen + timedelta(seconds=int(peer.get("lifetime", 60))) > now
+            if alive and int(peer.get("priority", 0)) >= self.options.priority:
+                leader = False
+        self._leader_checked = (time.monotonic(), leader)
+        metrics.LEADER.set(1 if leader else 0)
+        return leader
+
+    async def reconcile(self) -> None:
+        ix = self.ix
+        assert ix is not None
+        if not await self.is_leader():
+            log.info("not the leader: writing nothing", extra={"peering": self.options.peering})
+            self.full = True
+            self._later(5.0)
+            return
+        started = time.monotonic()
+        metrics.RECONCILES.inc()
+        full, self.full = self.full, False
+        dirty_policies, self.dirty_policies = self.dirty_policies, set()
+        dirty_nodes, self.dirty_nodes = self.dirty_nodes, set()
+        dirty_reports, self.dirty_reports = self.dirty_reports, set()
+
+        records = {r.key: r for store in ix.policies.values() for r in store}
+        by_uid = {r.uid: r.key for r in records.values()}
+        if full:
+            if not self.synced:
+                stored = await self.kube.bundle_hashes()
+                self.written = {n: Written(*stored[n]) for n in stored}
+            nodes = set(ix.nodes) | set(ix.pods) | set(self.written) | set(self.targets)
+            status_keys = set(records) | dirty_policies
+        else:
+            nodes = set(dirty_nodes)
+            for key in dirty_policies:
+                nodes |= self._candidate_nodes(key) | self.policy_nodes.get(key, set())
+            status_keys = set(dirty_policies)
+            for node in dirty_reports:
+                status_keys |= self.targets.get(node, frozenset())
+                report = _first(ix.reports, node)
+                for counters in report.policies if report else []:
+                    if counters.uid in by_uid:
+                        status_keys.add(by_uid[counters.uid])
+        for key in dirty_policies:
+            if key in records:
+                self.handled[key] = (records[key].uid, records[key].generation)
+            else:
+                self.handled.pop(key, None)
+
+        plans = [self._plan(node, status_keys) for node in sorted(nodes)]
+        await asyncio.gather(*(self._apply(plan, status_keys) for plan in plans))
+        await self._statuses(status_keys, records)
+        if not self.synced:
+            self.synced = True
+            metrics.SYNCED.set(1)
+        log.info(
+            "reconciled",
+            extra={
+                "full": full,
+                "nodes": len(nodes),
+                "writes": sum(1 for p in plans if p.write or p.delete),
+                "statuses": len(status_keys),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+
+    def _candidate_nodes(self, key: PolicyKey) -> set[str]:
+        """Nodes where a policy could apply: where its namespace has pods, or all."""
+        assert self.ix is not None
+        namespace = key[1]
+        if namespace:
+            return set(self.ix.pod_nodes.get(namespace, ()))
+        return set(self.ix.pods)
+
+    # --- bundles ----------------------------------------------------------------
+
+    def _set_targets(
+        self, node: str, targets: frozenset[PolicyKey], status_keys: set[PolicyKey]
+    ) -> None:
+        before = self.targets.get(node, frozenset())
+        for key in before - targets:
+            self.policy_nodes[key].discard(node)
+            if not self.policy_nodes[key]:
+                del self.policy_nodes[key]
+        for key in targets - before:
+            self.policy_nodes[key].add(node)
+        status_keys |= before ^ targets
+        if targets:
+            self.targets[node] = targets
+        else:
+            self.targets.pop(node, None)
+
+    def _plan(self, node: str, status_keys: set[PolicyKey]) -> _Plan:
+        assert self.ix is not None
+        plan = _Plan(node)
+        node_uid = _first(self.ix.nodes, node)
+        if node_uid is None:  # the node is gone: so is its bundle
+            self._set_targets(node, frozenset(), status_keys)
+            self.inputs.pop(node, None)
+            self.problems.pop(node, None)
+            gone = self.written.pop(node, None)
+            if gone is not None:
+                plan.delete = gone.name
+                status_keys |= set(gone.policies or ())
+            status_keys |= {
+                key
+                for key, s in self._stored_statuses().items()
+                if s.ledger and node in s.ledger.nodes
+            }
+            return plan
+        pods = [p.pod() for p in self.ix.pods.get(node, ())]
+        namespaces = sorted({p.namespace for p in pods})
+        labels = {ns: dict(_first(self.ix.namespaces, ns, {})) for ns in namespaces}
+        candidates: list[PolicyDocument] = [
+            r.document
+            for ns in ["", *namespaces]
+            for r in self.ix.policies.get(ns, ())
+            if r.document is not None
+        ]
+        chosen = [d for d in candidates if any(applies_to_pod(d, p, labels) for p in pods)]
+        self._set_targets(
+            node, frozenset((d.kind, d.namespace or "", d.name) for d in chosen), status_keys
+        )
+        resolves_namespaces = any(d.scope.namespace_selector is not None for d in chosen)
+        memo: Hashable = (
+            node_uid,
+            tuple(sorted((d.kind, d.namespace or "", d.name, d.uid, d.generation) for d in chosen)),
+            tuple((ns, tuple(sorted(labels[ns].items()))) for ns in namespaces)
+            if resolves_namespaces
+            else None,
+        )
+        if self.inputs.get(node) == memo and node not in self.problems:
+            return plan
+        self.inputs[node] = memo
+        compile_started = time.perf_counter()
+        try:
+            bundle = compile_bundle(chosen, node=node, pods=pods, namespace_labels=labels)
+        except CompileError as exc:
+            self.problems[node] = f"its bundle can't be compiled: {exc}"
+            log.warning("bundle not compiled", extra={"node": node, "error": str(exc)})
+            status_keys |= self.targets.get(node, frozenset())
+            return plan
+        metrics.COMPILE_SECONDS.observe(time.perf_counter() - compile_started)
+        if self.problems.pop(node, None) is not None:
+            status_keys |= self.targets.get(node, frozenset())
+        held = {
+            (p["kind"], p["namespace"] or "", p["name"]): (p["uid"], p["generation"])
+            for p in bundle["policies"]
+        }
+        cluster = self.options.cluster
+        written = Written(configmap_name(node), bundle["hash"], node_uid, cluster, held)
+        before = self.written.get(node)
+        if before is not None and (before.hash, before.owner_uid, before.cluster) == (
+            written.hash,
+            written.owner_uid,
+            written.cluster,
+        ):
+            self.written[node] = written
+            if before.policies is None:
+                status_keys |= set(held)
+            return plan
+        status_keys |= set(held) | set(before.policies or ()) if before else set(held)
+        plan.write = configmap(bundle, node, node_uid, self.options.namespace, cluster)
+        plan.written = written
+        plan.bytes = len(encode(bundle))
+        return plan
+
+    async def _apply(self, plan: _Plan, status_keys: set[PolicyKey]) -> None:
+        try:
+            if plan.delete is not None:
+                await self.kube.delete_configmap(plan.delete)
+                metrics.BUNDLE_WRITES.labels(op="delete").inc()
+                log.info("bundle deleted", extra={"node": plan.node, "configmap": plan.delete})
+            elif plan.write is not None and plan.written is not None:
+                await self.kube.put_configmap(plan.write)
+                self.written[plan.node] = plan.written
+                metrics.BUNDLE_WRITES.labels(op="write").inc()
+                metrics.BUNDLE_BYTES.observe(plan.bytes)
+                log.info(
+                    "bundle written",
+                    extra={"node": plan.node, "hash": plan.written.hash, "bytes": plan.bytes},
+                )
+        except ApiException as exc:
+            metrics.ERRORS.labels(op="bundle").inc()
+            log.warning("bundle write failed", extra={"node": plan.node, "error": str(exc)})
+            self.problems[plan.node] = f"writing its bundle failed ({exc.status} {exc.reason})"
+            self.inputs.pop(plan.node, None)
+            status_keys |= self.targets.get(plan.node, frozenset())
+            self.dirty_nodes.add(plan.node)
+            self._later(2.0)
+
+    # --- statuses -----------------------------------------------------------------
+
+    def _stored_statuses(self) -> dict[PolicyKey, PolicyStatus]:
+        assert self.ix is not None
+        out = {}
+        for store in self.ix.policies.values():
+            for r in store:
+                status = self.statuses.get(r.uid, r.status)
+                if status is not None:
+                    out[r.key] = status
+        return out
+
+    async def _statuses(
+        self, keys: Iterable[PolicyKey], records: Mapping[PolicyKey, PolicyRecord]
+    ) -> None:
+        assert self.ix is not None
+        reports: dict[str, NodePolicyReport] = {}
+        for node, store in self.ix.reports.items():
+            report = next(iter(store), None)
+            if report is not None and node in self.ix.nodes:
+                reports[node] = report
+        existing = set(self.ix.nodes)
+        now = datetime.now(UTC).replace(microsecond=0)
+        writes = []
+        for key in sorted(keys):
+            record = records.get(key)
+            if record is None:
+                continue
+            previous = self.statuses.get(record.uid, record.status)
+            targeted = sorted(self.policy_nodes.get(key, ()))
+            bundled = {
+                n
+                for n in targeted
+                if (w := self.written.get(n)) is not None
+                and w.policies is not None
+                and w.policies.get(key) == (record.uid, record.generation)
+            }
+            ledger = update_ledger(
+                previous.ledger if previous and previous.ledger else CounterLedger(),
+                record.uid,
+                reports,
+                existing,
+            )
+            status = policy_status(
+                record,
+                targeted=targeted,
+                bundled=bundled,
+                node_problems={n: self.problems[n] for n in targeted if n in self.problems},
+                reports=reports,
+                ledger=ledger,
+                previous=previous,
+                now=now,
+            )
+            if previous is not None and _dump(previous) == _dump(status):
+                self.statuses[record.uid] = previous
+                continue
+            writes.append(self._write_status(record, status, previous))
+        await asyncio.gather(*writes)
+
+    async def _write_status(
+        self, record: PolicyRecord, status: PolicyStatus, previous: PolicyStatus | None
+    ) -> None:
+        try:
+            await self.kube.put_policy_status(
+                record.kind, record.namespace, record.name, _dump(status)
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # deleted meanwhile
+                return
+            metrics.ERRORS.labels(op="status").inc()
+            log.warning("status write failed", extra={"policy": record.label, "error": str(exc)})
+            self.dirty_policies.add(record.key)
+            self.handled.pop(record.key, None)
+            self._later(2.0)
+            return
+        self.statuses[record.uid] = status
+        metrics.STATUS_WRITES.inc()
+        ready = _ready(status)
+        before = _ready(previous) if previous else None
+        if (
+            ready is not None
+            and ready.reason in ("Invalid", "NodeErrors")
+            and (before is None or (before.reason, before.message) != (ready.reason, ready.message))
+        ):
+            try:
+                await self.kube.event(
+                    record.kind, record.namespace, record.name, record.uid,
+                    ready.reason, ready.message, self.options.component,
+                )  # fmt: skip
+            except ApiException as exc:
+                log.warning("event not posted", extra={"policy": record.label, "error": str(exc)})
+
+
+def _dump(status: PolicyStatus) -> dict[str, Any]:
+    dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return dumped
+
+
+def _ready(status: PolicyStatus) -> Any:
+    return next((c for c in status.conditions or [] if c.type == READY), None)

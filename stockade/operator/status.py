@@ -1,0 +1,256 @@
+"""A policy's status from what the operator compiled and what the sensors report.
+
+Pure functions: the reconciler passes everything in, so the same inputs
+give the same status (and the reconciler writes nothing when it is equal to
+what is stored). Messages carry no timestamps for the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from stockade.operator.objects import PolicyRecord
+from stockade.policy.model import Mode
+from stockade.policy.reports import EnforcementMode, NodePolicyReport
+from stockade.policy.resources import (
+    Condition,
+    ConditionStatus,
+    CounterLedger,
+    CountsStatus,
+    NodeCounters,
+    NodesStatus,
+    PolicyStatus,
+)
+
+READY = "Ready"
+LISTED = 5  # nodes named in a message before "and N more"
+
+
+def _add(a: CountsStatus, b: CountsStatus) -> CountsStatus:
+    return CountsStatus(
+        blocked=a.blocked + b.blocked, alerted=a.alerted + b.alerted, logged=a.logged + b.logged
+    )
+
+
+def _total(counts: Sequence[CountsStatus]) -> CountsStatus:
+    out = CountsStatus()
+    for c in counts:
+        out = _add(out, c)
+    return out
+
+
+def fold_report(
+    entry: NodeCounters | None, report: NodePolicyReport, uid: str
+) -> NodeCounters | None:
+    """One node's ledger entry for policy `uid` after reading the node's report.
+
+    A new sensor instance, or a counter lower than last seen, means the
+    counters restarted: what was seen moves into `base`. Generations that left
+    the report move into `base` too, so the entry stays small.
+    """
+    current = {
+        str(c.generation): CountsStatus(blocked=c.blocked, alerted=c.alerted, logged=c.logged)
+        for c in report.policies
+        if c.uid == uid
+    }
+    if entry is None:
+        return (
+            NodeCounters(instance=report.sensor.instance_id, generations=current)
+            if current
+            else None
+        )
+    base, seen = entry.base, dict(entry.generations)
+    if entry.instance != report.sensor.instance_id:
+        base, seen = _add(base, _total(list(seen.values()))), {}
+    for generation, last in list(seen.items()):
+        now = current.get(generation)
+        if (
+            now is None
+            or now.blocked < last.blocked
+            or now.alerted < last.alerted
+            or (now.logged < last.logged)
+        ):
+            base = _add(base, last)
+            del seen[generation]
+    return NodeCounters(
+        instance=report.sensor.instance_id, base=base, generations={**seen, **current}
+    )
+
+
+def node_total(entry: NodeCounters) -> CountsStatus:
+    return _add(entry.base, _total(list(entry.generations.values())))
+
+
+def update_ledger(
+    ledger: CounterLedger,
+    uid: str,
+    reports: Mapping[str, NodePolicyReport],
+    nodes: set[str],
+) -> CounterLedger:
+    """Fold every report in; the entries of nodes that are gone move to `retired`."""
+    retired = ledger.retired
+    entries: dict[str, NodeCounters] = {}
+    for node, entry in ledger.nodes.items():
+        if node not in nodes:
+            retired = _add(retired, node_total(entry))
+        else:
+            entries[node] = entry
+    for node, report in reports.items():
+        if node in nodes:
+            folded = fold_report(entries.get(node), report, uid)
+            if folded is not None:
+                entries[node] = folded
+    return CounterLedger(retired=retired, nodes=dict(sorted(entries.items())))
+
+
+def ledger_counts(ledger: CounterLedger) -> CountsStatus:
+    return _total([ledger.retired, *(node_total(e) for e in ledger.nodes.values())])
+
+
+def _names(nodes: Sequence[str]) -> str:
+    shown = ", ".join(nodes[:LISTED])
+    return shown + (f" and {len(nodes) - LISTED} more" if len(nodes) > LISTED else "")
+
+
+def _lag_reason(report: NodePolicyReport | None, record: PolicyRecord) -> str:
+    if report is None:
+        return "no NodePolicyReport (is the sensor running there?)"
+    generations = sorted(c.generation for c in report.policies if c.uid == record.uid)
+    if generations:
+        return f"its sensor runs generation {generations[-1]}"
+    applied = report.bundle.hash if report.bundle else "none"
+    return f"its sensor has not applied a bundle with this policy yet (applied: {applied})"
+
+
+def _condition(
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: PolicyStatus | None,
+    now: datetime,
+) -> Condition:
+    """Ready, keeping the previous transition time unless the status flips."""
+    before = (
+        next((c for c in (previous.conditions or []) if c.type == READY), None)
+        if previous
+        else None
+    )
+    since = before.last_transition_time if before and before.status == status else now
+    return Condition(
+        type=READY,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def policy_status(
+    record: PolicyRecord,
+    *,
+    targeted: Sequence[str],
+    bundled: set[str],
+    node_problems: Mapping[str, str],
+    reports: Mapping[str, NodePolicyReport],
+    ledger: CounterLedger,
+    previous: PolicyStatus | None,
+    now: datetime,
+) -> PolicyStatus:
+    """The status of a policy.
+
+    `targeted`: nodes with a pod in its scope; `bundled`: those whose written
+    bundle holds this generation; `node_problems`: nodes whose bundle can't be
+    compiled or written, with why; `reports`: the NodePolicyReports by node.
+    """
+
+    def ready(status: ConditionStatus, reason: str, message: str) -> Condition:
+        return _condition(status, reason, message, record.generation, previous, now)
+
+    counts = ledger_counts(ledger)
+    empty = not ledger.nodes and ledger.retired == CountsStatus()
+    base = {
+        "observed_generation": record.generation,
+        "counts": counts,
+        "ledger": None if empty else ledger,
+    }
+    doc = record.document
+    if doc is None:
+        message = "the operator refused this generation: " + "; ".join(record.errors)
+        return PolicyStatus(**base, conditions=[ready(ConditionStatus.FALSE, "Invalid", message)])
+    selectors = sum(len(p.selectors) for p in doc.policy.parts().values())
+    applied = [
+        n
+        for n in targeted
+        if (r := reports.get(n)) is not None
+        and any(c.uid == record.uid and c.generation == record.generation for c in r.policies)
+    ]
+    modes: dict[str, int] = {}
+    for n in applied:
+        mode = reports[n].sensor.mode.value
+        modes[mode] = modes.get(mode, 0) + 1
+    nodes = NodesStatus(
+        targeted=len(targeted),
+        applied=len(applied),
+        summary=f"{len(applied)}/{len(targeted)}",
+        modes=dict(sorted(modes.items())),
+    )
+    common = {**base, "mode": doc.mode, "selectors": selectors, "nodes": nodes}
+
+    if not targeted:
+        condition = ready(
+            ConditionStatus.FALSE,
+            "NoTargets",
+            "no pod bound to a node is in this policy's scope; check "
+            + ("namespaceSelector and podSelector" if not record.namespace else "podSelector")
+            + " against the pods' labels",
+        )
+        return PolicyStatus(**common, conditions=[condition])
+
+    problems = sorted(n for n in targeted if n in node_problems)
+    unbundled = sorted(n for n in targeted if n not in bundled and n not in node_problems)
+    if problems or unbundled:
+        parts = [f"{n}: {node_problems[n]}" for n in problems[:LISTED]]
+        if unbundled:
+            parts.append(f"not yet in the bundle of {_names(unbundled)}")
+        condition = ready(
+            ConditionStatus.FALSE,
+            "Compiling",
+            "; ".join(parts) + " (those nodes keep their previous bundle)",
+        )
+        return PolicyStatus(**common, conditions=[condition])
+
+    errors: list[str] = []
+    for n in targeted:
+        report = reports.get(n)
+        for error in report.errors if report else []:
+            if error.policy_uid in (None, record.uid):
+                errors.append(f"{n}: {error.message}")
+    if errors:
+        shown = "; ".join(errors[:LISTED]) + (
+            f" and {len(errors) - LISTED} more" if len(errors) > LISTED else ""
+        )
+        condition = ready(ConditionStatus.FALSE, "NodeErrors", "sensors report errors: " + shown)
+        return PolicyStatus(**common, conditions=[condition])
+
+    lagging = [n for n in targeted if n not in applied]
+    if lagging:
+        why = "; ".join(f"{n}: {_lag_reason(reports.get(n), record)}" for n in lagging[:LISTED])
+        more = f" and {len(lagging) - LISTED} more" if len(lagging) > LISTED else ""
+        condition = ready(
+            ConditionStatus.FALSE,
+            "Applying",
+            f"applied on {len(applied)}/{len(targeted)} nodes; waiting for {why}{more}",
+        )
+        return PolicyStatus(**common, conditions=[condition])
+
+    message = f"applied on {len(applied)}/{len(targeted)} nodes"
+    cannot_deny = sum(v for k, v in modes.items() if k != EnforcementMode.LSM.value)
+    if record.blocks and doc.mode == Mode.ENFORCE and cannot_deny:
+        message += (
+            f"; {cannot_deny} of them can't deny before the operation (no BPF LSM): there"
+            " block kills the process, or only alerts in observe mode"
+        )
+    return PolicyStatus(**common, conditions=[ready(ConditionStatus.TRUE, "Applied", message)])
