@@ -121,11 +121,16 @@ struct {
 } inflight SEC(".maps");
 
 /* processes that got a record: their exit produces an exit record */
+struct tracked_val {
+	__u64 start_time;
+	__u64 cgroup_id; /* the listed (container) cgroup that decided */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct tracked_val);
 } tracked SEC(".maps");
 
 struct eval_in {
@@ -861,7 +866,33 @@ struct entry {
 	__u32 slot;
 };
 
-/* Reads the active slot once; returns 0 when the current cgroup isn't listed. */
+/*
+ * The deepest listed cgroup among the current cgroup's ancestors (0: none),
+ * so that cgroups a container creates below its own stay covered, with no
+ * window in which they are unknown.
+ */
+__noinline __u64 stk_listed_ancestor(__u32 slot)
+{
+	struct stk_cgroup_key key = {};
+	__u64 found = 0, id;
+	int level;
+
+	key.slot = slot & 1;
+	for (level = 0; level < STK_MAX_CGROUP_DEPTH; level++) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			break;
+		key.cgroup_id = id;
+		if (bpf_map_lookup_elem(&cgroup_masks, &key))
+			found = id;
+	}
+	return found;
+}
+
+/*
+ * Reads the active slot once; returns 0 when neither the current cgroup nor
+ * one of its ancestors is listed. e->cgid is the listed cgroup.
+ */
 static __always_inline int enter(struct entry *e)
 {
 	struct stk_cgroup_key key = {};
@@ -875,8 +906,15 @@ static __always_inline int enter(struct entry *e)
 	key.slot = e->slot;
 	key.cgroup_id = e->cgid;
 	e->cg = bpf_map_lookup_elem(&cgroup_masks, &key);
-	if (!e->cg)
-		return 0;
+	if (!e->cg) {
+		key.cgroup_id = stk_listed_ancestor(e->slot);
+		if (!key.cgroup_id)
+			return 0;
+		e->cgid = key.cgroup_id;
+		e->cg = bpf_map_lookup_elem(&cgroup_masks, &key);
+		if (!e->cg)
+			return 0;
+	}
 	e->s = bpf_map_lookup_elem(&scratch_map, &zero);
 	return e->s != NULL;
 }
@@ -1005,9 +1043,9 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 
 	{
 		__u32 tgid = r->h.tgid;
-		__u64 st = r->start_time_ns;
+		struct tracked_val tv = { .start_time = r->start_time_ns, .cgroup_id = e.cgid };
 
-		bpf_map_update_elem(&tracked, &tgid, &st, BPF_ANY);
+		bpf_map_update_elem(&tracked, &tgid, &tv, BPF_ANY);
 	}
 	return 0;
 }
@@ -1033,13 +1071,13 @@ int stk_exit(struct trace_event_raw_sched_process_template *ctx)
 	struct stk_proc_rec *r;
 	struct stk_control *ctl;
 	__u32 tgid, zero = 0;
-	__u64 *st;
+	struct tracked_val *tv;
 
 	if (BPF_CORE_READ(task, pid) != BPF_CORE_READ(task, tgid))
 		return 0;
 	tgid = BPF_CORE_READ(task, tgid);
-	st = bpf_map_lookup_elem(&tracked, &tgid);
-	if (!st)
+	tv = bpf_map_lookup_elem(&tracked, &tgid);
+	if (!tv)
 		return 0;
 	ctl = bpf_map_lookup_elem(&control, &zero);
 	r = bpf_map_lookup_elem(&recbufs, &zero);
@@ -1054,7 +1092,7 @@ int stk_exit(struct trace_event_raw_sched_process_template *ctx)
 	r->h.slot = ctl->active_slot & 1;
 	r->h.generation = ctl->generation[r->h.slot & 1];
 	r->h.ktime_ns = bpf_ktime_get_ns();
-	r->h.cgroup_id = bpf_get_current_cgroup_id();
+	r->h.cgroup_id = tv->cgroup_id;
 	r->h.mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
 	r->h.pid = BPF_CORE_READ(task, pid);
 	r->h.tgid = tgid;

@@ -15,7 +15,8 @@
 #define STK_PATH_REC_MAX 4095      /* paths in records are truncated to this many bytes */
 #define STK_ARGS_MAX 1023          /* argv bytes in a process record */
 #define STK_MAX_DEPTH 64           /* path components walked per path */
-#define STK_MAX_RESPONSES 256      /* response rows per slot and part */
+#define STK_MAX_RESPONSES 1024     /* response rows per slot and part (= the compiler's limit) */
+#define STK_MAX_CGROUP_DEPTH 32    /* cgroup levels searched for a listed ancestor */
 
 enum stk_part { STK_PART_PROCESS = 0, STK_PART_FILE = 1 };
 

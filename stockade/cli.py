@@ -24,6 +24,7 @@ from stockade.policy.loader import (
 )
 from stockade.policy.model import Action
 from stockade.policy.rules import Severity
+from stockade.sensor import cli as sensor_cli
 
 
 class UsageError(Exception):
@@ -245,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
         "--priority", type=int, help="leader-election priority (default: random, never tied)"
     )
     p.set_defaults(run=cmd_operator)
+
+    sensor_cli.register(sub)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(run=cmd_version)

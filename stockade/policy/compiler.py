@@ -31,6 +31,8 @@ from stockade.policy.resources import LabelSelector
 SCHEMA_VERSION = 1
 # Selector bits per part in one bundle: the width of the kernel's masks.
 MAX_SELECTORS_PER_BUNDLE_PART = 1024
+# Response rows per part in one bundle: the kernel's table size (STK_MAX_RESPONSES).
+MAX_RESPONSES_PER_BUNDLE_PART = 1024
 PART_OPERATIONS: dict[PartName, tuple[str, ...]] = {
     "process": ("fork", "exec"),
     "file": ("createExecutable", "modifyExecutable", "createFile", "modifyFile", "deleteFile"),
@@ -185,6 +187,11 @@ class _PartCompiler:
             raise CompileError(
                 f"{len(self.selectors)} {self.part} selectors on one node; a bundle holds at "
                 f"most {MAX_SELECTORS_PER_BUNDLE_PART} per part"
+            )
+        if len(self.responses) > MAX_RESPONSES_PER_BUNDLE_PART:
+            raise CompileError(
+                f"{len(self.responses)} {self.part} responses on one node; a bundle holds at "
+                f"most {MAX_RESPONSES_PER_BUNDLE_PART} per part"
             )
 
         def table(entries: Mapping[str, set[int]]) -> dict[str, str]:

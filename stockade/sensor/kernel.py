@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal, TypedDict
+from typing import Final
 
+from stockade.policy.compiler import (
+    MAX_RESPONSES_PER_BUNDLE_PART,
+    MAX_SELECTORS_PER_BUNDLE_PART,
+    PART_OPERATIONS,
+)
+from stockade.policy.compiler import Bundle as PolicyBundle
+from stockade.policy.model import PartName
+from stockade.policy.predicates import Workload
+from stockade.policy.tables import PartTables, container_masks
 from stockade.sensor.libbpf import BpfObject, Link, Map, RingBuffer
 from stockade.sensor.paths import ensure_fs, object_path
 
@@ -20,14 +30,12 @@ __all__ = [
     "STATS",
     "Bundle",
     "KillSensor",
-    "PartMasks",
-    "PathTables",
     "mask_bytes",
 ]
 
-MAX_SELECTORS: Final = 1024
+MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
 MASK_BYTES: Final = MAX_SELECTORS // 8
-MAX_RESPONSES: Final = 256
+MAX_RESPONSES: Final = MAX_RESPONSES_PER_BUNDLE_PART  # STK_MAX_RESPONSES in bpf/stockade.h
 OP_SLOTS: Final = 8
 OP_INDEX: Final[Mapping[str, int]] = {
     "fork": 0,
@@ -38,7 +46,7 @@ OP_INDEX: Final[Mapping[str, int]] = {
     "modifyFile": 5,
     "deleteFile": 6,
 }
-PART_INDEX: Final[Mapping[str, int]] = {"process": 0, "file": 1}
+PART_INDEX: Final[Mapping[PartName, int]] = {"process": 0, "file": 1}
 STATS: Final = ("rb_fail", "inflight_fail", "path_truncated", "records", "kills", "kill_fail")
 FILE_SYSCALLS: Final = (
     "open", "openat", "openat2", "creat", "unlink", "unlinkat", "rename", "renameat",
@@ -46,38 +54,31 @@ FILE_SYSCALLS: Final = (
     "ftruncate", "mknod", "mknodat",
 )  # fmt: skip
 
-Part = Literal["process", "file"]
 
+@dataclass(frozen=True)
+class Bundle:
+    """What the loader writes into one slot: the part tables and each cgroup's masks.
 
-class PartMasks(TypedDict, total=False):
-    """Per-part selector masks (selector i = bit i); missing means 0."""
-
-    any_path: int  # selectors without a path condition
-    any_name: int  # selectors without processName (process part)
-    requires_interactive: int  # sessionLeaderInteractive: true
-    requires_non_interactive: int  # sessionLeaderInteractive: false
-    ignore_mounts: int  # ignoreVolumeMounts (file part)
-    ignore_files: int  # ignoreVolumeFiles (file part)
-
-
-class PathTables(TypedDict, total=False):
-    """Path conditions: exact "/a/b", children of "/a" ("/a/*"), recursive "/a" ("/a/**")."""
-
-    exact: Mapping[str, int]
-    children: Mapping[str, int]
-    recursive: Mapping[str, int]  # "/" for "/**"; ancestors are folded in by the loader
-
-
-class Bundle(TypedDict):
-    """One compiled policy bundle for this node, in plain Python values."""
+    `parts` are the table interpreter's own tables (`PartTables`), so the kernel
+    and `PartTables.decide` read the same data; `cgroups` maps a listed cgroup id
+    to its per-part selector mask (`tables.container_masks`).
+    """
 
     generation: int
-    cgroups: Mapping[int, Mapping[Part, int]]  # cgroup id -> part -> selector mask
-    ops: Mapping[str, int]  # operation name (OP_INDEX) -> selector mask
-    parts: Mapping[Part, PartMasks]
-    paths: Mapping[Part, PathTables]  # process: processExecutable, file: targetFilePath
-    names: Mapping[str, int]  # processName (<= 15 bytes) -> mask
-    responses: Mapping[Part, Sequence[tuple[int, int, int, int]]]  # match, exclude, actions, policy
+    cgroups: Mapping[int, Mapping[PartName, int]]
+    parts: Mapping[PartName, PartTables]
+
+    @classmethod
+    def from_policy(
+        cls, bundle: PolicyBundle, containers: Mapping[int, Workload], generation: int
+    ) -> Bundle:
+        """A compiled bundle (`compiler.compile_bundle`) for the listed containers (cgroup id →
+        workload) as this node's maps."""
+        return cls(
+            generation=generation,
+            cgroups={cgid: container_masks(bundle, w) for cgid, w in containers.items()},
+            parts={part: PartTables.from_bundle(bundle, part) for part in PART_OPERATIONS},
+        )
 
 
 def mask_bytes(mask: int) -> bytes:
@@ -92,18 +93,6 @@ def _path_bytes(path: str, size: int) -> bytes:
     if not raw.startswith(b"/") or len(raw) > size - 1 or b"\0" in raw:
         raise ValueError(f"bad path {path!r} (absolute, at most {size - 1} bytes)")
     return raw.ljust(size, b"\0")
-
-
-def _fold_recursive(table: Mapping[str, int]) -> dict[bytes, int]:
-    """Map "/a/b" -> prefix b"/a/b/" with the union of its own and all ancestors' masks."""
-    prefixes = {("/" if d == "/" else d.rstrip("/") + "/").encode(): m for d, m in table.items()}
-    out: dict[bytes, int] = {}
-    for p in prefixes:
-        out[p] = 0
-        for q, m in prefixes.items():
-            if p.startswith(q):
-                out[p] |= m
-    return out
 
 
 class KillSensor:
@@ -199,76 +188,79 @@ class KillSensor:
         self._clear_slot("recursive_paths", slot, lambda k: k[4] >> 4)
         self._clear_slot("names", slot, lambda k: int.from_bytes(k[:4], "little"))
 
-        cg = self.maps["cgroup_masks"]
-        cg.update_batch(
+        self.maps["cgroup_masks"].update_batch(
             [
                 (
                     struct.pack("<IIQ", slot, 0, cgid),
-                    mask_bytes(parts.get("process", 0)) + mask_bytes(parts.get("file", 0)),
+                    mask_bytes(masks.get("process", 0)) + mask_bytes(masks.get("file", 0)),
                 )
-                for cgid, parts in bundle["cgroups"].items()
+                for cgid, masks in bundle.cgroups.items()
             ]
         )
-        for op, idx in OP_INDEX.items():
-            self.maps["op_masks"].update(
-                struct.pack("<I", slot * OP_SLOTS + idx), mask_bytes(bundle["ops"].get(op, 0))
-            )
+        ops = {op: 0 for op in OP_INDEX}
+        for tables in bundle.parts.values():
+            ops.update(tables.operations)
+        self.maps["op_masks"].update_batch(
+            [
+                (struct.pack("<I", slot * OP_SLOTS + OP_INDEX[op]), mask_bytes(m))
+                for op, m in ops.items()
+            ]
+        )
+        names: list[tuple[bytes, bytes]] = []
         for part, pidx in PART_INDEX.items():
-            pm = bundle["parts"].get(part, {})  # type: ignore[call-overload]
-            value = b"".join(
-                mask_bytes(int(pm.get(f, 0)))
-                for f in (
-                    "any_path", "any_name", "requires_interactive", "requires_non_interactive",
-                    "ignore_mounts", "ignore_files",
-                )
+            t = bundle.parts.get(part)
+            masks = (
+                (t.paths.any, t.any_name, t.require_interactive, t.require_not_interactive,
+                 t.ignore_mounts, t.ignore_files)
+                if t is not None else (0,) * 6
             )  # fmt: skip
-            self.maps["part_masks"].update(struct.pack("<I", slot * 2 + pidx), value)
-            tables: PathTables = bundle["paths"].get(part, {})  # type: ignore[call-overload]
+            self.maps["part_masks"].update(
+                struct.pack("<I", slot * 2 + pidx), b"".join(mask_bytes(m) for m in masks)
+            )
+            if t is None:
+                continue
             tag = struct.pack("<I", slot << 8 | pidx)
-            self.maps["exact_paths"].update_batch(
-                [
-                    (tag + _path_bytes(p, 256), mask_bytes(m))
-                    for p, m in tables.get("exact", {}).items()
-                ]
-            )
-            self.maps["child_paths"].update_batch(
-                [
-                    (tag + _path_bytes(p, 256), mask_bytes(m))
-                    for p, m in tables.get("children", {}).items()
-                ]
-            )
+            for name, table in (("exact_paths", t.paths.exact), ("child_paths", t.paths.children)):
+                self.maps[name].update_batch(
+                    [(tag + _path_bytes(p, 256), mask_bytes(m)) for p, m in table.items()]
+                )
             lpm = self.maps["recursive_paths"]
-            for prefix, m in _fold_recursive(tables.get("recursive", {})).items():
+            for key, m in t.paths.recursive_lpm.items():
+                prefix = key.encode()
                 if len(prefix) > 255:
-                    raise ValueError(f"recursive prefix too long: {prefix!r}")
-                key = struct.pack("<IB", 8 * (1 + len(prefix)), slot << 4 | pidx)
-                lpm.update(key + prefix.ljust(255, b"\0"), mask_bytes(m))
-            rows = bundle["responses"].get(part, [])  # type: ignore[call-overload]
-            if len(rows) > MAX_RESPONSES:
+                    raise ValueError(f"recursive prefix too long: {key!r}")
+                lpm.update(
+                    struct.pack("<IB", 8 * (1 + len(prefix)), slot << 4 | pidx)
+                    + prefix.ljust(255, b"\0"),
+                    mask_bytes(m),
+                )
+            if len(t.responses) > MAX_RESPONSES:
                 raise ValueError(f"{part}: more than {MAX_RESPONSES} responses")
             base = (slot * 2 + pidx) * MAX_RESPONSES
             self.maps["responses"].update_batch(
                 [
                     (
                         struct.pack("<I", base + i),
-                        mask_bytes(match) + mask_bytes(exclude) + struct.pack("<IHH", act, pol, 0),
+                        mask_bytes(r.match)
+                        + mask_bytes(r.exclude)
+                        + struct.pack("<IHH", int(r.actions), r.policy, 0),
                     )
-                    for i, (match, exclude, act, pol) in enumerate(rows)
+                    for i, r in enumerate(t.responses)
                 ]
             )
-        names = []
-        for name, m in bundle["names"].items():
-            raw = name.encode()
-            if len(raw) > 15:
-                raise ValueError(f"process name longer than 15 bytes: {name!r}")
-            names.append((struct.pack("<I", slot) + raw.ljust(16, b"\0"), mask_bytes(m)))
+            for name, m in t.names.items():
+                raw = name.encode()
+                if len(raw) > 15:
+                    raise ValueError(f"process name longer than 15 bytes: {name!r}")
+                names.append((struct.pack("<I", slot) + raw.ljust(16, b"\0"), mask_bytes(m)))
         self.maps["names"].update_batch(names)
 
         # counts and generation of this slot; the active slot is left as it is
         active, gens, counts = self._control()
-        gens[slot] = bundle["generation"]
-        counts[slot * 2 + 0] = len(bundle["responses"].get("process", []))
-        counts[slot * 2 + 1] = len(bundle["responses"].get("file", []))
+        gens[slot] = bundle.generation
+        for part, pidx in PART_INDEX.items():
+            t = bundle.parts.get(part)
+            counts[slot * 2 + pidx] = len(t.responses) if t is not None else 0
         self.maps["control"].update(b"\0" * 4, struct.pack("<IIQQ4I", active, 0, *gens, *counts))
 
     def activate(self, slot: int) -> None:

@@ -10,6 +10,7 @@ __all__ = [
     "ACTION_AUDIT_BLOCK",
     "ACTION_BLOCK",
     "ACTION_LOG",
+    "HOOKS",
     "KIND_EXIT",
     "KIND_FILE",
     "KIND_PROCESS",
@@ -37,6 +38,14 @@ OPS: tuple[str, ...] = (
 )
 OUTCOMES: tuple[str, ...] = ("allowed", "killed", "kill_failed", "denied")
 VOLUMES: tuple[str, ...] = ("none", "mount", "file")
+# enum stk_hook: what each hook id is (process tracepoints, or the file syscall)
+HOOKS: dict[int, str] = {
+    1: "sched_process_exec", 2: "sched_process_fork", 3: "sched_process_exit",
+    10: "open", 11: "openat", 12: "openat2", 13: "creat", 20: "unlink", 21: "unlinkat",
+    30: "rename", 31: "renameat", 32: "renameat2", 40: "link", 41: "linkat", 50: "chmod",
+    51: "fchmod", 52: "fchmodat", 53: "fchmodat2", 60: "truncate", 61: "ftruncate",
+    70: "mknod", 71: "mknodat",
+}  # fmt: skip
 
 _HDR = struct.Struct("<HHHBBIIQQQIIIIII128s")  # 192 bytes
 _PROC = struct.Struct("<QQIIIII4B16sHHHH")  # 64 bytes

@@ -7,15 +7,21 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from stockade.sensor.kernel import Bundle, KillSensor
+from stockade.policy.model import PartName
+from stockade.policy.tables import ActionBits, PartTables, PathTables, ResponseRow
+from stockade.sensor.kernel import MAX_SELECTORS, Bundle, KillSensor
 from stockade.sensor.paths import object_path
 from stockade.sensor.records import FileRecord, ProcessRecord, decode
+
+if TYPE_CHECKING:
+    from .scenario import Harness
 
 REPO = Path(__file__).resolve().parents[2]
 CGROUP2 = Path("/sys/fs/cgroup/unified")
@@ -47,7 +53,7 @@ def sensor(_built: None) -> Iterator[KillSensor]:
     s.close()
 
 
-@dataclass
+@dataclass(eq=False)
 class Cgroup:
     """A cgroup v2 directory standing in for a container."""
 
@@ -66,16 +72,31 @@ class Cgroup:
         return _join
 
 
+def _remove_cgroup(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir():
+            _remove_cgroup(child)
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def cgroup() -> Iterator[Cgroup]:
     path = Path(tempfile.mkdtemp(prefix="stk-test-", dir=CGROUP2))
     yield Cgroup(path)
-    for _ in range(50):
-        try:
-            path.rmdir()
-            break
-        except OSError:
-            time.sleep(0.05)
+    _remove_cgroup(path)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A static binary that exits 0 at once."""
+    from .scenario import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
@@ -124,10 +145,40 @@ def collector(sensor: KillSensor) -> Iterator[Collector]:
 
 def empty_bundle(generation: int = 1) -> Bundle:
     """A bundle with nothing in it."""
-    return {
-        "generation": generation, "cgroups": {}, "ops": {}, "parts": {}, "paths": {},
-        "names": {}, "responses": {},
-    }  # fmt: skip
+    return Bundle(generation, {}, {})
+
+
+def part_tables(
+    part: PartName,
+    ops: Mapping[str, int],
+    responses: Sequence[tuple[int, int, int]],
+    *,
+    any_path: int = 0,
+    exact: Mapping[str, int] | None = None,
+    children: Mapping[str, int] | None = None,
+    recursive_lpm: Mapping[str, int] | None = None,
+    names: Mapping[str, int] | None = None,
+    any_name: int = 0,
+    requires_interactive: int = 0,
+    ignore_mounts: int = 0,
+    ignore_files: int = 0,
+) -> PartTables:
+    """Hand-made tables for loader tests; responses are (match, exclude, actions)."""
+    return PartTables(
+        part=part,
+        selector_count=MAX_SELECTORS,
+        operations=ops,
+        paths=PathTables(exact or {}, children or {}, recursive_lpm or {}, any_path),
+        responses=tuple(
+            ResponseRow(m, x, ActionBits(a), i) for i, (m, x, a) in enumerate(responses)
+        ),
+        names=names or {},
+        any_name=any_name,
+        require_interactive=requires_interactive,
+        require_not_interactive=0,
+        ignore_mounts=ignore_mounts,
+        ignore_files=ignore_files,
+    )
 
 
 @pytest.fixture
@@ -136,3 +187,17 @@ def load(sensor: KillSensor) -> Iterator[Callable[[Bundle], int]]:
     yield sensor.reload
     sensor.reload(empty_bundle(0))
     sensor.reload(empty_bundle(0))
+
+
+@pytest.fixture
+def harness(sensor: KillSensor, workdir: Path) -> Iterator[Harness]:
+    """Standalone mode on the session's sensor; its inputs live in a fresh directory."""
+    from .scenario import Harness
+
+    inputs = Path(tempfile.mkdtemp(prefix="stk-in-", dir="/var/tmp"))
+    h = Harness(sensor, inputs)
+    yield h
+    h.close()
+    sensor.reload(empty_bundle(0))
+    sensor.reload(empty_bundle(0))
+    shutil.rmtree(inputs, ignore_errors=True)

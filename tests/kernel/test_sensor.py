@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from stockade.sensor.kernel import OP_INDEX, Bundle, KillSensor
+from stockade.policy.model import PartName
+from stockade.policy.tables import PartTables
+from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.records import (
     ACTION_ALERT,
     ACTION_AUDIT_BLOCK,
@@ -22,7 +24,7 @@ from stockade.sensor.records import (
     ProcessRecord,
 )
 
-from .conftest import Cgroup, Collector, empty_bundle
+from .conftest import Cgroup, Collector, part_tables
 
 pytestmark = pytest.mark.kernel
 
@@ -59,14 +61,12 @@ def py(script: str, *args: str) -> list[str]:
     return [sys.executable, "-S", "-B", "-c", script, *args]
 
 
-def file_bundle(cg: Cgroup, generation: int = 1) -> Bundle:
-    """Selector 0: every file operation anywhere; response: log."""
-    b = empty_bundle(generation)
-    b["cgroups"] = {cg.id: {"file": 1}}
-    b["ops"] = {op: 1 for op in FILE_OPS}
-    b["parts"] = {"file": {"any_path": 1}}
-    b["responses"] = {"file": [(1, 0, ACTION_LOG, 0)]}
-    return b
+def file_bundle(cg: Cgroup, generation: int = 1, responses: int = 1) -> Bundle:
+    """Selector 0: every file operation anywhere; response (unless 0): log."""
+    tables = part_tables(
+        "file", {op: 1 for op in FILE_OPS}, [(1, 0, ACTION_LOG)][:responses], any_path=1
+    )
+    return Bundle(generation, {cg.id: {"file": 1}}, {"file": tables})
 
 
 def file_records(recs: list[ProcessRecord | FileRecord], under: Path) -> list[FileRecord]:
@@ -109,27 +109,25 @@ def test_path_tables_and_responses(
     collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
 ) -> None:
     d = str(workdir)
-    b = empty_bundle(7)
-    b["cgroups"] = {cgroup.id: {"file": 0b1111}}
-    b["ops"] = {
+    ops = {
         "createFile": 0b0001, "modifyFile": 0b0001, "deleteFile": 0b0011,
         "createExecutable": 0b1101, "modifyExecutable": 0b0001,
     }  # fmt: skip
-    b["paths"] = {
-        "file": {
-            "exact": {f"{d}/sub/moved.txt": 0b0001},  # selector 0: that file, any op
-            "children": {f"{d}/sub": 0b0010},  # selector 1: d/sub/*, deleteFile
-            "recursive": {d: 0b0100, "/var": 0b1000},  # 2: d/**, 3: /var/**; createExecutable
-        }
-    }
-    b["responses"] = {
-        "file": [
-            (0b0011, 0, ACTION_LOG, 0),
-            (0b1100, 0, ACTION_ALERT, 1),
-            (0b0010, 0b0001, ACTION_AUDIT_BLOCK, 2),
-        ]
-    }
-    load(b)
+    responses = [
+        (0b0011, 0, ACTION_LOG),
+        (0b1100, 0, ACTION_ALERT),
+        (0b0010, 0b0001, ACTION_AUDIT_BLOCK),
+    ]
+    tables = part_tables(
+        "file",
+        ops,
+        responses,
+        exact={f"{d}/sub/moved.txt": 0b0001},  # selector 0: that file, any op
+        children={f"{d}/sub": 0b0010},  # selector 1: d/sub/*, deleteFile
+        # 2: d/**, 3: /var/** (createExecutable); LPM values hold their ancestors' bits
+        recursive_lpm={d + "/": 0b1100, "/var/": 0b1000},
+    )
+    load(Bundle(7, {cgroup.id: {"file": 0b1111}}, {"file": tables}))
     res, recs = collector.run(py(FILE_SCRIPT, d), cgroup)
     assert res.returncode == 0, res.stderr
     got = [(r.path, r.header.matched, r.header.actions) for r in file_records(recs, workdir)]
@@ -145,15 +143,12 @@ def test_path_tables_and_responses(
 def test_outside_cgroup_produces_nothing(
     collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
 ) -> None:
-    b = file_bundle(cgroup)
-    b["cgroups"] = {cgroup.id: {"file": 1, "process": 1}}
-    b["ops"] = {op: 1 for op in OP_INDEX}
-    b["parts"] = {"file": {"any_path": 1}, "process": {"any_path": 1, "any_name": 1}}
-    b["responses"] = {
-        "file": [(1, 0, ACTION_ALERT | ACTION_BLOCK, 0)],
-        "process": [(1, 0, ACTION_ALERT | ACTION_BLOCK, 0)],
+    block = [(1, 0, ACTION_ALERT | ACTION_BLOCK)]
+    parts: dict[PartName, PartTables] = {
+        "file": part_tables("file", {op: 1 for op in FILE_OPS}, block, any_path=1),
+        "process": part_tables("process", {"fork": 1, "exec": 1}, block, any_path=1, any_name=1),
     }
-    load(b)
+    load(Bundle(1, {cgroup.id: {"file": 1, "process": 1}}, parts))
     res, recs = collector.run(
         ["/bin/sh", "-c", "/bin/true && " + shlex.join(py(FILE_SCRIPT, str(workdir)))], None
     )
@@ -163,13 +158,14 @@ def test_outside_cgroup_produces_nothing(
 
 
 def test_blocked_exec_never_runs(collector: Collector, cgroup: Cgroup, load: Load) -> None:
-    b = empty_bundle(3)
-    b["cgroups"] = {cgroup.id: {"process": 0b1}}
-    b["ops"] = {"exec": 0b1}
-    b["paths"] = {"process": {"exact": {"/usr/bin/echo": 0b1}}}
-    b["parts"] = {"process": {"any_name": 0b1}}
-    b["responses"] = {"process": [(0b1, 0, ACTION_ALERT | ACTION_BLOCK, 0)]}
-    load(b)
+    tables = part_tables(
+        "process",
+        {"exec": 0b1},
+        [(0b1, 0, ACTION_ALERT | ACTION_BLOCK)],
+        exact={"/usr/bin/echo": 0b1},
+        any_name=0b1,
+    )
+    load(Bundle(3, {cgroup.id: {"process": 0b1}}, {"process": tables}))
     res, recs = collector.run(["/bin/sh", "-c", "/bin/echo MARKER-NEVER; echo after"], cgroup)
     assert "MARKER-NEVER" not in res.stdout
     assert res.stdout == "after\n"
@@ -187,14 +183,16 @@ def test_blocked_exec_never_runs(collector: Collector, cgroup: Cgroup, load: Loa
 def test_process_name_interactive_and_fork(
     collector: Collector, cgroup: Cgroup, load: Load
 ) -> None:
-    b = empty_bundle(5)
-    b["cgroups"] = {cgroup.id: {"process": 0b111}}
-    b["ops"] = {"exec": 0b011, "fork": 0b100}
-    b["names"] = {"true": 0b001}
-    b["parts"] = {"process": {"any_path": 0b111, "any_name": 0b110, "requires_interactive": 0b010}}
-    b["responses"] = {"process": [(0b001, 0, ACTION_LOG, 0), (0b010, 0, ACTION_ALERT, 1),
-                                  (0b100, 0, ACTION_LOG, 2)]}  # fmt: skip
-    load(b)
+    tables = part_tables(
+        "process",
+        {"exec": 0b011, "fork": 0b100},
+        [(0b001, 0, ACTION_LOG), (0b010, 0, ACTION_ALERT), (0b100, 0, ACTION_LOG)],
+        names={"true": 0b001},
+        any_path=0b111,
+        any_name=0b110,
+        requires_interactive=0b010,
+    )
+    load(Bundle(5, {cgroup.id: {"process": 0b111}}, {"process": tables}))
     res, recs = collector.run(["/bin/sh", "-c", "/bin/true; /bin/echo x"], cgroup)
     assert res.returncode == 0
     execs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == 1]
@@ -221,12 +219,15 @@ def test_volume_kinds(collector: Collector, cgroup: Cgroup, workdir: Path, load:
     (d / "vol").mkdir()
     (d / "srcfile").write_text("")
     (d / "single").write_text("")
-    b = file_bundle(cgroup)
-    b["cgroups"] = {cgroup.id: {"file": 0b111}}
-    b["ops"] = {op: 0b111 for op in FILE_OPS}
-    b["parts"] = {"file": {"any_path": 0b111, "ignore_files": 0b010, "ignore_mounts": 0b100}}
-    b["responses"] = {"file": [(0b111, 0, ACTION_LOG, 0)]}
-    load(b)
+    tables = part_tables(
+        "file",
+        {op: 0b111 for op in FILE_OPS},
+        [(0b111, 0, ACTION_LOG)],
+        any_path=0b111,
+        ignore_files=0b010,
+        ignore_mounts=0b100,
+    )
+    load(Bundle(1, {cgroup.id: {"file": 0b111}}, {"file": tables}))
     script = (
         f"mount --make-rprivate / && mount --bind {d}/srcdir {d}/vol && "
         f"mount --bind {d}/srcfile {d}/single && "
@@ -251,9 +252,7 @@ def test_reload_flips_slot_and_generation(
     assert sensor.active_slot == 1 - before
     _, recs = collector.run(["/bin/sh", "-c", f"echo > {workdir}/a"], cgroup)
     assert [(r.header.generation, r.header.slot) for r in recs] == [(100, 1 - before)]
-    b = file_bundle(cgroup, generation=101)
-    b["responses"] = {"file": []}  # nothing applies any more
-    load(b)
+    load(file_bundle(cgroup, generation=101, responses=0))  # nothing applies any more
     assert sensor.active_slot == before
     _, recs = collector.run(["/bin/sh", "-c", f"echo > {workdir}/b"], cgroup)
     assert recs == []

@@ -1,0 +1,176 @@
+"""Sensor overhead, measured side by side in one run (root; not a test).
+
+    .venv/bin/python benchmarks/sensor_overhead.py [--rounds 5]
+
+Three ratios, each the median over rounds of (time with the sensor) / (time without),
+the two measured back to back in every round, all inside one test cgroup:
+
+1. open(O_WRONLY)/close of an existing file, 1024 file and 1024 process selectors whose
+   responses match nothing (target <= 1.03x);
+2. fork+exec+wait of a tiny static binary, same bundle (target <= 1.05x);
+3. the same exec loop under the default policy (every exec logged), the standalone sensor
+   reading the ring buffer and writing JSON lines (target <= 1.15x).
+
+The sensor is the real `stockade sensor --standalone` process; "without" is no sensor at all.
+The loops are C programs (a Python loop would hide the cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+if not (CGROUP2 / "cgroup.procs").exists():
+    CGROUP2 = Path("/sys/fs/cgroup")
+
+LOOPS_C = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[2]);
+    if (!strcmp(argv[1], "open")) {
+        for (long i = 0; i < n; i++) close(open(argv[3], O_WRONLY));
+    } else {
+        char *args[] = {argv[3], NULL};
+        for (long i = 0; i < n; i++) {
+            pid_t p = fork();
+            if (!p) { execv(argv[3], args); _exit(127); }
+            waitpid(p, NULL, 0);
+        }
+    }
+    return 0;
+}
+"""
+TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
+
+
+def build(d: Path) -> tuple[Path, Path]:
+    (d / "loops.c").write_text(LOOPS_C)
+    (d / "tiny.c").write_text(TINY_C)
+    subprocess.run(["gcc", "-O2", "-o", str(d / "loops"), str(d / "loops.c")], check=True)
+    subprocess.run(
+        ["gcc", "-static", "-nostdlib", "-O2", "-o", str(d / "tiny"), str(d / "tiny.c")],
+        check=True,
+    )
+    return d / "loops", d / "tiny"
+
+
+def wide_policy() -> str:
+    """4 policies x 256 selectors per part (1024 per part), 4 responses each: nothing matches."""
+    docs = []
+    for p in range(4):
+        spec: dict[str, object] = {}
+        for part, key, ops in (
+            ("file", "targetFilePath", ["createFile", "modifyFile", "deleteFile"]),
+            ("process", "processExecutable", ["fork", "exec"]),
+        ):
+            names = [f"{part[0]}{p}x{i}" for i in range(256)]
+            spec[part] = {
+                "selectors": [
+                    {"name": n, "operation": ops, key: [f"/nonexistent/{n}/**"]} for n in names
+                ],
+                "responses": [
+                    {"match": names[i : i + 64], "actions": ["alert"]} for i in range(0, 256, 64)
+                ],
+            }
+        docs.append(
+            {
+                "apiVersion": "stockade.dev/v1alpha1",
+                "kind": "ContainerPolicy",
+                "metadata": {"name": f"wide-{p}", "namespace": "bench"},
+                "spec": spec,
+            }
+        )
+    return "\n---\n".join(json.dumps(d) for d in docs)
+
+
+class Sensor:
+    """`stockade sensor --standalone` in the background, until stopped."""
+
+    def __init__(self, policy: Path, containers: Path, out: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stockade.sensor.cli", "--standalone", "--policy",
+             str(policy), "--containers", str(containers), "--output", f"jsonl:{out}"],
+            stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if "applied generation" in line:
+                return
+        raise RuntimeError("sensor did not start")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=60)
+        return err.strip().splitlines()[-1]
+
+
+def timed(argv: list[str], cgroup: Path) -> float:
+    def join() -> None:
+        (cgroup / "cgroup.procs").write_text("0")
+
+    t = time.perf_counter()
+    subprocess.run(argv, preexec_fn=join, check=True)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--opens", type=int, default=200_000)
+    ap.add_argument("--execs", type=int, default=3_000)
+    args = ap.parse_args()
+    subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
+    d = Path(tempfile.mkdtemp(prefix="stk-bench-", dir="/var/tmp"))
+    cgroup = Path(tempfile.mkdtemp(prefix="stk-bench-", dir=CGROUP2))
+    try:
+        loops, tiny = build(d)
+        target = d / "existing"
+        target.write_text("x")
+        (d / "wide.yaml").write_text(wide_policy())
+        shutil.copy(REPO / "examples" / "policies" / "default.yaml", d / "default.yaml")
+        (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "bench"}}}))
+        cases = [
+            ("open/close, 1024 selectors match nothing", "wide.yaml",
+             [str(loops), "open", str(args.opens), str(target)], 1.03),
+            ("fork+exec+wait, 1024 selectors match nothing", "wide.yaml",
+             [str(loops), "exec", str(args.execs), str(tiny)], 1.05),
+            ("fork+exec+wait, default policy, JSONL written", "default.yaml",
+             [str(loops), "exec", str(args.execs), str(tiny)], 1.15),
+        ]  # fmt: skip
+        print(f"{'case':50} {'without':>9} {'with':>9} {'ratio':>7} target")
+        for name, policy, argv, goal in cases:
+            ratios, base, withs = [], [], []
+            for _ in range(args.rounds):
+                b = timed(argv, cgroup)
+                sensor = Sensor(d / policy, d / "c.json", d / "out.jsonl")
+                w = timed(argv, cgroup)
+                time.sleep(0.5)  # let the reader catch up before the stats line
+                stats = sensor.stop()
+                base.append(b)
+                withs.append(w)
+                ratios.append(w / b)
+            r = statistics.median(ratios)
+            print(
+                f"{name:50} {statistics.median(base):8.3f}s {statistics.median(withs):8.3f}s "
+                f"{r:6.3f}x {'<=' if r <= goal else '> '}{goal}  ({stats.split('stats ')[-1]})"
+            )
+    finally:
+        cgroup.rmdir()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`stockade sensor`: the node sensor's command (standalone mode for now).
+
+Registered into the `stockade` command by `register(subparsers)`; also runnable as
+`python -m stockade.sensor.cli`. Nothing here loads libbpf until the command runs, so
+the rest of the CLI works on machines without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+
+def _output(spec: str) -> Path | None:
+    kind, _, target = spec.partition(":")
+    if kind != "jsonl" or not target:
+        raise argparse.ArgumentTypeError(f"{spec!r}: want jsonl:PATH (or jsonl:- for stdout)")
+    return None if target == "-" else Path(target)
+
+
+def cmd_sensor(args: argparse.Namespace) -> int:
+    if not args.standalone:
+        print(
+            "stockade sensor: only --standalone is available (the Kubernetes mode comes with "
+            "the operator)",
+            file=sys.stderr,
+        )
+        return 2
+    from stockade.sensor.kernel import KillSensor
+    from stockade.sensor.libbpf import BpfError
+    from stockade.sensor.probe import probe_mode
+    from stockade.sensor.standalone import Standalone
+
+    probe = probe_mode()
+    # The LSM programs are not written yet: on an LSM-capable node, kill mode is what runs.
+    mode = "observe" if probe.mode == "observe" else "kill"
+    print(f"stockade sensor: mode {mode} ({probe.reason})", file=sys.stderr, flush=True)
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    out: TextIO = sys.stdout if args.output is None else args.output.open("a", encoding="utf-8")
+    try:
+        with KillSensor() as sensor:
+            sensor.attach()
+            sa = Standalone(sensor, args.policy, args.containers, out, mode)
+            try:
+                if not sa.apply():
+                    return 1
+                sa.run(lambda: bool(stopping), stats_s=args.stats_interval)
+                sa.report()
+            finally:
+                sa.close()
+    except BpfError as exc:
+        print(f"stockade sensor: can't load the BPF programs: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `sensor` to the `stockade` command's subparsers."""
+    p = subparsers.add_parser("sensor", help="enforce policies in the kernel (eBPF)")
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="policy and containers from files instead of the cluster",
+    )
+    p.add_argument("--policy", required=True, type=Path, metavar="FILE")
+    p.add_argument(
+        "--containers",
+        required=True,
+        type=Path,
+        metavar="FILE.json",
+        help="cgroup v2 directory → {container, kubernetes} facts",
+    )
+    p.add_argument("--output", required=True, type=_output, metavar="jsonl:PATH")
+    p.add_argument(
+        "--stats-interval", type=float, default=60.0, metavar="SECONDS",
+        help="how often a stats line (records, drops) goes to stderr; also on exit",
+    )  # fmt: skip
+    p.set_defaults(run=cmd_sensor)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    top = argparse.ArgumentParser(prog="stockade")
+    register(top.add_subparsers(dest="command", required=True))
+    args = top.parse_args(["sensor", *(sys.argv[1:] if argv is None else argv)])
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

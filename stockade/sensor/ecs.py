@@ -1,0 +1,269 @@
+"""Ring-buffer records → the ECS documents the sensor writes (spec, "Events").
+
+The record already carries the decision (matched-selector mask, actions, bundle
+generation); this only names things: selector bits become the names of the bundle
+that decided, cgroup ids become the listed container's facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stockade.policy.compiler import Bundle as PolicyBundle
+from stockade.policy.model import PartName
+from stockade.policy.tables import ActionBits
+from stockade.sensor.containers import Container
+from stockade.sensor.records import HOOKS, KIND_EXIT, FileRecord, ProcessRecord
+
+__all__ = ["Applied", "Host", "document"]
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one kernel generation was made from: needed to name what its records mean."""
+
+    generation: int
+    bundle: PolicyBundle
+    containers: Mapping[int, Container]
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Host:
+    """This host, and the offset from kernel monotonic time to wall-clock time."""
+
+    name: str
+    id: str
+    boot_id: str
+    architecture: str
+    kernel: str
+    boot_wall_ns: int  # wall-clock ns at monotonic 0
+
+    @classmethod
+    def detect(cls) -> Host:
+        return cls(
+            name=socket.gethostname(),
+            id=_read("/etc/machine-id"),
+            boot_id=_read("/proc/sys/kernel/random/boot_id"),
+            architecture=platform.machine(),
+            kernel=platform.release(),
+            boot_wall_ns=time.time_ns() - time.monotonic_ns(),
+        )
+
+    def timestamp(self, ktime_ns: int) -> str:
+        """ISO 8601 UTC with microseconds, from bpf_ktime_get_ns()/task start times."""
+        wall = self.boot_wall_ns + ktime_ns
+        seconds, ns = divmod(wall, 1_000_000_000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
+
+    def entity_id(self, pid: int, start_time_ns: int) -> str:
+        """Stable for a process's life, unique across hosts (machine id) and reboots (boot id)."""
+        key = f"{self.id}:{self.boot_id}:{pid}:{start_time_ns}".encode()
+        return hashlib.sha256(key).hexdigest()[:32]
+
+
+_FILE_ACTIONS = {
+    "unlink": "deletion", "unlinkat": "deletion", "rename": "rename", "renameat": "rename",
+    "renameat2": "rename", "link": "link", "linkat": "link", "chmod": "modification",
+    "fchmod": "modification", "fchmodat": "modification", "fchmodat2": "modification",
+    "truncate": "modification", "ftruncate": "modification", "mknod": "creation",
+    "mknodat": "creation",
+}  # fmt: skip
+_ECS_TYPES = {
+    "creation": "creation", "deletion": "deletion", "rename": "change", "link": "creation",
+    "modification": "change", "open": "change", "fork": "start", "exec": "start", "end": "end",
+}  # fmt: skip
+
+
+def _file_action(rec: FileRecord) -> str:
+    hook = HOOKS.get(rec.header.hook, "")
+    if hook in _FILE_ACTIONS:
+        return _FILE_ACTIONS[hook]
+    return "creation" if "createFile" in rec.ops else "open"  # the open family
+
+
+def _action_names(bits: int) -> list[str]:
+    actions = ActionBits(bits)
+    return [name for name, bit in (("log", ActionBits.LOG), ("alert", ActionBits.ALERT),
+                                   ("block", ActionBits.BLOCK)) if bit in actions]  # fmt: skip
+
+
+def _policies(applied: Applied | None, part: PartName, mask: int) -> tuple[list[str], list[Any]]:
+    """Matched selector names (bit order) and the policies they belong to."""
+    if applied is None:
+        return [], []
+    names: list[str] = []
+    policies: dict[int, Document] = {}
+    for selector in applied.bundle[part]["selectors"]:
+        if mask >> selector["bit"] & 1:
+            names.append(selector["name"])
+            index = selector["policy"]
+            p = applied.bundle["policies"][index]
+            entry = policies.setdefault(
+                index,
+                {
+                    "kind": p["kind"],
+                    "namespace": p["namespace"],
+                    "name": p["name"],
+                    "uid": p["uid"],
+                    "generation": p["generation"],
+                    "mode": p["mode"],
+                    "matched_selectors": [],
+                },
+            )
+            entry["matched_selectors"].append(selector["name"])
+    return names, list(policies.values())
+
+
+def _container(container: Container | None) -> Document:
+    if container is None:
+        return {}
+    c, k = container.container, container.kubernetes
+    out: Document = {}
+    image: Document = {}
+    if c.image_full_name or c.image_name:
+        image["name"] = c.image_full_name or c.image_name
+    if c.image_tag:
+        image["tag"] = [c.image_tag]
+    out["container"] = {"image": image} if image else {}
+    orch: Document = {}
+    if k.cluster_id or k.cluster_name:
+        orch["cluster"] = {
+            key: v for key, v in (("id", k.cluster_id), ("name", k.cluster_name)) if v
+        }
+    if k.namespace:
+        orch["namespace"] = k.namespace
+    if k.pod_name or k.pod_labels:
+        resource: Document = {"type": "pod"}
+        if k.pod_name:
+            resource["name"] = k.pod_name
+        if k.pod_labels:
+            resource["label"] = [f"{key}:{v}" for key, v in sorted(k.pod_labels.items())]
+        orch["resource"] = resource
+    if orch:
+        orch["type"] = "kubernetes"
+        out["orchestrator"] = orch
+    return out
+
+
+def _process(rec: ProcessRecord | FileRecord, host: Host) -> Document:
+    h = rec.header
+    proc: Document = {
+        "pid": h.tgid,
+        "thread": {"id": h.pid},
+        "parent": {"pid": h.ppid},
+        "user": {"id": str(h.uid)},
+        "group": {"id": str(h.gid)},
+        "name": rec.comm,
+    }
+    if isinstance(rec, ProcessRecord):
+        proc["entity_id"] = host.entity_id(h.tgid, rec.start_time_ns)
+        proc["start"] = host.timestamp(rec.start_time_ns)
+        proc["parent"]["entity_id"] = host.entity_id(h.ppid, rec.parent_start_time_ns)
+        proc["session_leader"] = {"pid": rec.sid}
+        proc["group_leader"] = {"pid": rec.pgid}
+        proc["interactive"] = rec.interactive
+        if rec.interactive:
+            proc["tty"] = {"char_device": {"major": rec.tty_major, "minor": rec.tty_index}}
+        if rec.executable:
+            proc["executable"] = rec.executable
+        if rec.cwd:
+            proc["working_directory"] = rec.cwd
+        if rec.args:
+            proc["args"] = rec.args
+            proc["args_count"] = len(rec.args)
+            proc["command_line"] = " ".join(rec.args)
+        if h.kind == KIND_EXIT:
+            code = rec.exit_code
+            proc["exit_code"] = 128 + (code & 0x7F) if code & 0x7F else code >> 8
+    return proc
+
+
+def _file(rec: FileRecord) -> Document:
+    directory, _, name = rec.path.rpartition("/")
+    out: Document = {
+        "path": rec.path,
+        "name": name,
+        "directory": directory or "/",
+        "type": "file",
+    }
+    if "." in name.strip("."):
+        out["extension"] = name.rsplit(".", 1)[1]
+    if rec.mode:
+        out["mode"] = format(stat.S_IMODE(rec.mode), "04o")
+    return out
+
+
+def document(
+    rec: ProcessRecord | FileRecord, applied: Applied | None, mode: str, host: Host
+) -> Document:
+    """The ECS document for one record; `applied` is the generation that decided it."""
+    h = rec.header
+    part: PartName = "file" if isinstance(rec, FileRecord) else "process"
+    if isinstance(rec, FileRecord):
+        action = _file_action(rec)
+    elif h.kind == KIND_EXIT:
+        action = "end"
+    else:
+        action = "exec" if HOOKS.get(h.hook) == "sched_process_exec" else "fork"
+    actions = _action_names(h.actions)
+    types = [_ECS_TYPES[action]]
+    if h.outcome == "denied":
+        types.append("denied")
+    selectors, policies = _policies(applied, part, h.matched)
+    first = policies[0] if policies else None
+    doc: Document = {
+        "@timestamp": host.timestamp(h.ktime_ns),
+        "event": {
+            "kind": "alert" if "alert" in actions else "event",
+            "category": [part],
+            "action": action,
+            "type": types,
+            "module": "cloud_defend",
+        },
+        "process": _process(rec, host),
+        "host": {
+            "name": host.name,
+            "hostname": host.name,
+            "id": host.id,
+            "architecture": host.architecture,
+            "os": {"kernel": host.kernel, "type": "linux"},
+        },
+        "cloud_defend": {
+            "matched_selectors": selectors,
+            "policies": policies,
+            "package_policy_id": (first["uid"] or first["name"]) if first else None,
+            "package_policy_revision": first["generation"] if first else None,
+            "hook_point": HOOKS.get(h.hook, str(h.hook)),
+            "actions": actions,
+            "would_block": bool(h.actions & ActionBits.AUDIT_BLOCK),
+            "outcome": h.outcome,
+            "enforcement_mode": mode,
+            "bundle_generation": h.generation,
+            "bundle_hash": applied.bundle["hash"] if applied else None,
+            "cgroup_id": h.cgroup_id,
+            "mount_namespace": h.mntns,
+        },
+    }
+    if isinstance(rec, FileRecord):
+        doc["file"] = _file(rec)
+        doc["cloud_defend"]["file_operations"] = sorted(rec.ops)
+        doc["cloud_defend"]["volume"] = rec.volume
+    doc.update(_container(applied.containers.get(h.cgroup_id) if applied else None))
+    return doc

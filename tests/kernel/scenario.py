@@ -1,0 +1,221 @@
+"""The standalone path as a test harness: policy YAML → bundle → maps → real processes → JSONL.
+
+`Harness` drives `Standalone` in-process on the session's sensor; `driver.py` performs a list
+of operations for real; `predict` says, from the same operations and `PartTables.decide`,
+which documents the kernel must produce.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stockade.policy.model import PartName
+from stockade.policy.tables import (
+    ActionBits,
+    Operation,
+    PartTables,
+    container_masks,
+    selector_names,
+)
+from stockade.sensor.ecs import Applied
+from stockade.sensor.kernel import KillSensor
+from stockade.sensor.standalone import Standalone
+
+from .conftest import Cgroup
+
+PY = os.path.realpath(sys.executable)  # run by its real path: exe and comm are known
+PY_COMM = os.path.basename(PY)[:15]
+DRIVER = Path(__file__).with_name("driver.py")
+Op = list[Any]  # ["create", path, mode], ["exec", path], ... (see driver.py)
+Doc = dict[str, Any]
+# (category, path, matched selector names, actions, would_block, outcome)
+Outcome = tuple[str, str, tuple[str, ...], tuple[str, ...], bool, str]
+
+TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
+
+
+def build_tiny(directory: Path) -> Path:
+    """A static binary of a few KB that exits 0 at once (no loader, no libc)."""
+    src, out = directory / "tiny.c", directory / "tiny"
+    src.write_text(TINY_C)
+    subprocess.run(["gcc", "-static", "-nostdlib", "-O2", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def driver_argv(ops: Sequence[Op]) -> list[str]:
+    return [PY, "-S", "-B", str(DRIVER), json.dumps(list(ops))]
+
+
+def kernel_operations(
+    ops: Sequence[Op], cwd: str, modes: dict[str, int], volume_of: Callable[[str], str]
+) -> list[tuple[PartName, Operation]]:
+    """What the kernel sees of the driver's operations, in order, as `Operation`s.
+
+    Starts with the driver's own exec. `modes` (path → mode) is the model of the files,
+    updated as operations run; `volume_of` gives the volume kind of a path's mount. The
+    operation sets are the kill-mode hooks' (docs/kernel.md): a path-string syscall's
+    volume is that of the cwd for a relative path and `none` for an absolute one.
+    """
+
+    def proc(op: str, path: str) -> tuple[PartName, Operation]:
+        name = os.path.basename(path)[:15] if op == "exec" else PY_COMM
+        return "process", Operation(frozenset({op}), path=path, name=name, interactive=False)
+
+    def file(ops: set[str], path: str, volume: str) -> tuple[PartName, Operation]:
+        return "file", Operation(frozenset(ops), path=path, volume=volume)
+
+    def string_volume(raw: str) -> str:
+        return "none" if raw.startswith("/") else volume_of(cwd)
+
+    out = [proc("exec", PY)]
+    for op in ops:
+        kind, raw = op[0], op[1]
+        path = os.path.normpath(os.path.join(cwd, raw))
+        x = bool(modes.get(path, 0) & 0o111)
+        if kind == "chdir":
+            cwd = path
+        elif kind == "exec":
+            out += [proc("fork", PY), proc("exec", os.path.realpath(path))]
+        elif kind == "create":
+            modes[path] = op[2]
+            created = {"createFile"} | ({"createExecutable"} if op[2] & 0o111 else set())
+            out.append(file(created, path, volume_of(path)))
+        elif kind in ("modify", "ftruncate"):
+            modified = {"modifyFile"} | ({"modifyExecutable"} if x else set())
+            out += [file(modified, path, volume_of(path))] * (2 if kind == "ftruncate" else 1)
+        elif kind == "chmod":
+            modes[path] = op[2]
+            changed = {"modifyFile"} | ({"createExecutable"} if op[2] & 0o111 else set())
+            out.append(file(changed, path, string_volume(raw)))
+        elif kind in ("rename", "link"):
+            target = os.path.normpath(os.path.join(cwd, op[2]))
+            modes[target] = modes[path]
+            if kind == "rename":
+                del modes[path]
+            ops_ = (
+                {"createFile", "modifyFile", "deleteFile"} if kind == "rename" else {"createFile"}
+            )
+            out.append(file(ops_, target, string_volume(op[2])))
+        elif kind == "truncate":
+            out.append(file({"modifyFile"}, path, string_volume(raw)))
+        elif kind == "delete":
+            del modes[path]
+            out.append(file({"deleteFile"}, path, string_volume(raw)))
+    return out
+
+
+def _action_names(actions: ActionBits) -> tuple[str, ...]:
+    return tuple(
+        n for n, b in (("log", ActionBits.LOG), ("alert", ActionBits.ALERT),
+                       ("block", ActionBits.BLOCK)) if b in actions
+    )  # fmt: skip
+
+
+def predict(
+    applied: Applied, cgroup_id: int, operations: Sequence[tuple[PartName, Operation]]
+) -> list[Outcome]:
+    """The documents the table interpreter says the kernel must write, in order."""
+    masks = container_masks(applied.bundle, applied.containers[cgroup_id].workload)
+    tables = {p: PartTables.from_bundle(applied.bundle, p) for p in ("process", "file")}
+    out: list[Outcome] = []
+    for part, op in operations:
+        mask, actions = tables[part].decide(masks[part], op)
+        if not actions:
+            continue
+        names = tuple(n for _, n in selector_names(applied.bundle, part, mask))
+        out.append(
+            (
+                part,
+                op.path or "",
+                names,
+                _action_names(actions),
+                ActionBits.AUDIT_BLOCK in actions,
+                "killed" if ActionBits.BLOCK in actions else "allowed",
+            )
+        )
+    return out
+
+
+def outcome(doc: Doc) -> Outcome:
+    """The same tuple, read from a written document."""
+    cd = doc["cloud_defend"]
+    part = doc["event"]["category"][0]
+    path = doc["file"]["path"] if part == "file" else doc["process"].get("executable", "")
+    return (
+        part,
+        path,
+        tuple(cd["matched_selectors"]),
+        tuple(cd["actions"]),
+        cd["would_block"],
+        cd["outcome"],
+    )
+
+
+@dataclass
+class Harness:
+    """Standalone mode on the session's sensor, writing into memory."""
+
+    sensor: KillSensor
+    directory: Path
+
+    def __post_init__(self) -> None:
+        self.policy = self.directory / "policy.yaml"
+        self.containers = self.directory / "containers.json"
+        self.out = io.StringIO()
+        self.log = io.StringIO()
+        self.sa: Standalone | None = None
+
+    def apply(
+        self, policies: str | Sequence[Mapping[str, Any]], containers: Mapping[Cgroup, Any]
+    ) -> Applied:
+        """Write both files and apply them; fails the test when they are refused."""
+        text = policies if isinstance(policies, str) else yaml.safe_dump_all(list(policies))
+        self.policy.write_text(text)
+        self.containers.write_text(json.dumps({str(cg.path): v for cg, v in containers.items()}))
+        if self.sa is None:
+            self.sa = Standalone(
+                self.sensor, self.policy, self.containers, self.out, "kill", self.log
+            )
+        assert self.sa.apply(), self.log.getvalue()
+        return self.sa.applied[self.sa.generation]
+
+    def docs(self) -> list[Doc]:
+        """Documents written since the last call (waits for the stream to go quiet)."""
+        assert self.sa is not None
+        while self.sa.pump(150):
+            pass
+        lines = self.out.getvalue().splitlines()
+        self.out.seek(0)
+        self.out.truncate()
+        return [json.loads(line) for line in lines]
+
+    def run(
+        self, argv: list[str], cg: Cgroup | None, **kw: Any
+    ) -> tuple[subprocess.CompletedProcess[str], list[Doc]]:
+        """Run argv (in cg when given, in a new session: no controlling tty); its documents,
+        process ends left out."""
+        self.docs()
+        res = subprocess.run(
+            argv, preexec_fn=cg.join() if cg else None, start_new_session=True,
+            capture_output=True, text=True, check=False, **kw,
+        )  # fmt: skip
+        return res, [d for d in self.docs() if d["event"]["action"] != "end"]
+
+    def close(self) -> None:
+        if self.sa is not None:
+            self.sa.close()
+
+
+def regular_volume(_path: str) -> str:
+    """Volume kind of every path outside the mount-namespace scenario."""
+    return "none"
