@@ -66,42 +66,49 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def _columns() -> list[dict[str, Any]]:
-    def column(name: str, kind: str, path: str, description: str) -> dict[str, Any]:
-        return {"name": name, "type": kind, "jsonPath": path, "description": description}
-
-    return [
-        column("Mode", "string", ".status.mode", "enforce or audit"),
-        column("Selectors", "integer", ".status.selectors", "selectors in both parts"),
-        column("Nodes", "string", ".status.nodes.summary", "nodes applied/targeted"),
-        column("Blocked", "integer", ".status.counts.blocked", "operations blocked"),
-        column("Alerts", "integer", ".status.counts.alerted", "alerts raised"),
-        column(
-            "Ready",
-            "string",
-            '.status.conditions[?(@.type=="Ready")].status',
-            "every targeted node runs this generation",
-        ),
-        column("Age", "date", ".metadata.creationTimestamp", ""),
-    ]
+def _column(name: str, kind: str, path: str, description: str = "") -> dict[str, Any]:
+    column = {"name": name, "type": kind, "jsonPath": path}
+    return column | ({"description": description} if description else {})
 
 
-def custom_resource_definition(
-    kind: str, plural: str, short_name: str, scope: str, spec: type[BaseModel]
+AGE = _column("Age", "date", ".metadata.creationTimestamp")
+POLICY_COLUMNS = [
+    _column("Mode", "string", ".status.mode", "enforce or audit"),
+    _column("Selectors", "integer", ".status.selectors", "selectors in both parts"),
+    _column("Nodes", "string", ".status.nodes.summary", "nodes applied/targeted"),
+    _column("Blocked", "integer", ".status.counts.blocked", "operations blocked"),
+    _column("Alerts", "integer", ".status.counts.alerted", "alerts raised"),
+    _column(
+        "Ready",
+        "string",
+        '.status.conditions[?(@.type=="Ready")].status',
+        "every targeted node runs this generation",
+    ),
+    AGE,
+]
+REPORT_COLUMNS = [
+    _column("Mode", "string", ".sensor.mode", "lsm, kill or observe"),
+    _column("Bundle", "string", ".bundle.hash", "the bundle in force"),
+    _column("Dropped", "integer", ".droppedEvents", "events lost since sensor start"),
+    _column("Heartbeat", "date", ".sensor.heartbeatTime", "last report"),
+    AGE,
+]
+
+
+def _definition(
+    kind: str,
+    plural: str,
+    short_name: str,
+    scope: str,
+    columns: list[dict[str, Any]],
+    schema: dict[str, Any],
+    status_subresource: bool,
 ) -> dict[str, Any]:
-    spec_schema = structural(spec)
-    spec_schema["description"] = f"The policy: {kind} spec."
-    schema = {
-        "type": "object",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": structural(PolicyStatus),
-        },
-    }
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if status_subresource:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": schema}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -117,18 +124,33 @@ def custom_resource_definition(
                 "shortNames": [short_name],
                 "categories": ["stockade"],
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": _columns(),
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
+            "versions": [version],
         },
     }
+
+
+_OBJECT_FIELDS = {
+    "apiVersion": {"type": "string"},
+    "kind": {"type": "string"},
+    "metadata": {"type": "object"},
+}
+
+
+def policy_definition(
+    kind: str, plural: str, short_name: str, scope: str, spec: type[BaseModel]
+) -> dict[str, Any]:
+    spec_schema = structural(spec)
+    spec_schema["description"] = f"The policy: {kind} spec."
+    schema = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            **_OBJECT_FIELDS,
+            "spec": spec_schema,
+            "status": structural(PolicyStatus),
+        },
+    }
+    return _definition(kind, plural, short_name, scope, POLICY_COLUMNS, schema, True)
 
 
 def node_policy_report_definition() -> dict[str, Any]:
@@ -138,59 +160,18 @@ def node_policy_report_definition() -> dict[str, Any]:
         "type": "object",
         "description": "What the sensor of the node this object is named after enforces.",
         "required": body.get("required", []),
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            **body["properties"],
-        },
+        "properties": {**_OBJECT_FIELDS, **body["properties"]},
     }
-
-    def column(name: str, kind: str, path: str, description: str) -> dict[str, Any]:
-        return {"name": name, "type": kind, "jsonPath": path, "description": description}
-
-    columns = [
-        column("Mode", "string", ".sensor.mode", "lsm, kill or observe"),
-        column("Bundle", "string", ".bundle.hash", "the bundle in force"),
-        column("Dropped", "integer", ".droppedEvents", "events lost since sensor start"),
-        column("Heartbeat", "date", ".sensor.heartbeatTime", "last report"),
-        column("Age", "date", ".metadata.creationTimestamp", ""),
-    ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{REPORT_PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": REPORT_KIND,
-                "listKind": f"{REPORT_KIND}List",
-                "plural": REPORT_PLURAL,
-                "singular": REPORT_KIND.lower(),
-                "shortNames": ["npr"],
-                "categories": ["stockade"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
-    }
+    return _definition(REPORT_KIND, REPORT_PLURAL, "npr", "Cluster", REPORT_COLUMNS, schema, False)
 
 
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name → CRD."""
     crds = [
-        custom_resource_definition(
+        policy_definition(
             "ContainerPolicy", "containerpolicies", "cpol", "Namespaced", ContainerPolicySpec
         ),
-        custom_resource_definition(
+        policy_definition(
             "ClusterContainerPolicy",
             "clustercontainerpolicies",
             "ccpol",

@@ -37,6 +37,13 @@ def apply(kubectl: Kubectl, obj: dict[str, Any], check: bool = True) -> Any:
     return kubectl("apply", "--server-side", "-f", "-", input=json.dumps(obj), check=check)
 
 
+def get_policy(kubectl: Kubectl, namespace: str) -> Any:
+    """The drift-prevention example as stored in `namespace`."""
+    return json.loads(
+        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
+    )
+
+
 def in_namespace(obj: dict[str, Any], namespace: str, name: str | None = None) -> dict[str, Any]:
     obj = copy.deepcopy(obj)
     obj["metadata"]["namespace"] = namespace
@@ -47,9 +54,7 @@ def in_namespace(obj: dict[str, Any], namespace: str, name: str | None = None) -
 
 def test_a_valid_policy_is_accepted(crds: None, kubectl: Kubectl, namespace: str) -> None:
     apply(kubectl, in_namespace(DRIFT, namespace))
-    got = json.loads(
-        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
-    )
+    got = get_policy(kubectl, namespace)
     assert got["spec"]["file"]["responses"][0]["actions"] == ["alert", "block"]
     assert "mode" not in got["spec"]  # no default written: no permanent GitOps diff
 
@@ -59,26 +64,9 @@ def test_applying_the_same_manifest_again_changes_nothing(
 ) -> None:
     obj = in_namespace(DRIFT, namespace)
     apply(kubectl, obj)
-    before = kubectl(
-        "get",
-        "cpol",
-        "drift-prevention",
-        "-n",
-        namespace,
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ).stdout
+    before = get_policy(kubectl, namespace)["metadata"]["resourceVersion"]
     apply(kubectl, obj)
-    after = kubectl(
-        "get",
-        "cpol",
-        "drift-prevention",
-        "-n",
-        namespace,
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ).stdout
-    assert before == after
+    assert get_policy(kubectl, namespace)["metadata"]["resourceVersion"] == before
     diff = kubectl("diff", "--server-side", "-f", "-", input=json.dumps(obj), check=False)
     assert diff.returncode == 0, diff.stdout + diff.stderr
 
@@ -183,9 +171,7 @@ def test_cluster_policy_and_columns(crds: None, kubectl: Kubectl) -> None:
 
 def test_status_subresource(crds: None, kubectl: Kubectl, namespace: str) -> None:
     apply(kubectl, in_namespace(DRIFT, namespace))
-    before = json.loads(
-        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
-    )
+    before = get_policy(kubectl, namespace)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     status = {
         "status": {
@@ -217,9 +203,7 @@ def test_status_subresource(crds: None, kubectl: Kubectl, namespace: str) -> Non
         "-p",
         json.dumps(status),
     )
-    after = json.loads(
-        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
-    )
+    after = get_policy(kubectl, namespace)
     assert after["spec"] == before["spec"]
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["status"]["counts"] == {"blocked": 7, "alerted": 9, "logged": 0}
@@ -229,9 +213,7 @@ def test_status_subresource(crds: None, kubectl: Kubectl, namespace: str) -> Non
     changed = in_namespace(DRIFT, namespace)
     changed["status"] = {"counts": {"blocked": 0}}
     apply(kubectl, changed)
-    again = json.loads(
-        kubectl("get", "cpol", "drift-prevention", "-n", namespace, "-o", "json").stdout
-    )
+    again = get_policy(kubectl, namespace)
     assert again["status"]["counts"]["blocked"] == 7
 
 
