@@ -74,15 +74,22 @@ class Kube:
                 )
         return out
 
-    async def put_configmap(self, body: dict[str, Any]) -> None:
-        """Create, or replace whole (so a switch to gzip drops the plain key)."""
+    async def put_configmap(self, body: dict[str, Any], exists: bool = False) -> None:
+        """Create, or replace whole (so a switch to gzip drops the plain key).
+
+        `exists`: the ConfigMap is known to be there, so replace first (one call, not a
+        failed create and a replace); either way the other call follows if the first misses.
+        """
         name = body["metadata"]["name"]
+        create = (self.core.create_namespaced_config_map, (self.namespace, body), 409)
+        replace = (self.core.replace_namespaced_config_map, (name, self.namespace, body), 404)
+        first, then = (replace, create) if exists else (create, replace)
         try:
-            await self._call(self.core.create_namespaced_config_map, self.namespace, body)
+            await self._call(first[0], *first[1])
         except ApiException as exc:
-            if exc.status != 409:
+            if exc.status != first[2]:
                 raise
-            await self._call(self.core.replace_namespaced_config_map, name, self.namespace, body)
+            await self._call(then[0], *then[1])
 
     async def delete_configmap(self, name: str) -> None:
         try:

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from stockade.operator import kopf_patches
 from stockade.operator.handlers import register
 from stockade.operator.kube import Kube, api_client
 from stockade.operator.reconciler import Options, Reconciler
@@ -68,6 +69,7 @@ async def run(config: Config) -> None:
             resync=config.resync,
         ),
     )
+    kopf_patches.apply()
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
     if config.metrics_port:

@@ -28,8 +28,9 @@ from stockade.operator.bundles import configmap, configmap_name
 from stockade.operator.kube import Kube
 from stockade.operator.objects import PodRef, PolicyKey, PolicyRecord
 from stockade.operator.status import READY, policy_status, update_ledger
-from stockade.policy.compiler import CompileError, applies_to_pod, compile_bundle, encode
+from stockade.policy.compiler import BUNDLE_KEY, CompileError, compile_bundle, encode
 from stockade.policy.document import PolicyDocument
+from stockade.policy.predicates import Workload
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import CounterLedger, PolicyStatus
 
@@ -86,6 +87,7 @@ class _Plan:
     written: Written | None = None
     delete: str | None = None
     bytes: int = 0
+    exists: bool = False  # a bundle is stored for the node already
 
 
 @dataclass
@@ -232,8 +234,18 @@ class Reconciler:
             else:
                 self.handled.pop(key, None)
 
-        plans = [self._plan(node, status_keys) for node in sorted(nodes)]
-        await asyncio.gather(*(self._apply(plan, status_keys) for plan in plans))
+        # Writes start while later nodes are still compiled (the client runs them in
+        # threads); yielding every few nodes lets them, and kopf's watches, make progress.
+        plans: list[_Plan] = []
+        writes: list[asyncio.Task[None]] = []
+        for count, node in enumerate(sorted(nodes), 1):
+            plan = self._plan(node, status_keys)
+            plans.append(plan)
+            if plan.write is not None or plan.delete is not None:
+                writes.append(asyncio.create_task(self._apply(plan, status_keys)))
+            if count % 16 == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*writes)
         await self._statuses(status_keys, records)
         if not self.synced:
             self.synced = True
@@ -296,13 +308,26 @@ class Reconciler:
         pods = [p.pod() for p in self.ix.pods.get(node, ())]
         namespaces = sorted({p.namespace for p in pods})
         labels = {ns: dict(_first(self.ix.namespaces, ns, {})) for ns in namespaces}
-        candidates: list[PolicyDocument] = [
+        # One Workload per pod (not per policy and pod), grouped by namespace: a
+        # ContainerPolicy can only select pods of its own namespace.
+        by_namespace: dict[str, list[Workload]] = defaultdict(list)
+        for p in pods:
+            by_namespace[p.namespace].append(
+                Workload(
+                    namespace=p.namespace,
+                    pod_name=p.name,
+                    pod_labels=dict(p.labels),
+                    namespace_labels=labels[p.namespace],
+                )
+            )
+        everyone = [w for ws in by_namespace.values() for w in ws]
+        chosen: list[PolicyDocument] = [
             r.document
             for ns in ["", *namespaces]
             for r in self.ix.policies.get(ns, ())
             if r.document is not None
+            and any(r.document.scope.holds(w) for w in (by_namespace[ns] if ns else everyone))
         ]
-        chosen = [d for d in candidates if any(applies_to_pod(d, p, labels) for p in pods)]
         self._set_targets(
             node, frozenset((d.kind, d.namespace or "", d.name) for d in chosen), status_keys
         )
@@ -319,7 +344,8 @@ class Reconciler:
         self.inputs[node] = memo
         compile_started = time.perf_counter()
         try:
-            bundle = compile_bundle(chosen, node=node, pods=pods, namespace_labels=labels)
+            # `chosen` and `labels` are already the node's: no need to pass (and re-check) pods.
+            bundle = compile_bundle(chosen, node=node, namespace_labels=labels)
         except CompileError as exc:
             self.problems[node] = f"its bundle can't be compiled: {exc}"
             log.warning("bundle not compiled", extra={"node": node, "error": str(exc)})
@@ -347,7 +373,9 @@ class Reconciler:
         status_keys |= set(held) | set(before.policies or ()) if before else set(held)
         plan.write = configmap(bundle, node, node_uid, self.options.namespace, cluster)
         plan.written = written
-        plan.bytes = len(encode(bundle))
+        plan.exists = before is not None
+        plain = plan.write["data"].get(BUNDLE_KEY)  # the canonical JSON, when not gzipped
+        plan.bytes = len(plain.encode()) if plain is not None else len(encode(bundle))
         return plan
 
     async def _apply(self, plan: _Plan, status_keys: set[PolicyKey]) -> None:
@@ -357,7 +385,7 @@ class Reconciler:
                 metrics.BUNDLE_WRITES.labels(op="delete").inc()
                 log.info("bundle deleted", extra={"node": plan.node, "configmap": plan.delete})
             elif plan.write is not None and plan.written is not None:
-                await self.kube.put_configmap(plan.write)
+                await self.kube.put_configmap(plan.write, exists=plan.exists)
                 self.written[plan.node] = plan.written
                 metrics.BUNDLE_WRITES.labels(op="write").inc()
                 metrics.BUNDLE_BYTES.observe(plan.bytes)

@@ -70,7 +70,8 @@ class Operator:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, wait: bool = True) -> None:
+        """Start; `wait`: until the first full reconcile (a paused replica never does one)."""
         self.port = free_port()
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -82,7 +83,8 @@ class Operator:
                 stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "KUBECONFIG": self.kubeconfig},
             )  # fmt: skip
-        wait_for("the operator's first full reconcile", self.synced, timeout=60)
+        if wait:
+            wait_for("the operator's first full reconcile", self.synced, timeout=60)
 
     def metrics(self) -> dict[str, float]:
         try:
