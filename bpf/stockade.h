@@ -38,7 +38,7 @@ enum stk_outcome {
 	STK_OUTCOME_ALLOWED = 0,     /* nothing blocked */
 	STK_OUTCOME_KILLED = 1,      /* kill mode: SIGKILL sent */
 	STK_OUTCOME_KILL_FAILED = 2, /* kill mode: bpf_send_signal failed */
-	STK_OUTCOME_DENIED = 3,      /* lsm mode: -EPERM returned (not used yet) */
+	STK_OUTCOME_DENIED = 3,      /* lsm mode: -EPERM returned before the operation */
 };
 
 enum stk_volume { STK_VOL_NONE = 0, STK_VOL_MOUNT = 1, STK_VOL_FILE = 2 };
@@ -68,6 +68,16 @@ enum stk_hook {
 	STK_HOOK_FTRUNCATE = 61,
 	STK_HOOK_MKNOD = 70,
 	STK_HOOK_MKNODAT = 71,
+	/* lsm mode (BPF LSM hooks) */
+	STK_HOOK_LSM_BPRM_CHECK = 100, /* bprm_check_security: exec */
+	STK_HOOK_LSM_TASK_ALLOC = 101, /* task_alloc: fork */
+	STK_HOOK_LSM_FILE_OPEN = 110,
+	STK_HOOK_LSM_PATH_MKNOD = 111, /* mknod and open(O_CREAT) of a new file */
+	STK_HOOK_LSM_PATH_UNLINK = 112,
+	STK_HOOK_LSM_PATH_RENAME = 113,
+	STK_HOOK_LSM_PATH_LINK = 114,
+	STK_HOOK_LSM_PATH_CHMOD = 115,
+	STK_HOOK_LSM_PATH_TRUNCATE = 116,
 };
 
 enum stk_stat {
@@ -77,6 +87,7 @@ enum stk_stat {
 	STK_STAT_RECORDS = 3,        /* records written */
 	STK_STAT_KILLS = 4,          /* SIGKILLs sent */
 	STK_STAT_KILL_FAIL = 5,      /* bpf_send_signal failures */
+	STK_STAT_DENIALS = 6,        /* lsm mode: -EPERM returned */
 	STK_STAT_COUNT = 8,
 };
 

@@ -31,14 +31,13 @@ def cmd_sensor(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from stockade.sensor.kernel import KillSensor
+    from stockade.sensor.kernel import open_sensor
     from stockade.sensor.libbpf import BpfError
     from stockade.sensor.probe import probe_mode
     from stockade.sensor.standalone import Standalone
 
     probe = probe_mode()
-    # The LSM programs are not written yet: on an LSM-capable node, kill mode is what runs.
-    mode = "observe" if probe.mode == "observe" else "kill"
+    mode = str(probe.mode)  # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
     print(f"stockade sensor: mode {mode} ({probe.reason})", file=sys.stderr, flush=True)
     stopping: list[int] = []
 
@@ -49,7 +48,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     out: TextIO = sys.stdout if args.output is None else args.output.open("a", encoding="utf-8")
     try:
-        with KillSensor() as sensor:
+        with open_sensor(mode) as sensor:
             sensor.attach()
             sa = Standalone(sensor, args.policy, args.containers, out, mode)
             try:

@@ -83,7 +83,9 @@ _FILE_ACTIONS = {
     "renameat2": "rename", "link": "link", "linkat": "link", "chmod": "modification",
     "fchmod": "modification", "fchmodat": "modification", "fchmodat2": "modification",
     "truncate": "modification", "ftruncate": "modification", "mknod": "creation",
-    "mknodat": "creation",
+    "mknodat": "creation", "path_mknod": "creation", "path_unlink": "deletion",
+    "path_rename": "rename", "path_link": "link", "path_chmod": "modification",
+    "path_truncate": "modification",
 }  # fmt: skip
 _ECS_TYPES = {
     "creation": "creation", "deletion": "deletion", "rename": "change", "link": "creation",
@@ -221,7 +223,8 @@ def document(
     elif h.kind == KIND_EXIT:
         action = "end"
     else:
-        action = "exec" if HOOKS.get(h.hook) == "sched_process_exec" else "fork"
+        exec_hooks = ("sched_process_exec", "bprm_check_security")
+        action = "exec" if HOOKS.get(h.hook) in exec_hooks else "fork"
     actions = _action_names(h.actions)
     types = [_ECS_TYPES[action]]
     if h.outcome == "denied":

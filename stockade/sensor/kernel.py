@@ -1,4 +1,5 @@
-"""Load the kill-mode programs and write policy bundles into their maps (double-buffered)."""
+"""Load the kill-mode or lsm-mode programs and write policy bundles into their maps
+(double-buffered)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ from stockade.sensor.paths import ensure_fs, object_path
 
 __all__ = [
     "FILE_SYSCALLS",
+    "LSM_HOOKS",
     "MAX_RESPONSES",
     "MAX_SELECTORS",
     "OP_INDEX",
     "STATS",
     "Bundle",
     "KillSensor",
+    "LsmSensor",
     "mask_bytes",
+    "open_sensor",
 ]
 
 MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
@@ -47,7 +51,17 @@ OP_INDEX: Final[Mapping[str, int]] = {
     "deleteFile": 6,
 }
 PART_INDEX: Final[Mapping[PartName, int]] = {"process": 0, "file": 1}
-STATS: Final = ("rb_fail", "inflight_fail", "path_truncated", "records", "kills", "kill_fail")
+STATS: Final = (
+    "rb_fail", "inflight_fail", "path_truncated", "records", "kills", "kill_fail", "denials",
+)  # fmt: skip
+# lsm mode: program name → LSM hook (bpf/stockade_lsm.bpf.c)
+LSM_HOOKS: Final[Mapping[str, str]] = {
+    "stk_lsm_exec": "bprm_check_security", "stk_lsm_fork": "task_alloc",
+    "stk_lsm_file_open": "file_open", "stk_lsm_mknod": "path_mknod",
+    "stk_lsm_unlink": "path_unlink", "stk_lsm_rename": "path_rename",
+    "stk_lsm_link": "path_link", "stk_lsm_chmod": "path_chmod",
+    "stk_lsm_truncate": "path_truncate",
+}  # fmt: skip
 FILE_SYSCALLS: Final = (
     "open", "openat", "openat2", "creat", "unlink", "unlinkat", "rename", "renameat",
     "renameat2", "link", "linkat", "chmod", "fchmod", "fchmodat", "fchmodat2", "truncate",
@@ -98,10 +112,13 @@ def _path_bytes(path: str, size: int) -> bytes:
 class KillSensor:
     """The loaded stockade.bpf.o: attach, fill maps, read records."""
 
+    OBJECT: str = "stockade.bpf.o"
+    MODE: str = "kill"
+
     def __init__(self, obj_file: Path | None = None, grace_s: float = 0.2) -> None:
         ensure_fs()
         t0 = time.monotonic()
-        self.obj = BpfObject(obj_file or object_path("stockade.bpf.o"))
+        self.obj = BpfObject(obj_file or object_path(self.OBJECT))
         self.obj.load()
         self.load_seconds = time.monotonic() - t0
         self.grace_s = grace_s
@@ -119,19 +136,7 @@ class KillSensor:
 
     def attach(self) -> list[str]:
         """Attach every program; returns the attach points (skips absent syscalls)."""
-        done = []
-        self.links.append(
-            self.obj.program("stk_exec").attach_tracepoint("sched", "sched_process_exec")
-        )
-        self.links.append(
-            self.obj.program("stk_exit").attach_tracepoint("sched", "sched_process_exit")
-        )
-        self.links.append(self.obj.program("stk_fork").attach())
-        done += [
-            "sched/sched_process_exec",
-            "sched/sched_process_exit",
-            "tp_btf/sched_process_fork",
-        ]
+        done = self._attach_process()
         enter, leave = self.obj.program("stk_sys_enter"), self.obj.program("stk_sys_exit")
         for sc in FILE_SYSCALLS:
             if not Path(f"/sys/kernel/tracing/events/syscalls/sys_enter_{sc}").is_dir():
@@ -141,6 +146,21 @@ class KillSensor:
             self.links.append(enter.attach_tracepoint("syscalls", f"sys_enter_{sc}"))
             done.append(f"syscalls/{sc}")
         return done
+
+    def _attach_process(self) -> list[str]:
+        """The sched_process_{exec,exit,fork} programs (the same in both modes)."""
+        self.links.append(
+            self.obj.program("stk_exec").attach_tracepoint("sched", "sched_process_exec")
+        )
+        self.links.append(
+            self.obj.program("stk_exit").attach_tracepoint("sched", "sched_process_exit")
+        )
+        self.links.append(self.obj.program("stk_fork").attach())
+        return [
+            "sched/sched_process_exec",
+            "sched/sched_process_exit",
+            "tp_btf/sched_process_fork",
+        ]
 
     def close(self) -> None:
         """Detach and unload."""
@@ -292,3 +312,25 @@ class KillSensor:
             vals = self.maps["stats"].lookup_percpu(struct.pack("<I", i))
             out[name] = sum(struct.unpack("<Q", v)[0] for v in vals)
         return out
+
+
+class LsmSensor(KillSensor):
+    """The loaded stockade_lsm.bpf.o: BPF LSM hooks deny with EPERM (outcome `denied`);
+    the sched_process_* tracepoints report processes. Same maps, bundles and records."""
+
+    OBJECT = "stockade_lsm.bpf.o"
+    MODE = "lsm"
+
+    def attach(self) -> list[str]:
+        """Attach the LSM programs first (so nothing listed runs undecided), then the
+        process tracepoints; returns the attach points."""
+        done = []
+        for prog, hook in LSM_HOOKS.items():
+            self.links.append(self.obj.program(prog).attach_lsm())
+            done.append(f"lsm/{hook}")
+        return done + self._attach_process()
+
+
+def open_sensor(mode: str, grace_s: float = 0.2) -> KillSensor:
+    """Load the programs for an enforcement mode (`lsm`, else the kill-mode object)."""
+    return LsmSensor(grace_s=grace_s) if mode == "lsm" else KillSensor(grace_s=grace_s)

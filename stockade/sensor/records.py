@@ -38,13 +38,17 @@ OPS: tuple[str, ...] = (
 )
 OUTCOMES: tuple[str, ...] = ("allowed", "killed", "kill_failed", "denied")
 VOLUMES: tuple[str, ...] = ("none", "mount", "file")
-# enum stk_hook: what each hook id is (process tracepoints, or the file syscall)
+# enum stk_hook: what each hook id is (process tracepoints, the file syscall, or the LSM hook)
 HOOKS: dict[int, str] = {
     1: "sched_process_exec", 2: "sched_process_fork", 3: "sched_process_exit",
     10: "open", 11: "openat", 12: "openat2", 13: "creat", 20: "unlink", 21: "unlinkat",
     30: "rename", 31: "renameat", 32: "renameat2", 40: "link", 41: "linkat", 50: "chmod",
     51: "fchmod", 52: "fchmodat", 53: "fchmodat2", 60: "truncate", 61: "ftruncate",
     70: "mknod", 71: "mknodat",
+    # lsm mode
+    100: "bprm_check_security", 101: "task_alloc", 110: "file_open", 111: "path_mknod",
+    112: "path_unlink", 113: "path_rename", 114: "path_link", 115: "path_chmod",
+    116: "path_truncate",
 }  # fmt: skip
 
 _HDR = struct.Struct("<HHHBBIIQQQIIIIII128s")  # 192 bytes
