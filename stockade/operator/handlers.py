@@ -1,7 +1,10 @@
 """kopf registrations: indexes hold what scoping and status need; events wake the reconciler.
 
 Indexes, not re-lists: kopf fills them before it calls any event handler, so
-the first reconcile sees every pod, namespace, node, policy and report.
+the first reconcile sees every namespace, node, policy and report. Pods are
+not watched by kopf (its per-object state is too heavy for tens of thousands):
+`pods.PodWatch` keeps them in a `PodIndex`, and the reconciler waits for its
+first list too.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from stockade.operator.objects import PodRef, PolicyRecord, node_report, pod_ref, policy_record
+from stockade.operator.objects import PolicyRecord, node_report, policy_record
+from stockade.operator.pods import PodIndex
 from stockade.operator.reconciler import Indexes, Reconciler
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import GROUP
@@ -25,31 +29,21 @@ POLICY_KINDS = {
 }
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    """Add the operator's handlers to `registry`, all feeding `reconciler`."""
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, pods: PodIndex) -> None:
+    """Add the operator's handlers to `registry`, all feeding `reconciler`; `pods`: the pods."""
 
     def attach(kwargs: dict[str, Any]) -> None:
         if reconciler.ix is None:
             reconciler.attach(
                 Indexes(
-                    pods=kwargs["pods_by_node"],
-                    pod_nodes=kwargs["pod_nodes_by_namespace"],
+                    pods=pods.by_node,
+                    pod_nodes=pods.namespace_nodes,
                     namespaces=kwargs["namespace_labels"],
                     nodes=kwargs["node_uids"],
                     policies=kwargs["policies_by_namespace"],
                     reports=kwargs["reports_by_node"],
                 )
             )
-
-    @kopf.index("pods", id="pods_by_node", registry=registry)
-    def pods_by_node(body: kopf.Body, **_: Any) -> dict[str, PodRef]:
-        found = pod_ref(body)
-        return {found[0]: found[1]} if found else {}
-
-    @kopf.index("pods", id="pod_nodes_by_namespace", registry=registry)
-    def pod_nodes_by_namespace(body: kopf.Body, **_: Any) -> dict[str, str]:
-        found = pod_ref(body)
-        return {found[1].namespace: found[0]} if found else {}
 
     @kopf.index("namespaces", id="namespace_labels", registry=registry)
     def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
@@ -72,13 +66,6 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         except ValidationError as exc:
             log.warning("unreadable NodePolicyReport", extra={"node": name, "error": str(exc)})
             return {}
-
-    @kopf.on.event("pods", registry=registry)
-    async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
-        attach(kwargs)
-        node = (body.get("spec") or {}).get("nodeName")
-        if node:
-            reconciler.node_changed(node)
 
     @kopf.on.event("namespaces", registry=registry)
     async def namespace_event(name: str, **kwargs: Any) -> None:

@@ -41,6 +41,14 @@ def api_client(parallel: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def _unread(fn: Callable[..., Any], *args: Any) -> None:
+    """Call without turning the response into client models (a bundle's is ~40 KiB of
+    JSON that nobody reads); errors still raise ApiException."""
+    resp = fn(*args, _preload_content=False)
+    resp.data  # noqa: B018 - read it all: frees the pooled connection
+    resp.release_conn()
+
+
 class Kube:
     def __init__(self, api: client.ApiClient, namespace: str, parallel: int = 16) -> None:
         self.core = client.CoreV1Api(api)
@@ -85,11 +93,11 @@ class Kube:
         replace = (self.core.replace_namespaced_config_map, (name, self.namespace, body), 404)
         first, then = (replace, create) if exists else (create, replace)
         try:
-            await self._call(first[0], *first[1])
+            await self._call(_unread, first[0], *first[1])
         except ApiException as exc:
             if exc.status != first[2]:
                 raise
-            await self._call(then[0], *then[1])
+            await self._call(_unread, then[0], *then[1])
 
     async def delete_configmap(self, name: str) -> None:
         try:

@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from stockade.operator import kopf_patches
 from stockade.operator.handlers import register
 from stockade.operator.kube import Kube, api_client
+from stockade.operator.pods import PodIndex, PodWatch
 from stockade.operator.reconciler import Options, Reconciler
 
 PARALLEL_WRITES = 16
@@ -70,8 +71,11 @@ async def run(config: Config) -> None:
         ),
     )
     kopf_patches.apply()
+    pods = PodIndex(on_change=reconciler.pods_changed)
+    watch = PodWatch(api_client(2), pods)
+    watch.start(asyncio.get_running_loop())
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler)
+    register(registry, reconciler, pods)
     if config.metrics_port:
         start_http_server(config.metrics_port)
     logging.getLogger("stockade.operator").info(
@@ -87,13 +91,16 @@ async def run(config: Config) -> None:
     options: dict[str, Any] = {}
     if config.peering is not None:
         options = {"identity": identity, "priority": priority, "peering_name": config.peering}
-    await kopf.operator(
-        registry=registry,
-        settings=settings(config),
-        clusterwide=True,
-        standalone=config.peering is None,
-        **options,
-    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings(config),
+            clusterwide=True,
+            standalone=config.peering is None,
+            **options,
+        )
+    finally:
+        watch.stop()
 
 
 def main(config: Config) -> int:

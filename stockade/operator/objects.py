@@ -21,7 +21,7 @@ PolicyKey = tuple[str, str, str]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodRef:
     namespace: str
     name: str

@@ -39,10 +39,10 @@ log = logging.getLogger("stockade.operator")
 
 @dataclass
 class Indexes:
-    """kopf's indexes (kopf updates these objects in place)."""
+    """kopf's indexes (kopf updates these objects in place), and the pods (`pods.PodIndex`)."""
 
-    pods: kopf.Index[str, PodRef]  # node → its pods (bound, not finished)
-    pod_nodes: kopf.Index[str, str]  # namespace → the node of each of its pods
+    pods: Mapping[str, Mapping[tuple[str, str], PodRef]]  # node → its pods (bound, not finished)
+    pod_nodes: Mapping[str, Mapping[str, int]]  # namespace → nodes with its pods (and how many)
     namespaces: kopf.Index[str, dict[str, str]]  # name → labels
     nodes: kopf.Index[str, str]  # name → uid
     policies: kopf.Index[str, PolicyRecord]  # namespace ("" = cluster-scoped) → policies
@@ -107,6 +107,7 @@ class Reconciler:
     problems: dict[str, str] = field(default_factory=dict)
     handled: dict[PolicyKey, tuple[str, int]] = field(default_factory=dict)
     statuses: dict[str, PolicyStatus] = field(default_factory=dict)  # by policy uid
+    pods_listed: bool = False  # the pod watch's first list is in (`pods_changed`)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _leader_checked: tuple[float, bool] = (0.0, False)
 
@@ -119,9 +120,16 @@ class Reconciler:
         self.dirty_nodes.add(node)
         self._wake.set()
 
+    def pods_changed(self, nodes: set[str], listed: bool = False) -> None:
+        """From the pod watch: these nodes' pods changed; `listed`: a full list is in."""
+        self.dirty_nodes |= nodes
+        if listed and not self.pods_listed:
+            self.pods_listed = True
+        self._wake.set()
+
     def namespace_changed(self, namespace: str) -> None:
         if self.ix is not None:
-            self.dirty_nodes.update(self.ix.pod_nodes.get(namespace, ()))
+            self.dirty_nodes.update(self.ix.pod_nodes.get(namespace, {}))
             self._wake.set()
 
     def policy_changed(self, key: PolicyKey, uid: str, generation: int, deleted: bool) -> None:
@@ -155,7 +163,7 @@ class Reconciler:
                     await asyncio.wait_for(self._wake.wait(), min(self.options.quiet, left))
                 except TimeoutError:
                     break
-            if self.ix is None:  # no watch event yet: kopf hasn't finished indexing
+            if self.ix is None or not self.pods_listed:  # kopf or the pod list not ready yet
                 continue
             if self.full:
                 resync_at = loop.time() + self.options.resync
@@ -266,7 +274,7 @@ class Reconciler:
         assert self.ix is not None
         namespace = key[1]
         if namespace:
-            return set(self.ix.pod_nodes.get(namespace, ()))
+            return set(self.ix.pod_nodes.get(namespace, {}))
         return set(self.ix.pods)
 
     # --- bundles ----------------------------------------------------------------
@@ -305,7 +313,7 @@ class Reconciler:
                 if s.ledger and node in s.ledger.nodes
             }
             return plan
-        pods = [p.pod() for p in self.ix.pods.get(node, ())]
+        pods = [p.pod() for p in self.ix.pods.get(node, {}).values()]
         namespaces = sorted({p.namespace for p in pods})
         labels = {ns: dict(_first(self.ix.namespaces, ns, {})) for ns in namespaces}
         # One Workload per pod (not per policy and pod), grouped by namespace: a

@@ -18,13 +18,14 @@ import base64
 import gzip
 import hashlib
 import json
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stockade.policy.document import PolicyDocument
-from stockade.policy.model import FileSelector, PartName, ProcessSelector
+from stockade.policy.model import FileSelector, PartName
 from stockade.policy.predicates import PathPattern, Workload
 from stockade.policy.resources import LabelSelector
 
@@ -109,6 +110,115 @@ def applies_to_pod(
     return doc.scope.holds(workload)
 
 
+@dataclass(frozen=True)
+class _Fragment:
+    """One document's part, compiled once with its selectors at bits 0..n-1.
+
+    `_PartCompiler.add` shifts it by the bits already taken: the same tables as
+    compiling the selectors in place, at a fraction of the cost (a policy edit
+    recompiles every node's bundle, and each bundle repeats most policies).
+    """
+
+    selectors: tuple[tuple[str, dict[str, list[str]]], ...]  # name, container conditions
+    operations: tuple[tuple[str, tuple[int, ...]], ...]
+    paths: tuple[tuple[str, str, int], ...]  # kind, path, bit
+    any_path: tuple[int, ...]
+    names: tuple[tuple[str, int], ...]
+    any_name: tuple[int, ...]
+    interactive: tuple[tuple[bool, int], ...]
+    ignore_mounts: tuple[int, ...]
+    ignore_files: tuple[int, ...]
+    responses: tuple[tuple[int, int, tuple[str, ...]], ...]  # match, exclude, actions
+
+
+# id(document) → (weak reference to it, {part: fragment}). An entry leaves with its
+# document (a new generation, or a re-parse, is a new document), so the cache keeps
+# nothing alive; documents are never mutated.
+_FRAGMENTS: dict[int, tuple[weakref.ref[PolicyDocument], dict[PartName, _Fragment | None]]] = {}
+
+
+def _forget(key: int, ref: weakref.ref[PolicyDocument]) -> None:
+    entry = _FRAGMENTS.get(key)
+    if entry is not None and entry[0] is ref:
+        del _FRAGMENTS[key]
+
+
+def _fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
+    key = id(doc)
+    entry = _FRAGMENTS.get(key)
+    if entry is None or entry[0]() is not doc:
+        entry = (weakref.ref(doc, lambda ref: _forget(key, ref)), {})
+        _FRAGMENTS[key] = entry
+    parts = entry[1]
+    if part_name not in parts:
+        parts[part_name] = _build_fragment(doc, part_name)
+    return parts[part_name]
+
+
+def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
+    part = doc.policy.parts().get(part_name)
+    if part is None:
+        return None
+    selectors: list[tuple[str, dict[str, list[str]]]] = []
+    operations: dict[str, list[int]] = {op: [] for op in PART_OPERATIONS[part_name]}
+    paths: list[tuple[str, str, int]] = []
+    any_path: list[int] = []
+    names: list[tuple[str, int]] = []
+    any_name: list[int] = []
+    interactive: list[tuple[bool, int]] = []
+    ignore_mounts: list[int] = []
+    ignore_files: list[int] = []
+    bit_of: dict[str, int] = {}
+
+    def add_paths(bit: int, patterns: list[str] | None) -> None:
+        if patterns is None:
+            any_path.append(bit)
+            return
+        for pattern in patterns:
+            parsed = PathPattern.parse(pattern)
+            paths.append((parsed.kind.value, parsed.path, bit))
+
+    for selector in part.selectors:
+        bit = len(selectors)
+        bit_of[selector.name.lower()] = bit
+        selectors.append((selector.name, selector.container_conditions()))
+        for op in selector.operation or PART_OPERATIONS[part_name]:
+            operations[op].append(bit)
+        if isinstance(selector, FileSelector):
+            add_paths(bit, selector.target_file_path)
+            if selector.ignore_volume_mounts:
+                ignore_mounts.append(bit)
+            if selector.ignore_volume_files:
+                ignore_files.append(bit)
+        else:
+            add_paths(bit, selector.process_executable)
+            if selector.process_name is None:
+                any_name.append(bit)
+            names.extend((name, bit) for name in selector.process_name or [])
+            if selector.session_leader_interactive is not None:
+                interactive.append((selector.session_leader_interactive, bit))
+    responses = tuple(
+        (
+            _bits(bit_of[n.lower()] for n in response.match),
+            _bits(bit_of[n.lower()] for n in response.exclude or []),
+            tuple(sorted(response.actions)),
+        )
+        for response in part.responses
+    )
+    return _Fragment(
+        selectors=tuple(selectors),
+        operations=tuple((op, tuple(bits)) for op, bits in operations.items()),
+        paths=tuple(paths),
+        any_path=tuple(any_path),
+        names=tuple(names),
+        any_name=tuple(any_name),
+        interactive=tuple(interactive),
+        ignore_mounts=tuple(ignore_mounts),
+        ignore_files=tuple(ignore_files),
+        responses=responses,
+    )
+
+
 class _PartCompiler:
     """Assigns bits to one part's selectors across policies and builds its tables."""
 
@@ -130,57 +240,35 @@ class _PartCompiler:
         self.responses: list[dict[str, Any]] = []
 
     def add(self, policy_index: int, doc: PolicyDocument) -> None:
-        part = doc.policy.parts().get(self.part)
-        if part is None:
+        fragment = _fragment(doc, self.part)
+        if fragment is None:
             return
-        bit_of: dict[str, int] = {}
-        for selector in part.selectors:
-            bit = len(self.selectors)
-            bit_of[selector.name.lower()] = bit
+        offset = len(self.selectors)
+        for bit, (name, container) in enumerate(fragment.selectors, offset):
             self.selectors.append(
-                {
-                    "bit": bit,
-                    "policy": policy_index,
-                    "name": selector.name,
-                    "container": selector.container_conditions(),
-                }
+                {"bit": bit, "policy": policy_index, "name": name, "container": container}
             )
-            for op in selector.operation or PART_OPERATIONS[self.part]:
-                self.operations[op].add(bit)
-            if isinstance(selector, FileSelector):
-                self._add_paths(bit, selector.target_file_path)
-                if selector.ignore_volume_mounts:
-                    self.ignore_mounts.add(bit)
-                if selector.ignore_volume_files:
-                    self.ignore_files.add(bit)
-            else:
-                self._add_process(bit, selector)
-        for response in part.responses:
+        for op, bits in fragment.operations:
+            self.operations[op].update(b + offset for b in bits)
+        for kind, path, bit in fragment.paths:
+            self.paths[kind][path].add(bit + offset)
+        self.any_path.update(b + offset for b in fragment.any_path)
+        for name, bit in fragment.names:
+            self.names[name].add(bit + offset)
+        self.any_name.update(b + offset for b in fragment.any_name)
+        for value, bit in fragment.interactive:
+            self.interactive[value].add(bit + offset)
+        self.ignore_mounts.update(b + offset for b in fragment.ignore_mounts)
+        self.ignore_files.update(b + offset for b in fragment.ignore_files)
+        for match, exclude, actions in fragment.responses:
             self.responses.append(
                 {
                     "policy": policy_index,
-                    "match": hex_mask(_bits(bit_of[n.lower()] for n in response.match)),
-                    "exclude": hex_mask(_bits(bit_of[n.lower()] for n in response.exclude or [])),
-                    "actions": sorted(response.actions),
+                    "match": hex_mask(match << offset),
+                    "exclude": hex_mask(exclude << offset),
+                    "actions": list(actions),
                 }
             )
-
-    def _add_paths(self, bit: int, patterns: list[str] | None) -> None:
-        if patterns is None:
-            self.any_path.add(bit)
-            return
-        for pattern in patterns:
-            parsed = PathPattern.parse(pattern)
-            self.paths[parsed.kind.value][parsed.path].add(bit)
-
-    def _add_process(self, bit: int, selector: ProcessSelector) -> None:
-        self._add_paths(bit, selector.process_executable)
-        if selector.process_name is None:
-            self.any_name.add(bit)
-        for name in selector.process_name or []:
-            self.names[name].add(bit)
-        if selector.session_leader_interactive is not None:
-            self.interactive[selector.session_leader_interactive].add(bit)
 
     def build(self) -> dict[str, Any]:
         if len(self.selectors) > MAX_SELECTORS_PER_BUNDLE_PART:
