@@ -37,7 +37,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+
+from stockade.operator.metrics import scrape
 
 REPO = Path(__file__).resolve().parents[1]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
@@ -308,20 +309,6 @@ def free_port() -> int:
         return port
 
 
-def metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def proc_status(pid: int, key: str) -> int:
     """A /proc/<pid>/status size (VmHWM, VmRSS) in bytes; 0 when gone."""
     try:
@@ -464,7 +451,7 @@ def main() -> int:
         def metric_quiet() -> None:
             last, stable_since = -1.0, time.monotonic()
             while time.monotonic() - stable_since < 3.0:
-                now = metrics(port).get("stockade_operator_reconciles_total", 0.0)
+                now = scrape(port).get("stockade_operator_reconciles_total", 0.0)
                 if now != last:
                     last, stable_since = now, time.monotonic()
                 time.sleep(0.5)
@@ -522,7 +509,7 @@ def main() -> int:
         big, stored, where = watch.largest
         results.append(("largest bundle (canonical JSON)", f"{big / 1024:.1f} KiB",
                         f"{where}; stored {stored / 1024:.1f} KiB; target <= 256 KiB"))  # fmt: skip
-        m = metrics(port)
+        m = scrape(port)
         count = m.get("stockade_operator_compile_seconds_count", 0.0)
         total = m.get("stockade_operator_compile_seconds_sum", 0.0)
         results.append(("compiles / time compiling",

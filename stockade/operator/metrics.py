@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
@@ -25,3 +27,18 @@ STATUS_WRITES = Counter("stockade_operator_status_writes", "Policy status writes
 ERRORS = Counter("stockade_operator_errors", "Failed writes (retried)", ["op"])
 SYNCED = Gauge("stockade_operator_synced", "1 once the first full reconcile finished")
 LEADER = Gauge("stockade_operator_leader", "1 while this replica is the one that writes")
+
+
+def scrape(port: int, timeout: float = 5.0) -> dict[str, float]:
+    """A running operator's samples by `name{labels}` ({} when it doesn't answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
+from stockade.operator.metrics import scrape
 from tests.integration import conftest as integration
 from tests.integration.conftest import Kubectl, force_delete_namespace
 
@@ -87,17 +87,7 @@ class Operator:
             wait_for("the operator's first full reconcile", self.synced, timeout=60)
 
     def metrics(self) -> dict[str, float]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return scrape(self.port, timeout=2)
 
     def synced(self) -> bool:
         assert self.proc is not None
