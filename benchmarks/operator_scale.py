@@ -25,8 +25,6 @@ deleted at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import base64
-import gzip
 import json
 import os
 import random
@@ -47,6 +45,7 @@ from typing import Any
 from kubernetes import client, config
 
 from stockade.operator.metrics import scrape
+from stockade.policy.compiler import BUNDLE_GZIP_KEY, BUNDLE_KEY, bundle_from_configmap, encode
 
 REPO = Path(__file__).resolve().parents[1]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
@@ -271,11 +270,10 @@ class BundleWatch(threading.Thread):
                 self.seen.pop(node, None)
             else:
                 data, binary = obj.get("data") or {}, obj.get("binaryData") or {}
-                if "bundle.json.gz" in binary:
-                    stored = len(binary["bundle.json.gz"])
-                    raw = len(gzip.decompress(base64.b64decode(binary["bundle.json.gz"])))
-                else:
-                    raw = stored = len(data.get("bundle.json", "").encode())
+                stored = len(binary.get(BUNDLE_GZIP_KEY, "")) or len(
+                    data.get(BUNDLE_KEY, "").encode()
+                )
+                raw = len(encode(bundle_from_configmap(data, binary)))
                 held = meta["annotations"].get("stockade.dev/policies", "")
                 self.seen[node] = Seen(frozenset(filter(None, held.split("\n"))), raw, stored, now)
                 if raw > self.largest[0]:
