@@ -21,6 +21,9 @@ CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 DRIFT = yaml.safe_load((ROOT / "examples/policies/drift-prevention.yaml").read_text())
 CLUSTER = yaml.safe_load((ROOT / "examples/policies/cluster-interactive-audit.yaml").read_text())
 
+# What `kubectl get cpol` / `ccpol` print as the header.
+POLICY_COLUMNS = ["NAME", "MODE", "SELECTORS", "NODES", "BLOCKED", "ALERTS", "READY", "AGE"]
+
 
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> Iterator[None]:
@@ -154,16 +157,7 @@ def test_cluster_policy_and_columns(crds: None, kubectl: Kubectl) -> None:
     apply(kubectl, CLUSTER)
     try:
         table = kubectl("get", "ccpol").stdout.splitlines()
-        assert table[0].split() == [
-            "NAME",
-            "MODE",
-            "SELECTORS",
-            "NODES",
-            "BLOCKED",
-            "ALERTS",
-            "READY",
-            "AGE",
-        ]
+        assert table[0].split() == POLICY_COLUMNS
         assert table[1].split()[0] == "production-shells"
     finally:
         kubectl("delete", "ccpol", "production-shells", "--ignore-not-found")

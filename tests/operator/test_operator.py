@@ -12,6 +12,7 @@ from kubernetes import client
 
 from stockade.operator.bundles import HASH_ANNOTATION, POLICIES_ANNOTATION, configmap_name
 from stockade.policy.compiler import bundle_from_configmap
+from tests.integration.test_crds import POLICY_COLUMNS
 
 from .conftest import Cluster, Kubectl, Operator, wait_for
 
@@ -214,16 +215,7 @@ def test_status_from_node_reports(
     }
     assert obj["status"]["counts"] == {"blocked": 4, "alerted": 6, "logged": 0}
     table = kubectl("get", "cpol", "guard", "-n", namespace).stdout.split("\n")
-    assert table[0].split() == [
-        "NAME",
-        "MODE",
-        "SELECTORS",
-        "NODES",
-        "BLOCKED",
-        "ALERTS",
-        "READY",
-        "AGE",
-    ]
+    assert table[0].split() == POLICY_COLUMNS
     assert table[1].split()[:7] == ["guard", "enforce", "1", "2/2", "4", "6", "True"]
 
     # The sensor on a restarts: counters from zero, then counting up again.
