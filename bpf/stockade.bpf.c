@@ -35,67 +35,83 @@ static __always_inline __u32 hook_for(long nr)
 	return 0;
 }
 
-/* Attached to every syscalls/sys_enter_* of interest: stashes the arguments. */
+/* a file syscall's arguments, from its sys_enter to its sys_exit (per thread) */
+struct inflight {
+	__u64 args[5];
+	__u32 hook; /* 0: nothing stashed */
+	__u32 extra; /* open flags (open family), old mode (fchmod) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+/*
+ * Attached to every syscalls/sys_enter_* of interest: stashes the arguments
+ * of the calls that can be file operations of a listed cgroup.
+ */
 SEC("tracepoint/syscalls/sys_enter_openat")
 int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	struct task_struct *task;
-	struct inflight v = {};
+	struct inflight *v;
 	struct entry e;
-	__u64 id;
-	__u32 flags;
+	__u32 hook, extra = 0;
+	__u64 args[5];
 
-	if (!enter(&e))
+	hook = hook_for((int)ctx->id); /* __syscall_nr is an int */
+	if (!hook)
 		return 0;
-	v.hook = hook_for((int)ctx->id); /* __syscall_nr is an int */
-	if (!v.hook)
-		return 0;
-	v.args[0] = BPF_CORE_READ(ctx, args[0]);
-	v.args[1] = BPF_CORE_READ(ctx, args[1]);
-	v.args[2] = BPF_CORE_READ(ctx, args[2]);
-	v.args[3] = BPF_CORE_READ(ctx, args[3]);
-	v.args[4] = BPF_CORE_READ(ctx, args[4]);
-
-	switch (v.hook) {
+	/*
+	 * One copy of the five argument slots: the context of a syscall with
+	 * fewer arguments is shorter, and a program that reads past it directly
+	 * is refused at attach.
+	 */
+	bpf_probe_read_kernel(args, sizeof(args), (void *)ctx + offsetof(typeof(*ctx), args));
+	switch (hook) {
 	case STK_HOOK_OPEN:
-		v.extra = v.args[1];
+		extra = args[1];
 		break;
 	case STK_HOOK_OPENAT:
-		v.extra = v.args[2];
+		extra = args[2];
 		break;
 	case STK_HOOK_OPENAT2: {
 		__u64 f = 0;
 
-		bpf_probe_read_user(&f, sizeof(f), (void *)v.args[2]); /* open_how.flags */
-		v.extra = f;
+		bpf_probe_read_user(&f, sizeof(f), (void *)args[2]); /* open_how.flags */
+		extra = f;
 		break;
 	}
 	case STK_HOOK_CREAT:
-		v.extra = O_CREAT | O_WRONLY | O_TRUNC;
+		extra = O_CREAT | O_WRONLY | O_TRUNC;
 		break;
 	case STK_HOOK_UNLINKAT:
-		if (v.args[2] & AT_REMOVEDIR)
+		if (args[2] & AT_REMOVEDIR)
 			return 0;
 		break;
-	case STK_HOOK_FCHMOD: {
-		struct file *f;
+	}
+	if (hook <= STK_HOOK_CREAT && (extra & O_ACCMODE) == 0 && !(extra & (O_CREAT | O_TRUNC)))
+		return 0; /* read-only open */
+	if (!enter(&e))
+		return 0;
+	if (hook == STK_HOOK_FCHMOD) {
+		struct file *f = fd_file((__s64)args[0]);
 
-		task = (struct task_struct *)bpf_get_current_task();
-		f = fd_file(task, (__s64)v.args[0]);
 		if (!f)
 			return 0;
-		v.extra = BPF_CORE_READ(f, f_inode, i_mode);
-		break;
+		extra = BPF_CORE_READ(f, f_inode, i_mode);
 	}
-	}
-	if (v.hook <= STK_HOOK_CREAT) {
-		flags = v.extra;
-		if ((flags & O_ACCMODE) == 0 && !(flags & (O_CREAT | O_TRUNC)))
-			return 0; /* read-only open */
-	}
-	id = bpf_get_current_pid_tgid();
-	if (bpf_map_update_elem(&inflight, &id, &v, BPF_ANY))
+	v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!v) {
 		stat_inc(STK_STAT_INFLIGHT_FAIL);
+		return 0;
+	}
+	__builtin_memcpy(v->args, args, sizeof(args));
+	v->extra = extra;
+	v->hook = hook;
 	return 0;
 }
 
@@ -103,20 +119,17 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_openat")
 int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct inflight *vp, v;
-	struct rpath rp = {};
+	struct path_src src = { .dirfd = AT_FDCWD };
 	struct entry e;
 	__u32 ops = 0, mode = 0, fmode = 0, flags = 0;
-	__u8 from_fd = 0;
-	__u64 id = bpf_get_current_pid_tgid();
 	long ret = ctx->ret;
 
-	vp = bpf_map_lookup_elem(&inflight, &id);
-	if (!vp)
+	vp = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+	if (!vp || !vp->hook)
 		return 0;
 	__builtin_memcpy(&v, vp, sizeof(v));
-	bpf_map_delete_elem(&inflight, &id);
+	vp->hook = 0;
 	if (ret < 0)
 		return 0;
 	if (!enter(&e))
@@ -130,7 +143,7 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	case STK_HOOK_FCHMOD:
 	case STK_HOOK_FTRUNCATE: {
 		__s64 fd = v.hook <= STK_HOOK_CREAT ? ret : (__s64)v.args[0];
-		struct file *f = fd_file(task, fd);
+		struct file *f = fd_file(fd);
 
 		if (!f)
 			return 0;
@@ -138,10 +151,8 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 		if ((mode & S_IFMT) != S_IFREG)
 			return 0;
 		fmode = BPF_CORE_READ(f, f_mode);
-		stk_resolve_kpath(0, (__u64)BPF_CORE_READ(f, f_path.dentry),
-				  (__u64)BPF_CORE_READ(f, f_path.mnt));
-		get_rpath(0, &rp);
-		from_fd = 1;
+		src.dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
+		src.mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
 		if (v.hook <= STK_HOOK_CREAT) {
 			flags = v.extra;
 			if (fmode & FMODE_CREATED)
@@ -164,42 +175,39 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 		}
 		break;
 	}
-	default: {
+	default:
 		/* path-string syscalls: pick (dirfd, path) and the operations */
-		__s64 dirfd = AT_FDCWD;
-		const char *upath = NULL;
-
 		switch (v.hook) {
 		case STK_HOOK_UNLINK:
 		case STK_HOOK_TRUNCATE:
-			upath = (const char *)v.args[0];
+			src.upath = v.args[0];
 			break;
 		case STK_HOOK_CHMOD:
 		case STK_HOOK_MKNOD:
-			upath = (const char *)v.args[0];
+			src.upath = v.args[0];
 			mode = v.args[1];
 			break;
 		case STK_HOOK_UNLINKAT:
-			dirfd = (__s32)v.args[0];
-			upath = (const char *)v.args[1];
+			src.dirfd = (__s32)v.args[0];
+			src.upath = v.args[1];
 			flags = v.args[2];
 			break;
 		case STK_HOOK_RENAME:
 		case STK_HOOK_LINK:
-			upath = (const char *)v.args[1];
+			src.upath = v.args[1];
 			break;
 		case STK_HOOK_RENAMEAT:
 		case STK_HOOK_RENAMEAT2:
 		case STK_HOOK_LINKAT:
-			dirfd = (__s32)v.args[2];
-			upath = (const char *)v.args[3];
+			src.dirfd = (__s32)v.args[2];
+			src.upath = v.args[3];
 			flags = v.hook == STK_HOOK_RENAMEAT ? 0 : v.args[4];
 			break;
 		case STK_HOOK_FCHMODAT:
 		case STK_HOOK_FCHMODAT2:
 		case STK_HOOK_MKNODAT:
-			dirfd = (__s32)v.args[0];
-			upath = (const char *)v.args[1];
+			src.dirfd = (__s32)v.args[0];
+			src.upath = v.args[1];
 			mode = v.args[2];
 			break;
 		default:
@@ -238,16 +246,8 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 			      (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
 			break;
 		}
-		stk_resolve_user(dirfd, (__u64)upath);
-		get_rpath(0, &rp);
 		break;
 	}
-	}
-	if (!rp.ok || !ops)
-		return 0;
-	if (rp.truncated)
-		stat_inc(STK_STAT_PATH_TRUNC);
-
-	file_decide(&e, v.hook, ops, flags, mode, fmode, from_fd, &rp, 0);
+	file_decide(&e, v.hook, ops, flags, mode, fmode, &src, 0);
 	return 0;
 }

@@ -17,6 +17,7 @@
 #define STK_MAX_DEPTH 64           /* path components walked per path */
 #define STK_MAX_RESPONSES 1024     /* response rows per slot and part (= the compiler's limit) */
 #define STK_MAX_CGROUP_DEPTH 32    /* cgroup levels searched for a listed ancestor */
+#define STK_HEAD_BYTES 11          /* first-component bytes in a path_heads key */
 
 enum stk_part { STK_PART_PROCESS = 0, STK_PART_FILE = 1 };
 
@@ -118,6 +119,19 @@ struct stk_lpm_key {
 	char path[STK_LPM_PATH];
 };
 
+/*
+ * path_heads hash (tag = slot << 8 | part): the first component of every
+ * exact, children and recursive path in a slot's tables, so that a path whose
+ * first component is absent skips the walk and the lookups. len is the
+ * component's length, or STK_HEAD_BYTES + 1 when longer (head then holds its
+ * first STK_HEAD_BYTES bytes: a collision only costs the full lookup).
+ */
+struct stk_head_key {
+	__u32 tag;
+	__u8 len;
+	char head[STK_HEAD_BYTES];
+};
+
 struct stk_name_key {
 	__u32 slot;
 	char comm[16];
@@ -131,6 +145,8 @@ struct stk_part_masks {
 	struct stk_mask req_non_interactive;
 	struct stk_mask ignore_mounts;
 	struct stk_mask ignore_files;
+	__u32 any_head; /* 1: some path entry matches every first component (no head filter) */
+	__u32 pad;
 };
 
 /* responses index = (slot * 2 + part) * STK_MAX_RESPONSES + row */

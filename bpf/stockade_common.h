@@ -89,6 +89,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct stk_head_key);
+	__type(value, __u8);
+} path_heads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct stk_name_key);
 	__type(value, struct stk_mask);
@@ -113,19 +120,6 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-struct inflight {
-	__u64 args[5];
-	__u32 hook;
-	__u32 extra; /* open flags (open family), old mode (fchmod) */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct inflight);
-} inflight SEC(".maps");
-
 /* processes that got a record: their exit produces an exit record */
 struct tracked_val {
 	__u64 start_time;
@@ -140,7 +134,6 @@ struct {
 } tracked SEC(".maps");
 
 struct eval_in {
-	__u64 cgroup_id;
 	__u32 slot;
 	__u32 part;
 	__u32 ops;
@@ -148,9 +141,9 @@ struct eval_in {
 	__u32 len;
 	__u32 leaf;
 	__u8 ok;
+	__u8 skip_tables; /* the path's first component is in no table */
 	__u8 volume;
 	__u8 interactive;
-	__u8 pad;
 	char comm[16];
 };
 
@@ -216,7 +209,11 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
-/* A resolved path: bytes [start, start + len) of a path buffer. */
+/*
+ * A resolved path: bytes [start, start + len) of a path buffer. `skipped`:
+ * not walked, because its first component is in no path table of the part
+ * (only the volume is known; resolve again without the filter for a record).
+ */
 struct rpath {
 	__u32 start;
 	__u32 len;
@@ -224,6 +221,7 @@ struct rpath {
 	__u8 volume;
 	__u8 ok;
 	__u8 truncated;
+	__u8 skipped;
 };
 
 /* offset (from start) of the last '/' in [start, start+len); leaf names are <= 255 bytes */
@@ -274,18 +272,23 @@ static __always_inline __u8 volume_kind(struct vfsmount *vmnt, struct vfsmount *
 
 /*
  * d_path-like walk from (dentry, vmnt) up to the task's root, crossing
- * mounts; writes the path so that it ends at b[PB_END]. One bpf_loop step
- * per component (the verifier checks the step once), at most
- * STK_MAX_DEPTH components (then *trunc is set).
+ * mounts. A copying walk writes the path so that it ends at b[PB_END]; a
+ * non-copying one only finds the head (the component just below the root:
+ * the path's first). One bpf_loop step per component (the verifier checks
+ * the step once), at most STK_MAX_DEPTH components (then trunc is set).
  */
 struct walk_ctx {
 	struct dentry *d;
 	struct vfsmount *vmnt;
 	struct mount *mnt;
+	struct dentry *mnt_root; /* vmnt->mnt_root, read once per mount */
 	struct dentry *root_d;
 	struct vfsmount *root_m;
+	struct dentry *head;
 	__u32 pos;
+	__u32 leaf_pos; /* the leaf's '/' (PB_END until a component is written) */
 	__u32 buf;
+	__u8 copy;
 	__u8 trunc;
 	__u8 done;
 };
@@ -293,31 +296,36 @@ struct walk_ctx {
 static long walk_cb(__u32 i, void *data)
 {
 	struct walk_ctx *w = data;
-	struct pathbuf *pb = bpf_map_lookup_elem(&pathbufs, &w->buf);
-	struct dentry *d = w->d, *mnt_root, *parent;
-	struct vfsmount *vmnt = w->vmnt;
+	struct dentry *d = w->d, *parent;
 	struct mount *mnt = w->mnt;
+	struct pathbuf *pb;
 	struct qstr q;
 	__u32 len, pos = w->pos;
 
-	if (!pb)
-		return 1;
-	if (d == w->root_d && vmnt == w->root_m)
+	if (d == w->root_d && w->vmnt == w->root_m)
 		goto done;
-	mnt_root = BPF_CORE_READ(vmnt, mnt_root);
-	if (d == mnt_root) {
+	if (d == w->mnt_root) {
 		struct mount *pm = BPF_CORE_READ(mnt, mnt_parent);
+		struct vfsmount *pvm = &pm->mnt;
 
 		if (pm == mnt)
 			goto done;
 		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
 		w->mnt = pm;
-		w->vmnt = &pm->mnt;
+		w->vmnt = pvm;
+		w->mnt_root = BPF_CORE_READ(pvm, mnt_root);
 		return 0;
 	}
 	parent = BPF_CORE_READ(d, d_parent);
 	if (parent == d)
 		goto done;
+	w->head = d;
+	w->d = parent;
+	if (!w->copy)
+		return 0;
+	pb = bpf_map_lookup_elem(&pathbufs, &w->buf);
+	if (!pb)
+		return 1;
 	q = BPF_CORE_READ(d, d_name);
 	len = q.len;
 	if (len > 255)
@@ -331,45 +339,55 @@ static long walk_cb(__u32 i, void *data)
 	pos -= 1;
 	pb->b[pos & (PB_END - 1)] = '/';
 	w->pos = pos & (PB_END - 1); /* stable range: lets the verifier converge */
-	w->d = parent;
+	if (w->leaf_pos == PB_END)
+		w->leaf_pos = w->pos;
 	return 0;
 done:
 	w->done = 1;
 	return 1;
 }
 
-static __always_inline __u32 walk_path(char *b, __u32 buf, struct dentry *dentry,
-				       struct vfsmount *vmnt, struct dentry *root_d,
-				       struct vfsmount *root_m, __u8 *trunc)
+struct troot {
+	struct dentry *d;
+	struct vfsmount *m;
+};
+
+static __always_inline void walk(struct walk_ctx *w, __u32 buf, __u8 copy, struct dentry *dentry,
+				 struct vfsmount *vmnt, struct troot *root)
 {
-	struct walk_ctx w = {
-		.d = dentry,
-		.vmnt = vmnt,
-		.mnt = container_of(vmnt, struct mount, mnt),
-		.root_d = root_d,
-		.root_m = root_m,
-		.pos = PB_END,
-		.buf = buf,
-	};
+	w->d = dentry;
+	w->vmnt = vmnt;
+	w->mnt = container_of(vmnt, struct mount, mnt);
+	w->mnt_root = BPF_CORE_READ(vmnt, mnt_root);
+	w->root_d = root->d;
+	w->root_m = root->m;
+	w->head = NULL;
+	w->pos = PB_END;
+	w->leaf_pos = PB_END;
+	w->buf = buf;
+	w->copy = copy;
+	w->trunc = 0;
+	w->done = 0;
+	bpf_loop(STK_MAX_DEPTH, walk_cb, w, 0);
+	if (!w->done)
+		w->trunc = 1;
+}
+
+/* Copying walk; returns where the path starts in b (it ends at PB_END). */
+static __always_inline __u32 walk_path(char *b, struct walk_ctx *w, __u32 buf,
+				       struct dentry *dentry, struct vfsmount *vmnt,
+				       struct troot *root)
+{
 	__u32 pos;
 
-	bpf_loop(STK_MAX_DEPTH, walk_cb, &w, 0);
-	if (!w.done)
-		*trunc = 1;
-	if (w.trunc)
-		*trunc = 1;
-	pos = w.pos;
+	walk(w, buf, 1, dentry, vmnt, root);
+	pos = w->pos;
 	if (pos >= PB_END) {
 		pos = PB_END - 1;
 		b[PB_END - 1] = '/';
 	}
 	return pos;
 }
-
-struct troot {
-	struct dentry *d;
-	struct vfsmount *m;
-};
 
 static __always_inline void task_root(struct task_struct *task, struct troot *r)
 {
@@ -382,31 +400,59 @@ static __always_inline void task_root(struct task_struct *task, struct troot *r)
 static __always_inline void resolve_kpath(char *b, __u32 buf, struct dentry *d,
 					  struct vfsmount *m, struct troot *root, struct rpath *rp)
 {
-	__u8 trunc = 0;
-	__u32 pos = walk_path(b, buf, d, m, root->d, root->m, &trunc);
+	struct walk_ctx w;
+	__u32 pos = walk_path(b, &w, buf, d, m, root);
 
 	rp->start = pos;
 	rp->len = PB_END - pos;
-	rp->leaf = find_leaf(buf, pos, rp->len);
+	rp->leaf = w.leaf_pos < PB_END ? w.leaf_pos - pos : 0;
 	rp->volume = volume_kind(m, root->m);
-	rp->truncated = trunc;
+	rp->truncated = w.trunc;
 	rp->ok = 1;
 }
 
-static __always_inline struct file *fd_file(struct task_struct *task, __s64 fd)
+/*
+ * Can a path table entry of the part (head_tag = slot << 8 | part) match the
+ * path of (d, m)? Walks to the path's first component without copying
+ * anything and looks it up in path_heads.
+ */
+static __always_inline int head_in_tables(__u32 head_tag, struct dentry *d, struct vfsmount *m,
+					  struct troot *root)
 {
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds;
-	struct file *f = NULL;
-	__u32 max;
+	__u32 idx = ((head_tag >> 8) & 1) * 2 + (head_tag & 1), n;
+	struct stk_head_key key = {};
+	struct stk_part_masks *pm;
+	struct walk_ctx w;
+	struct dentry *head;
+	struct qstr q;
 
-	if (fd < 0)
+	pm = bpf_map_lookup_elem(&part_masks, &idx);
+	if (!pm || pm->any_head)
+		return 1;
+	walk(&w, 0, 0, d, m, root);
+	head = w.head;
+	if (w.trunc || !head)
+		return 1; /* too deep, or the root itself: no filter */
+	q = BPF_CORE_READ(head, d_name);
+	n = q.len;
+	if (n > STK_HEAD_BYTES)
+		n = STK_HEAD_BYTES;
+	key.tag = head_tag & 0xffff;
+	key.len = q.len > STK_HEAD_BYTES ? STK_HEAD_BYTES + 1 : q.len;
+	bpf_probe_read_kernel(key.head, n, q.name);
+	return bpf_map_lookup_elem(&path_heads, &key) != NULL;
+}
+
+/* the current task's open file `fd` (direct loads up to the fd array: no helper calls) */
+static __always_inline struct file *fd_file(__s64 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	struct file *f = NULL;
+
+	if (fd < 0 || !fdt || (__u64)fd >= fdt->max_fds)
 		return NULL;
-	max = BPF_CORE_READ(fdt, max_fds);
-	if ((__u64)fd >= max)
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	bpf_probe_read_kernel(&f, sizeof(f), &fdt->fd[fd]);
 	return f;
 }
 
@@ -528,10 +574,10 @@ static __always_inline void resolve_user(char *b, struct task_struct *task, __s6
 		rp->volume = STK_VOL_NONE;
 		rp->truncated = n >= STK_PATH_REC_MAX;
 	} else {
+		struct walk_ctx w;
 		struct dentry *d;
 		struct vfsmount *m;
 		__u32 pos;
-		__u8 trunc = 0;
 
 		if (dirfd == AT_FDCWD) {
 			struct fs_struct *fs = BPF_CORE_READ(task, fs);
@@ -539,21 +585,21 @@ static __always_inline void resolve_user(char *b, struct task_struct *task, __s6
 			d = BPF_CORE_READ(fs, pwd.dentry);
 			m = BPF_CORE_READ(fs, pwd.mnt);
 		} else {
-			struct file *f = fd_file(task, dirfd);
+			struct file *f = fd_file(dirfd);
 
 			if (!f)
 				return;
 			d = BPF_CORE_READ(f, f_path.dentry);
 			m = BPF_CORE_READ(f, f_path.mnt);
 		}
-		pos = walk_path(b, 0, d, m, root->d, root->m, &trunc);
+		pos = walk_path(b, &w, 0, d, m, root);
 		b[PB_END] = '/';
 		if (pos == PB_END - 1)
 			pos = PB_END; /* base is "/": avoid "//" */
 		rp->start = pos;
 		rp->len = PB_END + 1 + (n - 1) - pos;
 		rp->volume = volume_kind(m, root->m);
-		rp->truncated = trunc || n >= STK_PATH_REC_MAX;
+		rp->truncated = w.trunc || n >= STK_PATH_REC_MAX;
 	}
 	rp->len = normalize(rp->start, rp->len, &rp->truncated);
 	rp->leaf = find_leaf(0, rp->start, rp->len);
@@ -567,11 +613,16 @@ struct {
 	__type(value, struct rpath);
 } rpaths SEC(".maps");
 
+/* head_tag for stk_resolve_kpath: filter on the part's path heads */
+#define HEAD_FILTER(slot, part) (1u << 16 | ((slot) & 1) << 8 | ((part) & 1))
+
 /*
  * Global functions, so the verifier checks each once per program instead of
- * once per call site and state. Results go to rpaths[buf].
+ * once per call site and state. Results go to rpaths[buf]. With a head_tag
+ * (HEAD_FILTER), a path whose first component is in no table of that part is
+ * not walked: rpaths[buf].skipped.
  */
-__noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt)
+__noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt, __u32 head_tag)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct pathbuf *pb;
@@ -584,9 +635,21 @@ __noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt)
 	if (!pb || !rp)
 		return 0;
 	rp->ok = 0;
+	rp->skipped = 0;
 	if (!dentry || !vmnt)
 		return 0;
 	task_root(task, &root);
+	if (head_tag && !head_in_tables(head_tag, (struct dentry *)dentry, (struct vfsmount *)vmnt,
+					&root)) {
+		rp->start = PB_END;
+		rp->len = 0;
+		rp->leaf = 0;
+		rp->volume = volume_kind((struct vfsmount *)vmnt, root.m);
+		rp->truncated = 0;
+		rp->skipped = 1;
+		rp->ok = 1;
+		return 1;
+	}
 	resolve_kpath(pb->b, buf, (struct dentry *)dentry, (struct vfsmount *)vmnt, &root, rp);
 	return rp->ok;
 }
@@ -604,6 +667,7 @@ __noinline int stk_resolve_user(__s64 dirfd, __u64 upath)
 	if (!pb || !rp)
 		return 0;
 	rp->ok = 0;
+	rp->skipped = 0;
 	task_root(task, &root);
 	resolve_user(pb->b, task, dirfd, (const char *)upath, &root, rp);
 	return rp->ok;
@@ -691,39 +755,24 @@ static long resp_cb(__u32 i, void *data)
 }
 
 /*
- * The decision, as a global function so the verifier checks it once.
- * Inputs in scratch->in; leaves the matched-selector mask in
- * scratch->matched and returns the actions (0: nothing to do).
+ * The decision in two global functions (the verifier checks each once).
+ * stk_candidates, before anything is resolved: scratch->matched (the
+ * cgroup's selectors of the part) &= the selectors of any of the operations;
+ * 0 when none is left. stk_evaluate, with the path and the process facts in
+ * scratch->in: narrows scratch->matched to the matching selectors and
+ * returns the actions (0: nothing to do).
  */
-__noinline int stk_evaluate(void)
+__noinline int stk_candidates(void)
 {
-	struct stk_cgroup_key ckey = {};
-	struct stk_cgroup_val *cg;
-	struct stk_control *ctl;
-	struct stk_part_masks *pm;
-	struct pathbuf *pbuf;
 	struct stk_mask *m;
 	struct scratch *s;
-	struct resp_ctx rc;
-	__u32 zero = 0, idx, op, len, dlen, n, slot, part, ops, start;
-	const char *b;
+	__u32 zero = 0, idx, op, slot, ops;
 
 	s = bpf_map_lookup_elem(&scratch_map, &zero);
-	ctl = bpf_map_lookup_elem(&control, &zero);
-	pbuf = bpf_map_lookup_elem(&pathbufs, &zero);
-	if (!s || !ctl || !pbuf)
+	if (!s)
 		return 0;
-	b = pbuf->b;
 	slot = s->in.slot & 1;
-	part = s->in.part & 1;
 	ops = s->in.ops;
-	ckey.slot = slot;
-	ckey.cgroup_id = s->in.cgroup_id;
-	cg = bpf_map_lookup_elem(&cgroup_masks, &ckey);
-	if (!cg)
-		return 0;
-
-	__builtin_memcpy(&s->matched, &cg->part[part], sizeof(s->matched));
 	__builtin_memset(&s->tmp, 0, sizeof(s->tmp));
 	for (op = 0; op < STK_OP_COUNT; op++) {
 		if (!(ops & (1u << op)))
@@ -734,9 +783,28 @@ __noinline int stk_evaluate(void)
 			mask_or(&s->tmp, m);
 	}
 	mask_and(&s->matched, &s->tmp);
-	if (mask_zero(&s->matched))
-		return 0;
+	return !mask_zero(&s->matched);
+}
 
+__noinline int stk_evaluate(void)
+{
+	struct stk_control *ctl;
+	struct stk_part_masks *pm;
+	struct pathbuf *pbuf;
+	struct stk_mask *m;
+	struct scratch *s;
+	struct resp_ctx rc;
+	__u32 zero = 0, idx, len, dlen, n, slot, part, start;
+	const char *b;
+
+	s = bpf_map_lookup_elem(&scratch_map, &zero);
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	pbuf = bpf_map_lookup_elem(&pathbufs, &zero);
+	if (!s || !ctl || !pbuf)
+		return 0;
+	b = pbuf->b;
+	slot = s->in.slot & 1;
+	part = s->in.part & 1;
 	idx = slot * 2 + part;
 	pm = bpf_map_lookup_elem(&part_masks, &idx);
 	if (!pm)
@@ -746,6 +814,8 @@ __noinline int stk_evaluate(void)
 	__builtin_memcpy(&s->tmp, &pm->any_path, sizeof(s->tmp));
 	len = s->in.len;
 	start = s->in.start & (PB_SIZE - 1 - 4096);
+	if (s->in.skip_tables)
+		goto path_done;
 	if (s->in.ok && len <= STK_MATCH_MAX) {
 		__builtin_memset(&s->pkey, 0, sizeof(s->pkey));
 		s->pkey.tag = slot << 8 | part;
@@ -777,6 +847,7 @@ __noinline int stk_evaluate(void)
 		if (m)
 			mask_or(&s->tmp, m);
 	}
+path_done:
 	mask_and(&s->matched, &s->tmp);
 
 	/* process name */
@@ -815,23 +886,6 @@ __noinline int stk_evaluate(void)
 	return rc.actions;
 }
 
-static __always_inline __u32 evaluate(struct scratch *s, __u32 slot, __u64 cgid, __u32 part,
-				      __u32 ops, struct rpath *rp, const char *comm,
-				      int interactive)
-{
-	s->in.slot = slot;
-	s->in.part = part;
-	s->in.ops = ops;
-	s->in.cgroup_id = cgid;
-	s->in.start = rp->start;
-	s->in.len = rp->len;
-	s->in.leaf = rp->leaf;
-	s->in.ok = rp->ok;
-	s->in.volume = rp->volume;
-	s->in.interactive = interactive;
-	__builtin_memcpy(s->in.comm, comm, 16);
-	return stk_evaluate();
-}
 
 static __always_inline void fill_hdr(struct stk_rec_hdr *h, struct task_struct *task,
 				     struct scratch *s, __u32 kind, __u32 hook, __u32 slot,
@@ -937,37 +991,94 @@ static __always_inline int enter(struct entry *e)
 	return e->s != NULL;
 }
 
+/* The first step of a decision (see stk_candidates): 0 when no selector can match. */
+static __always_inline int candidates(struct entry *e, __u32 part, __u32 ops)
+{
+	struct scratch *s = e->s;
+
+	s->in.slot = e->slot;
+	s->in.part = part;
+	s->in.ops = ops;
+	__builtin_memcpy(&s->matched, &e->cg->part[part & 1], sizeof(s->matched));
+	return stk_candidates();
+}
+
+/* The rest of the decision, after candidates() (see stk_evaluate). */
+static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const char *comm,
+				      int interactive)
+{
+	s->in.start = rp->start;
+	s->in.len = rp->len;
+	s->in.leaf = rp->leaf;
+	s->in.ok = rp->ok;
+	s->in.skip_tables = rp->skipped;
+	s->in.volume = rp->volume;
+	s->in.interactive = interactive;
+	__builtin_memcpy(s->in.comm, comm, 16);
+	return stk_evaluate();
+}
+
 /* ------------------------------------------------------- file decisions */
 
 /*
- * Decide a file operation on the resolved path rp (pathbufs[0]) and write
- * its record when some action applies. Kill mode (lsm = 0): BLOCK sends
- * SIGKILL (the operation has happened). LSM mode: BLOCK returns -EPERM and
- * the record says denied; AUDIT_BLOCK never denies. Returns the LSM verdict.
+ * Where a file operation's path comes from: a kernel (dentry, mnt), walked,
+ * or a user string relative to dirfd (kill mode's path-string syscalls).
+ * Plain integers: 6.1 refuses trusted BTF pointers as global-function args.
+ */
+struct path_src {
+	__u64 dentry;
+	__u64 mnt;
+	__u64 upath;
+	__s64 dirfd;
+};
+
+/* resolves src into rpaths[0] and *rp (head_tag: see stk_resolve_kpath) */
+static __always_inline void resolve_src(struct path_src *src, __u32 head_tag, struct rpath *rp)
+{
+	if (src->dentry)
+		stk_resolve_kpath(0, src->dentry, src->mnt, head_tag);
+	else
+		stk_resolve_user(src->dirfd, src->upath);
+	get_rpath(0, rp);
+}
+
+/*
+ * Decide a file operation and write its record when some action applies.
+ * Candidates first, then the path (not walked when its first component is in
+ * no table and no selector without a path condition can act: walked for the
+ * record only). Kill mode (lsm = 0): BLOCK sends SIGKILL (the operation has
+ * happened). LSM mode: BLOCK returns -EPERM and the record says denied;
+ * AUDIT_BLOCK never denies. Returns the LSM verdict.
  */
 static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, __u32 flags,
-				       __u32 mode, __u32 fmode, __u8 from_fd, struct rpath *rp,
-				       int lsm)
+				       __u32 mode, __u32 fmode, struct path_src *src, int lsm)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct stk_file_rec *r;
 	struct pathbuf *pb;
+	struct rpath rp = {};
 	char comm[16] = {};
 	__u32 actions, zero = 0, plen;
 	int verdict = 0;
 
-	if (!rp->ok || !ops)
+	if (!ops || !candidates(e, STK_PART_FILE, ops))
 		return 0;
+	resolve_src(src, HEAD_FILTER(e->slot, STK_PART_FILE), &rp);
+	if (!rp.ok)
+		return 0;
+	actions = evaluate(e->s, &rp, comm, 0); /* names are process-part only */
+	if (!actions)
+		return 0;
+	bpf_get_current_comm(comm, sizeof(comm));
+	if (rp.skipped)
+		resolve_src(src, 0, &rp);
+	if (!rp.ok)
+		rp.len = 0;
+	if (rp.truncated)
+		stat_inc(STK_STAT_PATH_TRUNC);
 	pb = bpf_map_lookup_elem(&pathbufs, &zero);
 	r = bpf_map_lookup_elem(&recbufs, &zero);
 	if (!pb || !r)
-		return 0;
-	if (rp->truncated)
-		stat_inc(STK_STAT_PATH_TRUNC);
-
-	bpf_get_current_comm(comm, sizeof(comm));
-	actions = evaluate(e->s, e->slot, e->cgid, STK_PART_FILE, ops, rp, comm, 0);
-	if (!actions)
 		return 0;
 
 	fill_hdr(&r->h, task, e->s, STK_REC_FILE, hook, e->slot, e->ctl, e->cgid, actions);
@@ -984,15 +1095,15 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	r->flags = flags;
 	r->mode = mode;
 	r->fmode = fmode;
-	r->volume = rp->volume;
-	r->path_from_fd = from_fd;
+	r->volume = rp.volume;
+	r->path_from_fd = src->dentry != 0;
 	r->pad = 0;
 	__builtin_memcpy(r->comm, comm, 16);
-	plen = rp->len;
+	plen = rp.len;
 	if (plen > STK_PATH_REC_MAX)
 		plen = STK_PATH_REC_MAX;
 	r->path_len = plen;
-	bpf_probe_read_kernel(r->path, bound(plen, 4095), &pb->b[rp->start & (PB_SIZE - 1 - 4096)]);
+	bpf_probe_read_kernel(r->path, bound(plen, 4095), &pb->b[rp.start & (PB_SIZE - 1 - 4096)]);
 	r->h.size = sizeof(*r) + bound(plen, 4095);
 	output(r, sizeof(*r) + bound(plen, 4095));
 	return verdict;
@@ -1064,11 +1175,14 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 	struct rpath rp = {}, cwd = {};
 	struct entry e;
 	char comm[16] = {};
-	__u32 actions, zero = 0, one = 1, off, alen;
-	__u64 astart, aend;
+	__u32 actions, zero = 0, one = 1, off, alen, op;
+	__u64 astart, aend, exe_d = 0, exe_m = 0;
 	int interactive, verdict = 0;
 
 	if (!enter(&e))
+		return 0;
+	op = hook == STK_HOOK_EXEC || hook == STK_HOOK_LSM_BPRM_CHECK ? STK_OP_EXEC : STK_OP_FORK;
+	if (!candidates(&e, STK_PART_PROCESS, 1u << op))
 		return 0;
 	pb = bpf_map_lookup_elem(&pathbufs, &zero);
 	pb2 = bpf_map_lookup_elem(&pathbufs, &one);
@@ -1078,8 +1192,9 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 
 	exe = exe_in ? exe_in : BPF_CORE_READ(task, mm, exe_file);
 	if (exe) {
-		stk_resolve_kpath(0, (__u64)BPF_CORE_READ(exe, f_path.dentry),
-				  (__u64)BPF_CORE_READ(exe, f_path.mnt));
+		exe_d = (__u64)BPF_CORE_READ(exe, f_path.dentry);
+		exe_m = (__u64)BPF_CORE_READ(exe, f_path.mnt);
+		stk_resolve_kpath(0, exe_d, exe_m, HEAD_FILTER(e.slot, STK_PART_PROCESS));
 		get_rpath(0, &rp);
 	}
 	rp.volume = STK_VOL_NONE; /* volume conditions are file-part only */
@@ -1089,14 +1204,15 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		bpf_get_current_comm(comm, sizeof(comm));
 	interactive = BPF_CORE_READ(task, signal, tty) != NULL;
 
-	actions = evaluate(e.s, e.slot, e.cgid, STK_PART_PROCESS,
-			   hook == STK_HOOK_EXEC || hook == STK_HOOK_LSM_BPRM_CHECK ?
-				   1u << STK_OP_EXEC : 1u << STK_OP_FORK, &rp, comm,
-			   interactive);
+	actions = evaluate(e.s, &rp, comm, interactive);
 	if (!actions)
 		return 0;
 	if (lsm && !(actions & STK_BLOCK))
 		return 0; /* reported by the tracepoint, after the operation */
+	if (rp.skipped) { /* the executable's path, for the record */
+		stk_resolve_kpath(0, exe_d, exe_m, 0);
+		get_rpath(0, &rp);
+	}
 
 	fill_hdr(&r->h, task, e.s, STK_REC_PROCESS, hook, e.slot, e.ctl, e.cgid, actions);
 	if (actions & STK_BLOCK) {
@@ -1143,7 +1259,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		struct fs_struct *fs = BPF_CORE_READ(task, fs);
 
 		stk_resolve_kpath(1, (__u64)BPF_CORE_READ(fs, pwd.dentry),
-				  (__u64)BPF_CORE_READ(fs, pwd.mnt));
+				  (__u64)BPF_CORE_READ(fs, pwd.mnt), 0);
 		get_rpath(1, &cwd);
 		if (!cwd.ok)
 			cwd.len = 0;

@@ -34,18 +34,14 @@ static __always_inline int is_reg(__u32 mode)
 }
 
 /*
- * Resolve (dentry, mnt) into rpaths[0]; the walk works for negative dentries
- * too. The pointers pass through the stack so that they reach the global
- * function as plain scalars (6.1 refuses a trusted BTF pointer there).
+ * (dentry, mnt) as a path source (the walk works for negative dentries too).
+ * The pointers pass through the stack so that they become plain scalars
+ * (6.1 refuses a trusted BTF pointer as a global function's argument).
  */
-static __always_inline void kpath(struct dentry *d, struct vfsmount *m, struct rpath *rp)
+static __always_inline void kpath(struct dentry *d, struct vfsmount *m, struct path_src *src)
 {
-	__u64 dv = 0, mv = 0;
-
-	bpf_probe_read_kernel(&dv, sizeof(dv), &d);
-	bpf_probe_read_kernel(&mv, sizeof(mv), &m);
-	stk_resolve_kpath(0, dv, mv);
-	get_rpath(0, rp);
+	bpf_probe_read_kernel(&src->dentry, sizeof(src->dentry), &d);
+	bpf_probe_read_kernel(&src->mnt, sizeof(src->mnt), &m);
 }
 
 /* ------------------------------------------------------------- processes */
@@ -74,7 +70,7 @@ int BPF_PROG(stk_lsm_fork, struct task_struct *task, unsigned long clone_flags, 
 SEC("lsm/file_open")
 int BPF_PROG(stk_lsm_file_open, struct file *file, int ret)
 {
-	struct rpath rp = {};
+	struct path_src src = {};
 	struct entry e;
 	__u32 flags, mode, fmode, ops;
 	__u64 id, d;
@@ -93,8 +89,8 @@ int BPF_PROG(stk_lsm_file_open, struct file *file, int ret)
 		return 0; /* a new file was decided at path_mknod, before it existed */
 	ops = 1u << STK_OP_MODIFY_FILE | (mode & S_IXUGO ? 1u << STK_OP_MODIFY_EXECUTABLE : 0);
 	d = (__u64)BPF_CORE_READ(file, f_path.dentry);
-	kpath((struct dentry *)d, BPF_CORE_READ(file, f_path.mnt), &rp);
-	verdict = file_decide(&e, STK_HOOK_LSM_FILE_OPEN, ops, flags, mode, fmode, 1, &rp, 1);
+	kpath((struct dentry *)d, BPF_CORE_READ(file, f_path.mnt), &src);
+	verdict = file_decide(&e, STK_HOOK_LSM_FILE_OPEN, ops, flags, mode, fmode, &src, 1);
 	if (!verdict && (flags & O_TRUNC)) {
 		id = bpf_get_current_pid_tgid();
 		bpf_map_update_elem(&open_trunc, &id, &d, BPF_ANY);
@@ -106,7 +102,7 @@ SEC("lsm/path_mknod")
 int BPF_PROG(stk_lsm_mknod, const struct path *dir, struct dentry *dentry, umode_t mode,
 	     unsigned int dev, int ret)
 {
-	struct rpath rp = {};
+	struct path_src src = {};
 	struct entry e;
 	__u32 ops;
 
@@ -117,14 +113,14 @@ int BPF_PROG(stk_lsm_mknod, const struct path *dir, struct dentry *dentry, umode
 	if (!enter(&e))
 		return 0;
 	ops = 1u << STK_OP_CREATE_FILE | (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
-	kpath(dentry, BPF_CORE_READ(dir, mnt), &rp);
-	return file_decide(&e, STK_HOOK_LSM_PATH_MKNOD, ops, 0, mode, 0, 1, &rp, 1);
+	kpath(dentry, BPF_CORE_READ(dir, mnt), &src);
+	return file_decide(&e, STK_HOOK_LSM_PATH_MKNOD, ops, 0, mode, 0, &src, 1);
 }
 
 SEC("lsm/path_unlink")
 int BPF_PROG(stk_lsm_unlink, const struct path *dir, struct dentry *dentry, int ret)
 {
-	struct rpath rp = {};
+	struct path_src src = {};
 	struct entry e;
 	__u32 mode;
 
@@ -133,16 +129,16 @@ int BPF_PROG(stk_lsm_unlink, const struct path *dir, struct dentry *dentry, int 
 	if (!enter(&e))
 		return 0;
 	mode = BPF_CORE_READ(dentry, d_inode, i_mode);
-	kpath(dentry, BPF_CORE_READ(dir, mnt), &rp);
-	return file_decide(&e, STK_HOOK_LSM_PATH_UNLINK, 1u << STK_OP_DELETE_FILE, 0, mode, 0, 1,
-			   &rp, 1);
+	kpath(dentry, BPF_CORE_READ(dir, mnt), &src);
+	return file_decide(&e, STK_HOOK_LSM_PATH_UNLINK, 1u << STK_OP_DELETE_FILE, 0, mode, 0,
+			   &src, 1);
 }
 
 SEC("lsm/path_rename")
 int BPF_PROG(stk_lsm_rename, const struct path *old_dir, struct dentry *old_dentry,
 	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags, int ret)
 {
-	struct rpath rp = {};
+	struct path_src src = {};
 	struct entry e;
 	__u32 ops;
 
@@ -152,31 +148,31 @@ int BPF_PROG(stk_lsm_rename, const struct path *old_dir, struct dentry *old_dent
 		return 0;
 	/* as in kill mode: the new name, create + modify + delete */
 	ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
-	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &rp);
+	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &src);
 	return file_decide(&e, STK_HOOK_LSM_PATH_RENAME, ops, flags,
-			   BPF_CORE_READ(old_dentry, d_inode, i_mode), 0, 1, &rp, 1);
+			   BPF_CORE_READ(old_dentry, d_inode, i_mode), 0, &src, 1);
 }
 
 SEC("lsm/path_link")
 int BPF_PROG(stk_lsm_link, struct dentry *old_dentry, const struct path *new_dir,
 	     struct dentry *new_dentry, int ret)
 {
-	struct rpath rp = {};
+	struct path_src src = {};
 	struct entry e;
 
 	if (ret)
 		return ret;
 	if (!enter(&e))
 		return 0;
-	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &rp);
+	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &src);
 	return file_decide(&e, STK_HOOK_LSM_PATH_LINK, 1u << STK_OP_CREATE_FILE, 0,
-			   BPF_CORE_READ(old_dentry, d_inode, i_mode), 0, 1, &rp, 1);
+			   BPF_CORE_READ(old_dentry, d_inode, i_mode), 0, &src, 1);
 }
 
 SEC("lsm/path_chmod")
 int BPF_PROG(stk_lsm_chmod, const struct path *path, umode_t mode, int ret)
 {
-	struct rpath rp = {};
+	struct path_src src = {};
 	struct entry e;
 	__u32 ops;
 
@@ -189,14 +185,14 @@ int BPF_PROG(stk_lsm_chmod, const struct path *path, umode_t mode, int ret)
 	 * + createExecutable when the new mode has an x bit. (fchmod comes here too.)
 	 */
 	ops = 1u << STK_OP_MODIFY_FILE | (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
-	kpath(BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), &rp);
-	return file_decide(&e, STK_HOOK_LSM_PATH_CHMOD, ops, 0, mode, 0, 1, &rp, 1);
+	kpath(BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), &src);
+	return file_decide(&e, STK_HOOK_LSM_PATH_CHMOD, ops, 0, mode, 0, &src, 1);
 }
 
 SEC("lsm/path_truncate")
 int BPF_PROG(stk_lsm_truncate, const struct path *path, int ret)
 {
-	struct rpath rp = {};
+	struct path_src src = {};
 	struct entry e;
 	struct dentry *d;
 	__u64 id, *marked;
@@ -220,7 +216,7 @@ int BPF_PROG(stk_lsm_truncate, const struct path *path, int ret)
 	if (!is_reg(mode))
 		return 0;
 	/* as kill mode's truncate by path: modifyFile (ftruncate comes here too) */
-	kpath(d, BPF_CORE_READ(path, mnt), &rp);
-	return file_decide(&e, STK_HOOK_LSM_PATH_TRUNCATE, 1u << STK_OP_MODIFY_FILE, 0, mode, 0, 1,
-			   &rp, 1);
+	kpath(d, BPF_CORE_READ(path, mnt), &src);
+	return file_decide(&e, STK_HOOK_LSM_PATH_TRUNCATE, 1u << STK_OP_MODIFY_FILE, 0, mode, 0,
+			   &src, 1);
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntFlag
+from functools import cached_property
 from typing import Any
 
 from stockade.policy.compiler import PART_OPERATIONS, Bundle
@@ -64,8 +65,19 @@ class PathTables:
             any=int(paths["any"], 16),
         )
 
+    @cached_property
+    def heads(self) -> frozenset[str] | None:
+        """The first component of every path in the tables, or None when an entry matches
+        every path (children of "/", "/**"). A path whose head is not here matches nothing
+        but `any`: the kernel checks this before it walks the whole path."""
+        if "/" in self.children or "/" in self.recursive_lpm:
+            return None
+        return frozenset(path_head(p) for p in (*self.exact, *self.children, *self.recursive_lpm))
+
     def lookup(self, path: str | None) -> int:
         if path is None:
+            return self.any
+        if self.heads is not None and path_head(path) not in self.heads:
             return self.any
         mask = self.any | self.exact.get(path, 0)
         if path == "/":
@@ -80,6 +92,11 @@ class PathTables:
             if key[end - 1] == "/" and key[:end] in self.recursive_lpm:
                 return self.recursive_lpm[key[:end]]
         return 0
+
+
+def path_head(path: str) -> str:
+    """The first component of an absolute path ("" for "/")."""
+    return path[1:].split("/", 1)[0]
 
 
 def _masks(table: Mapping[str, str]) -> dict[str, int]:

@@ -41,6 +41,7 @@ MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
 MASK_BYTES: Final = MAX_SELECTORS // 8
 MAX_RESPONSES: Final = MAX_RESPONSES_PER_BUNDLE_PART  # STK_MAX_RESPONSES in bpf/stockade.h
 OP_SLOTS: Final = 8
+HEAD_BYTES: Final = 11  # STK_HEAD_BYTES in bpf/stockade.h
 OP_INDEX: Final[Mapping[str, int]] = {
     "fork": 0,
     "exec": 1,
@@ -109,6 +110,13 @@ def _path_bytes(path: str, size: int) -> bytes:
     return raw.ljust(size, b"\0")
 
 
+def _head_bytes(head: str) -> bytes:
+    """A first component as a path_heads key after the tag: length byte (STK_HEAD_BYTES + 1
+    when longer) and its first STK_HEAD_BYTES bytes, zero-padded."""
+    raw = head.encode()
+    return bytes([min(len(raw), HEAD_BYTES + 1)]) + raw[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0")
+
+
 class KillSensor:
     """The loaded stockade.bpf.o: attach, fill maps, read records."""
 
@@ -128,7 +136,8 @@ class KillSensor:
             n: self.obj.map(n)
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
-                "child_paths", "recursive_paths", "names", "responses", "events", "stats",
+                "child_paths", "recursive_paths", "path_heads", "names", "responses", "events",
+                "stats",
             )
         }  # fmt: skip
 
@@ -206,6 +215,7 @@ class KillSensor:
         self._clear_slot("exact_paths", slot, lambda k: k[1])
         self._clear_slot("child_paths", slot, lambda k: k[1])
         self._clear_slot("recursive_paths", slot, lambda k: k[4] >> 4)
+        self._clear_slot("path_heads", slot, lambda k: k[1])
         self._clear_slot("names", slot, lambda k: int.from_bytes(k[:4], "little"))
 
         self.maps["cgroup_masks"].update_batch(
@@ -234,12 +244,17 @@ class KillSensor:
                  t.ignore_mounts, t.ignore_files)
                 if t is not None else (0,) * 6
             )  # fmt: skip
+            heads = t.paths.heads if t is not None else frozenset()
             self.maps["part_masks"].update(
-                struct.pack("<I", slot * 2 + pidx), b"".join(mask_bytes(m) for m in masks)
+                struct.pack("<I", slot * 2 + pidx),
+                b"".join(mask_bytes(m) for m in masks) + struct.pack("<II", heads is None, 0),
             )
             if t is None:
                 continue
             tag = struct.pack("<I", slot << 8 | pidx)
+            self.maps["path_heads"].update_batch(
+                [(tag + _head_bytes(h), b"\1") for h in heads or ()]
+            )
             for name, table in (("exact_paths", t.paths.exact), ("child_paths", t.paths.children)):
                 self.maps[name].update_batch(
                     [(tag + _path_bytes(p, 256), mask_bytes(m)) for p, m in table.items()]

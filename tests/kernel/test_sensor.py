@@ -140,6 +140,51 @@ def test_path_tables_and_responses(
     assert all(r.header.generation == 7 for r in recs)
 
 
+# Inside a chroot of the workdir, so that the paths' first components are ours.
+HEADS_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.chroot(sys.argv[1])
+    os.chdir("/")
+    for d in ("stockade-head-a", "stockade-head-b", "short"):
+        os.mkdir(d)
+        os.close(os.open(d + "/x", os.O_WRONLY | os.O_CREAT, 0o644))
+        os.unlink("/" + d + "/x")
+    """
+)
+
+
+def test_first_component_filter(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """A path whose first component is in no table is not walked for the decision, and
+    still gets its whole path in a record; first components longer than the kernel's key
+    share a key (stockade-he…), which costs a lookup but never a wrong decision."""
+    ops = {"createFile": 0b111, "deleteFile": 0b111}
+    tables = part_tables(
+        "file",
+        ops,
+        [(0b111, 0, ACTION_LOG)],
+        any_path=0b100,  # selector 2: every path
+        exact={"/stockade-head-a/x": 0b001},  # selector 0
+        recursive_lpm={"/stockade-head-c/": 0b010},  # selector 1: same 11-byte key as a, b
+    )
+    assert tables.paths.heads == frozenset({"stockade-head-a", "stockade-head-c"})
+    load(Bundle(1, {cgroup.id: {"file": 0b111}}, {"file": tables}))
+    res, recs = collector.run(py(HEADS_SCRIPT, str(workdir)), cgroup)
+    assert res.returncode == 0, res.stderr
+    got = [(HOOK_FAMILY[r.header.hook], r.path, r.header.matched) for r in recs
+           if isinstance(r, FileRecord)]  # fmt: skip
+    assert got == [
+        ("open", "/stockade-head-a/x", 0b101),
+        ("unlink", "/stockade-head-a/x", 0b101),
+        ("open", "/stockade-head-b/x", 0b100),
+        ("unlink", "/stockade-head-b/x", 0b100),
+        ("open", "/short/x", 0b100),
+        ("unlink", "/short/x", 0b100),
+    ]
+
+
 def test_outside_cgroup_produces_nothing(
     collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
 ) -> None:
