@@ -961,11 +961,14 @@ __noinline __u64 stk_listed_ancestor(__u32 slot)
 	return found;
 }
 
+#define ACTIVE_SLOT 2 /* for enter_slot: read control.active_slot */
+
 /*
- * Reads the active slot once; returns 0 when neither the current cgroup nor
- * one of its ancestors is listed. e->cgid is the listed cgroup.
+ * Picks the slot (the active one, read once, unless given); returns 0 when
+ * neither the current cgroup nor one of its ancestors is listed. e->cgid is
+ * the listed cgroup.
  */
-static __always_inline int enter(struct entry *e)
+static __always_inline int enter_slot(struct entry *e, __u32 slot)
 {
 	struct stk_cgroup_key key = {};
 	__u32 zero = 0;
@@ -973,7 +976,7 @@ static __always_inline int enter(struct entry *e)
 	e->ctl = bpf_map_lookup_elem(&control, &zero);
 	if (!e->ctl)
 		return 0;
-	e->slot = e->ctl->active_slot & 1;
+	e->slot = (slot == ACTIVE_SLOT ? e->ctl->active_slot : slot) & 1;
 	e->cgid = bpf_get_current_cgroup_id();
 	key.slot = e->slot;
 	key.cgroup_id = e->cgid;
@@ -989,6 +992,61 @@ static __always_inline int enter(struct entry *e)
 	}
 	e->s = bpf_map_lookup_elem(&scratch_map, &zero);
 	return e->s != NULL;
+}
+
+static __always_inline int enter(struct entry *e)
+{
+	return enter_slot(e, ACTIVE_SLOT);
+}
+
+/*
+ * lsm mode decides an exec or a fork in its LSM hook and reports it from the
+ * sched_process_* tracepoint that follows in the same task. The hook's slot
+ * is kept here (per task, per operation) so that the tracepoint decides with
+ * the same bundle even when a reload flips the active slot in between; kill
+ * mode has no hook, nothing is kept, the tracepoint reads the active slot.
+ */
+struct hook_slots {
+	__u8 slot_plus_one[2]; /* [STK_OP_FORK], [STK_OP_EXEC]; 0: none */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct hook_slots);
+} hook_slots SEC(".maps");
+
+/* in an LSM hook: the active slot, kept for the tracepoint of the same operation */
+static __always_inline __u32 remember_slot(__u32 op)
+{
+	struct stk_control *ctl;
+	struct hook_slots *h;
+	__u32 zero = 0, slot;
+
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	if (!ctl)
+		return ACTIVE_SLOT;
+	slot = ctl->active_slot & 1;
+	h = bpf_task_storage_get(&hook_slots, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (h)
+		h->slot_plus_one[op & 1] = slot + 1;
+	return slot;
+}
+
+/* in a tracepoint: the slot the LSM hook of this operation used (then forgotten) */
+static __always_inline __u32 recall_slot(__u32 op)
+{
+	struct hook_slots *h;
+	__u32 kept;
+
+	h = bpf_task_storage_get(&hook_slots, bpf_get_current_task_btf(), 0, 0);
+	if (!h)
+		return ACTIVE_SLOT;
+	kept = h->slot_plus_one[op & 1];
+	h->slot_plus_one[op & 1] = 0;
+	return kept ? kept - 1 : ACTIVE_SLOT;
 }
 
 /* The first step of a decision (see stk_candidates): 0 when no selector can match. */
@@ -1159,8 +1217,9 @@ static __noinline void exec_comm(const char *filename, char *comm)
 /*
  * exec/fork: decide and report. From the sched_process_* tracepoints
  * (lsm = 0): after the operation, every action is reported, BLOCK kills (in
- * lsm mode the LSM hook has denied it already, so a tracepoint sees BLOCK only
- * when a bundle flip or a cgroup move fell between the two). From an LSM hook
+ * lsm mode the LSM hook has denied it already, with the same slot: see
+ * remember_slot; a tracepoint sees BLOCK only when the process moved to
+ * another cgroup between the two). From an LSM hook
  * (lsm = 1; exe_in/filename from the linux_binprm for exec): only a BLOCK is
  * handled there (record `denied`, returns -EPERM); what is allowed is
  * reported by the tracepoint once it has happened.
@@ -1179,9 +1238,9 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 	__u64 astart, aend, exe_d = 0, exe_m = 0;
 	int interactive, verdict = 0;
 
-	if (!enter(&e))
-		return 0;
 	op = hook == STK_HOOK_EXEC || hook == STK_HOOK_LSM_BPRM_CHECK ? STK_OP_EXEC : STK_OP_FORK;
+	if (!enter_slot(&e, lsm ? remember_slot(op) : recall_slot(op)))
+		return 0;
 	if (!candidates(&e, STK_PART_PROCESS, 1u << op))
 		return 0;
 	pb = bpf_map_lookup_elem(&pathbufs, &zero);
