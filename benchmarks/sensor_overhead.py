@@ -1,6 +1,6 @@
 """Sensor overhead, measured side by side in one run (root; not a test).
 
-    .venv/bin/python benchmarks/sensor_overhead.py [--rounds 5]
+    .venv/bin/python benchmarks/sensor_overhead.py [--rounds 5] [--vm]
 
 Three ratios, each the median over rounds of (time with the sensor) / (time without),
 the two measured back to back in every round, all inside one test cgroup:
@@ -12,13 +12,17 @@ the two measured back to back in every round, all inside one test cgroup:
    reading the ring buffer and writing JSON lines (target <= 1.15x).
 
 The sensor is the real `stockade sensor --standalone` process; "without" is no sensor at all.
-The loops are C programs (a Python loop would hide the cost).
+The loops are C programs (a Python loop would hide the cost). The sensor probes its mode:
+`kill` on this machine's kernel; `--vm` runs the same script in lsm mode inside the BPF LSM
+test VM (`e2e/vm/run`, qemu TCG: emulation makes everything 10-30x slower, so the VM's
+default counts are smaller and only the ratios compare).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -53,6 +57,10 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+IN_VM = os.environ.get("STOCKADE_VM") == "1"  # set by e2e/vm/run
+# (rounds, opens, execs) by default: on this machine, and in the test VM under TCG
+DEFAULTS = (3, 40_000, 500) if IN_VM else (5, 200_000, 3_000)
+
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
 
 
@@ -106,7 +114,10 @@ class Sensor:
             stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         assert self.proc.stderr is not None
+        self.mode = "?"  # what the sensor's probe chose, as it printed it
         for line in self.proc.stderr:
+            if line.startswith("stockade sensor: mode "):
+                self.mode = line.removeprefix("stockade sensor: mode ").strip()
             if "applied generation" in line:
                 return
         raise RuntimeError("sensor did not start")
@@ -126,13 +137,33 @@ def timed(argv: list[str], cgroup: Path) -> float:
     return time.perf_counter() - t
 
 
+def in_vm(args: argparse.Namespace) -> int:
+    """Run this script in the BPF LSM test VM (lsm mode); the counts not given are the VM's
+    defaults. e2e/vm/run builds the BPF objects on this machine first (they are CO-RE)."""
+    argv = [sys.executable, str(Path(__file__).resolve())]
+    for name in ("rounds", "opens", "execs"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    run = [str(REPO / "e2e" / "vm" / "run"), "--quiet", "--timeout", str(args.timeout)]
+    return subprocess.run([*run, "--", *argv], check=False).returncode
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--opens", type=int, default=200_000)
-    ap.add_argument("--execs", type=int, default=3_000)
+    ap.add_argument("--rounds", type=int, help=f"default {DEFAULTS[0]}")
+    ap.add_argument("--opens", type=int, help=f"default {DEFAULTS[1]}")
+    ap.add_argument("--execs", type=int, help=f"default {DEFAULTS[2]}")
+    ap.add_argument("--vm", action="store_true", help="run in lsm mode in the test VM")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="for --vm, seconds")
     args = ap.parse_args()
-    subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
+    if args.vm and not IN_VM:
+        sys.exit(in_vm(args))
+    rounds, opens, execs = (
+        given if given is not None else default
+        for given, default in zip((args.rounds, args.opens, args.execs), DEFAULTS, strict=True)
+    )
+    if not IN_VM:  # in the VM the repository is read-only and the objects are built already
+        subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
     d = Path(tempfile.mkdtemp(prefix="stk-bench-", dir="/var/tmp"))
     cgroup = Path(tempfile.mkdtemp(prefix="stk-bench-", dir=CGROUP2))
     try:
@@ -144,18 +175,23 @@ def main() -> None:
         (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "bench"}}}))
         cases = [
             ("open/close, 1024 selectors match nothing", "wide.yaml",
-             [str(loops), "open", str(args.opens), str(target)], 1.03),
+             [str(loops), "open", str(opens), str(target)], 1.03),
             ("fork+exec+wait, 1024 selectors match nothing", "wide.yaml",
-             [str(loops), "exec", str(args.execs), str(tiny)], 1.05),
+             [str(loops), "exec", str(execs), str(tiny)], 1.05),
             ("fork+exec+wait, default policy, JSONL written", "default.yaml",
-             [str(loops), "exec", str(args.execs), str(tiny)], 1.15),
+             [str(loops), "exec", str(execs), str(tiny)], 1.15),
         ]  # fmt: skip
-        print(f"{'case':50} {'without':>9} {'with':>9} {'ratio':>7} target")
+        where = "the test VM (qemu TCG)" if IN_VM else "this machine"
+        print(f"kernel {os.uname().release} in {where}: {rounds} rounds, {opens} opens, "
+              f"{execs} execs")  # fmt: skip
+        print(f"{'case':50} {'mode':5} {'without':>9} {'with':>9} {'ratio':>7} target")
+        modes: set[str] = set()
         for name, policy, argv, goal in cases:
             ratios, base, withs = [], [], []
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 b = timed(argv, cgroup)
                 sensor = Sensor(d / policy, d / "c.json", d / "out.jsonl")
+                modes.add(sensor.mode)
                 w = timed(argv, cgroup)
                 time.sleep(0.5)  # let the reader catch up before the stats line
                 stats = sensor.stop()
@@ -164,9 +200,11 @@ def main() -> None:
                 ratios.append(w / b)
             r = statistics.median(ratios)
             print(
-                f"{name:50} {statistics.median(base):8.3f}s {statistics.median(withs):8.3f}s "
-                f"{r:6.3f}x {'<=' if r <= goal else '> '}{goal}  ({stats.split('stats ')[-1]})"
+                f"{name:50} {sensor.mode.split()[0]:5} {statistics.median(base):8.3f}s "
+                f"{statistics.median(withs):8.3f}s {r:6.3f}x {'<=' if r <= goal else '> '}{goal}"
+                f"  ({stats.split('stats ')[-1]})"
             )
+        print(f"sensor mode: {'; '.join(sorted(modes))}")  # and why (the probe's reason)
     finally:
         cgroup.rmdir()
         shutil.rmtree(d, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 `Harness` drives `Standalone` in-process on the session's sensor; `driver.py` performs a list
 of operations for real; `predict` says, from the same operations and `PartTables.decide`,
-which documents the kernel must produce.
+which documents the kernel must produce. Both modes use them: kill mode here, lsm mode in the
+test VM (tests/vm), where `kernel_operations` and `predict` follow the LSM hooks.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -41,6 +43,9 @@ Doc = dict[str, Any]
 # (category, path, matched selector names, actions, would_block, outcome)
 Outcome = tuple[str, str, tuple[str, ...], tuple[str, ...], bool, str]
 
+# what the record of a blocked operation says: killed after it (kill), EPERM before it (lsm)
+BLOCKED_OUTCOME = {"kill": "killed", "lsm": "denied"}
+
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
 
 
@@ -57,15 +62,22 @@ def driver_argv(ops: Sequence[Op]) -> list[str]:
 
 
 def kernel_operations(
-    ops: Sequence[Op], cwd: str, modes: dict[str, int], volume_of: Callable[[str], str]
+    ops: Sequence[Op],
+    cwd: str,
+    modes: dict[str, int],
+    volume_of: Callable[[str], str],
+    mode: str = "kill",
 ) -> list[tuple[PartName, Operation]]:
     """What the kernel sees of the driver's operations, in order, as `Operation`s.
 
     Starts with the driver's own exec. `modes` (path → mode) is the model of the files,
     updated as operations run; `volume_of` gives the volume kind of a path's mount. The
-    operation sets are the kill-mode hooks' (docs/kernel.md): a path-string syscall's
-    volume is that of the cwd for a relative path and `none` for an absolute one.
+    operation sets are `mode`'s hooks' (docs/kernel.md). kill: a path-string syscall's
+    volume is that of the cwd for a relative path and `none` for an absolute one. lsm: the
+    hooks see the target's own mount, and ftruncate reaches `path_truncate` (modifyFile
+    only, as a truncate by path).
     """
+    lsm = mode == "lsm"
 
     def proc(op: str, path: str) -> tuple[PartName, Operation]:
         name = os.path.basename(path)[:15] if op == "exec" else PY_COMM
@@ -74,7 +86,9 @@ def kernel_operations(
     def file(ops: set[str], path: str, volume: str) -> tuple[PartName, Operation]:
         return "file", Operation(frozenset(ops), path=path, volume=volume)
 
-    def string_volume(raw: str) -> str:
+    def string_volume(raw: str, path: str) -> str:
+        if lsm:
+            return volume_of(path)
         return "none" if raw.startswith("/") else volume_of(cwd)
 
     out = [proc("exec", PY)]
@@ -92,11 +106,13 @@ def kernel_operations(
             out.append(file(created, path, volume_of(path)))
         elif kind in ("modify", "ftruncate"):
             modified = {"modifyFile"} | ({"modifyExecutable"} if x else set())
-            out += [file(modified, path, volume_of(path))] * (2 if kind == "ftruncate" else 1)
+            out.append(file(modified, path, volume_of(path)))
+            if kind == "ftruncate":
+                out.append(file({"modifyFile"} if lsm else modified, path, volume_of(path)))
         elif kind == "chmod":
             modes[path] = op[2]
             changed = {"modifyFile"} | ({"createExecutable"} if op[2] & 0o111 else set())
-            out.append(file(changed, path, string_volume(raw)))
+            out.append(file(changed, path, string_volume(raw, path)))
         elif kind in ("rename", "link"):
             target = os.path.normpath(os.path.join(cwd, op[2]))
             modes[target] = modes[path]
@@ -105,12 +121,12 @@ def kernel_operations(
             ops_ = (
                 {"createFile", "modifyFile", "deleteFile"} if kind == "rename" else {"createFile"}
             )
-            out.append(file(ops_, target, string_volume(op[2])))
+            out.append(file(ops_, target, string_volume(op[2], target)))
         elif kind == "truncate":
-            out.append(file({"modifyFile"}, path, string_volume(raw)))
+            out.append(file({"modifyFile"}, path, string_volume(raw, path)))
         elif kind == "delete":
             del modes[path]
-            out.append(file({"deleteFile"}, path, string_volume(raw)))
+            out.append(file({"deleteFile"}, path, string_volume(raw, path)))
     return out
 
 
@@ -122,9 +138,12 @@ def _action_names(actions: ActionBits) -> tuple[str, ...]:
 
 
 def predict(
-    applied: Applied, cgroup_id: int, operations: Sequence[tuple[PartName, Operation]]
+    applied: Applied,
+    cgroup_id: int,
+    operations: Sequence[tuple[PartName, Operation]],
+    mode: str = "kill",
 ) -> list[Outcome]:
-    """The documents the table interpreter says the kernel must write, in order."""
+    """The documents the table interpreter says the kernel must write, in order, in `mode`."""
     masks = container_masks(applied.bundle, applied.containers[cgroup_id].workload)
     tables = {p: PartTables.from_bundle(applied.bundle, p) for p in ("process", "file")}
     out: list[Outcome] = []
@@ -140,7 +159,7 @@ def predict(
                 names,
                 _action_names(actions),
                 ActionBits.AUDIT_BLOCK in actions,
-                "killed" if ActionBits.BLOCK in actions else "allowed",
+                BLOCKED_OUTCOME[mode] if ActionBits.BLOCK in actions else "allowed",
             )
         )
     return out
@@ -165,6 +184,7 @@ def outcome(doc: Doc) -> Outcome:
 class Harness:
     """Standalone mode on the session's sensor, writing into memory."""
 
+    mode: ClassVar[str] = "kill"  # the sensor's enforcement mode (tests/vm: lsm)
     sensor: KillSensor
     directory: Path
 
@@ -184,7 +204,7 @@ class Harness:
         self.containers.write_text(json.dumps({str(cg.path): v for cg, v in containers.items()}))
         if self.sa is None:
             self.sa = Standalone(
-                self.sensor, self.policy, self.containers, self.out, "kill", self.log
+                self.sensor, self.policy, self.containers, self.out, self.mode, self.log
             )
         assert self.sa.apply(), self.log.getvalue()
         return self.sa.applied[self.sa.generation]
@@ -219,3 +239,21 @@ class Harness:
 def regular_volume(_path: str) -> str:
     """Volume kind of every path outside the mount-namespace scenario."""
     return "none"
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_volume(path: str) -> str:
+    """The volume kind of the mount `path` lies on (its longest mount point in this mount
+    namespace): `none` on the root mount, `file` for a bind-mounted single file, else `mount`
+    (e.g. the test VM's tmpfs /var/tmp)."""
+    points = [
+        _unescape(line.split()[4]) for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    ]
+    inside = [p for p in points if path == p or path.startswith(p.rstrip("/") + "/")]
+    point = max(inside, key=len, default="/")
+    if point == "/":
+        return "none"
+    return "file" if os.path.isfile(point) else "mount"

@@ -2,7 +2,8 @@
 `PartTables.decide` (which tests/unit/test_agreement.py ties to the reference evaluator).
 
 Seeded random (reproducible; the seed is in the test id), so each example costs one bundle
-reload and one driver run.
+reload and one driver run. `check_example` is the one body for both modes: kill mode here,
+lsm mode in the test VM (tests/vm/test_lsm_shared.py, fewer seeds).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from .scenario import (
     Op,
     driver_argv,
     kernel_operations,
+    mount_volume,
     outcome,
     predict,
-    regular_volume,
 )
 
 pytestmark = pytest.mark.kernel
@@ -164,10 +165,8 @@ def operations(rng: random.Random, w: Path, binaries: list[str]) -> list[Op]:
     return ops
 
 
-@pytest.mark.parametrize("seed", range(EXAMPLES))
-def test_kernel_decides_as_the_table_interpreter(
-    seed: int, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
-) -> None:
+def check_example(seed: int, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path) -> None:
+    """Example `seed` executed in the harness's mode: the documents are the prediction."""
     rng = random.Random(seed)
     for d in ("a/b", "c"):
         (workdir / d).mkdir(parents=True, exist_ok=True)
@@ -181,5 +180,14 @@ def test_kernel_decides_as_the_table_interpreter(
     res, docs = harness.run(driver_argv(ops), cgroup)
     assert res.returncode == 0, res.stderr
     modes = dict.fromkeys(binaries, 0o755)
-    expected = predict(applied, cgroup.id, kernel_operations(ops, "/", modes, regular_volume))
+    seen = kernel_operations(ops, "/", modes, mount_volume, harness.mode)
+    expected = predict(applied, cgroup.id, seen, harness.mode)
     assert [outcome(d) for d in docs] == expected
+    assert {d["cloud_defend"]["enforcement_mode"] for d in docs} <= {harness.mode}
+
+
+@pytest.mark.parametrize("seed", range(EXAMPLES))
+def test_kernel_decides_as_the_table_interpreter(
+    seed: int, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    check_example(seed, harness, cgroup, workdir, tiny)

@@ -20,6 +20,12 @@ from .scenario import Harness
 pytestmark = pytest.mark.kernel
 
 EXECS = 3000
+# a blocked exec as its record and the shell's `$?` show it: (outcome, $?, hook)
+BLOCKED_EXEC = {
+    "kill": ("killed", 137, "sched_process_exec"),  # SIGKILL before its first instruction
+    "lsm": ("denied", 126, "bprm_check_security"),  # execve fails with EPERM
+}
+ALLOWED_EXEC = ("allowed", 0, "sched_process_exec")
 
 
 def tiny_policy(binary: Path, actions: list[str]) -> str:
@@ -34,44 +40,64 @@ def tiny_policy(binary: Path, actions: list[str]) -> str:
     )  # fmt: skip
 
 
-def test_flips_under_an_exec_loop(
-    harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+def flips_under_an_exec_loop(
+    harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path, execs: int
 ) -> None:
+    """`execs` runs of a static binary while bundles flip between "block it" and "log it":
+    every exec has exactly one record, and the record's generation says what happened (actions,
+    outcome, hook, the loop's `$?`). One body for both modes: kill mode here, lsm mode in the
+    test VM (tests/vm/test_lsm_shared.py, fewer execs)."""
     binary = workdir / "tiny"
     binary.write_bytes(tiny.read_bytes())
     binary.chmod(0o755)
     block, allow = tiny_policy(binary, ["alert", "block"]), tiny_policy(binary, ["log"])
+    blocked = (["alert", "block"], *BLOCKED_EXEC[harness.mode])
+    allowed = (["log"], *ALLOWED_EXEC)
     blocking: set[int] = set()
     # Flip far more often than the loop's execs take; its records (~2 MB) wait in the ring.
-    harness.sensor.grace_s = 0.02
-    harness.apply(block, {cgroup: {}})
-    blocking.add(harness.sa.generation)  # type: ignore[union-attr]
-    loop = subprocess.Popen(
-        ["/bin/sh", "-c", f"i=0; while [ $i -lt {EXECS} ]; do {binary}; echo $?; i=$((i+1)); done"],
-        preexec_fn=cgroup.join(), stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    flips = 0
-    while loop.poll() is None:
-        flips += 1
-        harness.apply(allow if flips % 2 else block, {cgroup: {}})  # waits out the grace delay
-        if flips % 2 == 0:
-            blocking.add(harness.sa.generation)  # type: ignore[union-attr]
+    grace, harness.sensor.grace_s = harness.sensor.grace_s, 0.02
+    try:
+        harness.apply(block, {cgroup: {}})
+        sa = harness.sa
+        assert sa is not None
+        blocking.add(sa.generation)
+        script = f"i=0; while [ $i -lt {execs} ]; do {binary}; echo $?; i=$((i+1)); done"
+        loop = subprocess.Popen(
+            ["/bin/sh", "-c", script], preexec_fn=cgroup.join(), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True,  # lsm: sh's "Permission denied" per exec
+        )  # fmt: skip
+        flips = 0
+        while loop.poll() is None:
+            flips += 1
+            harness.apply(allow if flips % 2 else block, {cgroup: {}})  # waits out the grace
+            if flips % 2 == 0:
+                blocking.add(sa.generation)
+    finally:
+        harness.sensor.grace_s = grace
     statuses = [int(s) for s in (loop.stdout.read() if loop.stdout else "").split()]
-    docs = harness.docs()
-    execs = [d for d in docs if d["event"]["action"] == "exec"]
-    assert len(statuses) == EXECS and len(execs) == EXECS  # every exec decided, none lost
+    docs = [d for d in harness.docs() if d["event"]["action"] == "exec"]
+    assert len(statuses) == execs and len(docs) == execs  # every exec decided, none lost
     assert flips >= 5
-    seen = set()
-    for status, doc in zip(statuses, execs, strict=True):
+    generations = [d["cloud_defend"]["bundle_generation"] for d in docs]
+    wrong = []
+    for i, (status, doc) in enumerate(zip(statuses, docs, strict=True)):
         cd = doc["cloud_defend"]
-        seen.add(cd["bundle_generation"])
-        if cd["bundle_generation"] in blocking:
-            assert (cd["actions"], cd["outcome"], status) == (["alert", "block"], "killed", 137)
-        else:
-            assert (cd["actions"], cd["outcome"], status) == (["log"], "allowed", 0)
-    assert len(seen) >= 3  # the loop really ran across flips
-    assert harness.sa.stats()["dropped"] == 0  # type: ignore[union-attr]
-    harness.sensor.grace_s = 0.2
+        got = (cd["actions"], cd["outcome"], status, cd["hook_point"])
+        if got != (blocked if generations[i] in blocking else allowed):
+            wrong.append((i, generations[i - 1] if i else None, generations[i], *got))
+    assert not wrong, (
+        f"{len(wrong)} of {execs} execs disagree with their record's generation ({flips} flips; "
+        f"blocking generations {sorted(blocking)}): (exec, previous exec's generation, "
+        f"generation, actions, outcome, $?, hook) {wrong[:20]}"
+    )
+    assert len(set(generations)) >= 3  # the loop really ran across flips
+    assert sa.stats()["dropped"] == 0
+
+
+def test_flips_under_an_exec_loop(
+    harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    flips_under_an_exec_loop(harness, cgroup, workdir, tiny, EXECS)
 
 
 def _lines(stream: object, into: queue.Queue[str]) -> None:

@@ -1,26 +1,23 @@
 """Fixtures for the lsm-mode tests: they run only inside the test VM (`e2e/vm/run`, which
-sets STOCKADE_VM=1), where the kernel has BPF LSM enabled. tests/kernel's cgroup and
-workdir fixtures and its standalone harness are reused with the lsm-mode sensor."""
+sets STOCKADE_VM=1), where the kernel has BPF LSM enabled. tests/kernel's cgroup, workdir and
+tiny fixtures and its standalone harness are reused with the lsm-mode sensor."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from stockade.sensor.ecs import Applied
 from stockade.sensor.kernel import LsmSensor
-from stockade.sensor.standalone import Standalone
 
-from ..kernel.conftest import Cgroup, cgroup, empty_bundle, workdir
+from ..kernel.conftest import cgroup, empty_bundle, tiny, workdir
 from ..kernel.scenario import Harness
 
-__all__ = ["LsmHarness", "cgroup", "workdir"]
+__all__ = ["LsmHarness", "cgroup", "tiny", "workdir"]
 
 IN_VM = os.environ.get("STOCKADE_VM") == "1"
 
@@ -39,14 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class LsmHarness(Harness):
     """tests/kernel's standalone harness with the lsm-mode sensor."""
 
-    def apply(
-        self, policies: str | Sequence[Mapping[str, Any]], containers: Mapping[Cgroup, Any]
-    ) -> Applied:
-        if self.sa is None:
-            self.sa = Standalone(
-                self.sensor, self.policy, self.containers, self.out, "lsm", self.log
-            )
-        return super().apply(policies, containers)
+    mode = "lsm"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,35 @@
+"""tests/kernel's differential and hot-reload tests in lsm mode: the same bodies, fewer cases
+(TCG runs everything 10-30x slower than this machine's kernel).
+
+In lsm mode a block is an EPERM before the operation (record `denied`, `$?` 126 for an exec)
+where kill mode kills; the bodies take that from `harness.mode`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ..kernel import test_differential as differential
+from ..kernel import test_reload as reload
+from ..kernel.conftest import Cgroup
+from .conftest import LsmHarness
+
+pytestmark = pytest.mark.vm
+
+EXAMPLES = 12  # seeds 0..11 of test_differential's 24
+EXECS = 1000  # of test_reload's 3000
+
+
+@pytest.mark.parametrize("seed", range(EXAMPLES))
+def test_kernel_decides_as_the_table_interpreter(
+    seed: int, harness: LsmHarness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    differential.check_example(seed, harness, cgroup, workdir, tiny)
+
+
+def test_flips_under_an_exec_loop(
+    harness: LsmHarness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    reload.flips_under_an_exec_loop(harness, cgroup, workdir, tiny, EXECS)
