@@ -17,7 +17,8 @@ check: lint
 	scripts/test
 
 lint:
-	$(VENV)/bin/ruff check stockade tests
+	$(VENV)/bin/ruff check stockade tests benchmarks
+	$(VENV)/bin/ruff format --check stockade tests benchmarks
 	$(VENV)/bin/mypy
 
 unit:

@@ -232,9 +232,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the operator (kubeconfig or in-cluster config)")
     p.add_argument("--namespace", default="stockade-system", help="where the bundles are written")
     p.add_argument("--cluster", default="", help="this cluster's name, for the sensors")
-    p.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--metrics-port", type=int, default=9090, help="0 turns metrics off")
     p.add_argument(
         "--peering",
