@@ -11,6 +11,12 @@ the two measured back to back in every round, all inside one test cgroup:
 3. the same exec loop under the default policy (every exec logged), the standalone sensor
    reading the ring buffer and writing JSON lines (target <= 1.15x).
 
+Two more rows for the first: the same selectors under /var (the loop's file is in /var/tmp,
+so every open is walked and looked up in full: the first-component filter can't help), and
+the floor: empty programs attached where the sensor's are (in kill mode every file
+syscall's enter and exit tracepoint, which puts every syscall of every task on the
+kernel's traced path), what no program body can go below.
+
 The sensor is the real `stockade sensor --standalone` process; "without" is no sensor at all.
 The loops are C programs (a Python loop would hide the cost). The sensor probes its mode:
 `kill` on this machine's kernel; `--vm` runs the same script in lsm mode inside the BPF LSM
@@ -29,7 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from stockade.sensor.kernel import LSM_HOOKS, present_file_syscalls
+from stockade.sensor.libbpf import BpfObject
+from stockade.sensor.paths import bpf_build_dir
+from stockade.sensor.probe import Mode, probe_mode
 
 REPO = Path(__file__).resolve().parents[1]
 CGROUP2 = Path("/sys/fs/cgroup/unified")
@@ -62,21 +74,39 @@ IN_VM = os.environ.get("STOCKADE_VM") == "1"  # set by e2e/vm/run
 DEFAULTS = (3, 40_000, 500) if IN_VM else (5, 200_000, 3_000)
 
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
+# empty programs for the floor: one for every tracepoint, one per LSM hook
+NOOP_C = "\n".join(
+    [
+        '#include "vmlinux.h"',
+        "#include <bpf/bpf_helpers.h>",
+        'char LICENSE[] SEC("license") = "GPL";',
+        'SEC("tracepoint") int noop_tp(void *ctx) { return 0; }',
+        *(f'SEC("lsm/{h}") int noop_{h}(void *ctx) {{ return 0; }}' for h in LSM_HOOKS.values()),
+    ]
+)
 
 
-def build(d: Path) -> tuple[Path, Path]:
+def build(d: Path) -> tuple[Path, Path, Path]:
+    """The loops, the tiny static binary and the empty BPF programs."""
     (d / "loops.c").write_text(LOOPS_C)
     (d / "tiny.c").write_text(TINY_C)
+    (d / "noop.bpf.c").write_text(NOOP_C)
     subprocess.run(["gcc", "-O2", "-o", str(d / "loops"), str(d / "loops.c")], check=True)
     subprocess.run(
         ["gcc", "-static", "-nostdlib", "-O2", "-o", str(d / "tiny"), str(d / "tiny.c")],
         check=True,
     )
-    return d / "loops", d / "tiny"
+    subprocess.run(
+        ["clang", "-O2", "-target", "bpf", f"-I{bpf_build_dir()}", "-c", str(d / "noop.bpf.c"),
+         "-o", str(d / "noop.bpf.o")],
+        check=True,
+    )  # fmt: skip
+    return d / "loops", d / "tiny", d / "noop.bpf.o"
 
 
-def wide_policy() -> str:
-    """4 policies x 256 selectors per part (1024 per part), 4 responses each: nothing matches."""
+def wide_policy(top: str = "/nonexistent") -> str:
+    """4 policies x 256 selectors per part (1024 per part) on paths under `top`, 4 responses
+    each: nothing matches."""
     docs = []
     for p in range(4):
         spec: dict[str, object] = {}
@@ -86,9 +116,7 @@ def wide_policy() -> str:
         ):
             names = [f"{part[0]}{p}x{i}" for i in range(256)]
             spec[part] = {
-                "selectors": [
-                    {"name": n, "operation": ops, key: [f"/nonexistent/{n}/**"]} for n in names
-                ],
+                "selectors": [{"name": n, "operation": ops, key: [f"{top}/{n}/**"]} for n in names],
                 "responses": [
                     {"match": names[i : i + 64], "actions": ["alert"]} for i in range(0, 256, 64)
                 ],
@@ -126,6 +154,32 @@ class Sensor:
         self.proc.terminate()
         _, err = self.proc.communicate(timeout=60)
         return err.strip().splitlines()[-1]
+
+
+class Floor:
+    """Empty programs where the sensor of `mode` attaches its own, until stopped."""
+
+    def __init__(self, obj_file: Path, mode: Mode) -> None:
+        lsm = mode == Mode.LSM
+        self.obj = BpfObject(obj_file)
+        for hook in LSM_HOOKS.values():
+            self.obj.program(f"noop_{hook}").set_autoload(lsm)
+        self.obj.load()
+        tp = self.obj.program("noop_tp")
+        points = [("sched", "sched_process_exec"), ("sched", "sched_process_exit")]
+        if not lsm:
+            points += [("syscalls", f"sys_{k}_{sc}") for sc in present_file_syscalls()
+                       for k in ("enter", "exit")]  # fmt: skip
+        self.links = [tp.attach_tracepoint(*p) for p in points]
+        if lsm:
+            self.links += [self.obj.program(f"noop_{h}").attach_lsm() for h in LSM_HOOKS.values()]
+        self.mode = f"{mode} (empty programs)"
+
+    def stop(self) -> str:
+        for link in self.links:
+            link.destroy()
+        self.obj.close()
+        return ""
 
 
 def timed(argv: list[str], cgroup: Path) -> float:
@@ -167,42 +221,52 @@ def main() -> None:
     d = Path(tempfile.mkdtemp(prefix="stk-bench-", dir="/var/tmp"))
     cgroup = Path(tempfile.mkdtemp(prefix="stk-bench-", dir=CGROUP2))
     try:
-        loops, tiny = build(d)
+        loops, tiny, noop = build(d)
+        mode = probe_mode().mode
         target = d / "existing"
         target.write_text("x")
         (d / "wide.yaml").write_text(wide_policy())
+        (d / "wide-var.yaml").write_text(wide_policy("/var/nonexistent"))  # target's top dir
         shutil.copy(REPO / "examples" / "policies" / "default.yaml", d / "default.yaml")
         (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "bench"}}}))
-        cases = [
-            ("open/close, 1024 selectors match nothing", "wide.yaml",
-             [str(loops), "open", str(opens), str(target)], 1.03),
-            ("fork+exec+wait, 1024 selectors match nothing", "wide.yaml",
-             [str(loops), "exec", str(execs), str(tiny)], 1.05),
-            ("fork+exec+wait, default policy, JSONL written", "default.yaml",
-             [str(loops), "exec", str(execs), str(tiny)], 1.15),
+
+        def sensor(policy: str) -> Callable[[], Sensor | Floor]:
+            return lambda: Sensor(d / policy, d / "c.json", d / "out.jsonl")
+
+        open_loop = [str(loops), "open", str(opens), str(target)]
+        exec_loop = [str(loops), "exec", str(execs), str(tiny)]
+        cases: list[tuple[str, Callable[[], Sensor | Floor], list[str], float | None]] = [
+            ("open/close, empty programs (the floor)", lambda: Floor(noop, mode), open_loop, None),
+            ("open/close, 1024 selectors match nothing", sensor("wide.yaml"), open_loop, 1.03),
+            ("open/close, same, patterns under /var (walked)", sensor("wide-var.yaml"), open_loop,
+             None),
+            ("fork+exec+wait, 1024 selectors match nothing", sensor("wide.yaml"), exec_loop, 1.05),
+            ("fork+exec+wait, default policy, JSONL written", sensor("default.yaml"), exec_loop,
+             1.15),
         ]  # fmt: skip
         where = "the test VM (qemu TCG)" if IN_VM else "this machine"
         print(f"kernel {os.uname().release} in {where}: {rounds} rounds, {opens} opens, "
               f"{execs} execs")  # fmt: skip
         print(f"{'case':50} {'mode':5} {'without':>9} {'with':>9} {'ratio':>7} target")
         modes: set[str] = set()
-        for name, policy, argv, goal in cases:
+        for name, start, argv, goal in cases:
             ratios, base, withs = [], [], []
             for _ in range(rounds):
                 b = timed(argv, cgroup)
-                sensor = Sensor(d / policy, d / "c.json", d / "out.jsonl")
-                modes.add(sensor.mode)
+                running = start()
+                modes.add(running.mode)
                 w = timed(argv, cgroup)
                 time.sleep(0.5)  # let the reader catch up before the stats line
-                stats = sensor.stop()
+                stats = running.stop()
                 base.append(b)
                 withs.append(w)
                 ratios.append(w / b)
             r = statistics.median(ratios)
+            verdict = "" if goal is None else f"{'<=' if r <= goal else '> '}{goal}"
             print(
-                f"{name:50} {sensor.mode.split()[0]:5} {statistics.median(base):8.3f}s "
-                f"{statistics.median(withs):8.3f}s {r:6.3f}x {'<=' if r <= goal else '> '}{goal}"
-                f"  ({stats.split('stats ')[-1]})"
+                f"{name:50} {running.mode.split()[0]:5} {statistics.median(base):8.3f}s "
+                f"{statistics.median(withs):8.3f}s {r:6.3f}x {verdict:6}"
+                f"  {stats.split('stats ')[-1]}"
             )
         print(f"sensor mode: {'; '.join(sorted(modes))}")  # and why (the probe's reason)
     finally:

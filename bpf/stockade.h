@@ -121,11 +121,20 @@ struct stk_lpm_key {
 
 /*
  * path_heads hash (tag = slot << 8 | part): the first component of every
- * exact, children and recursive path in a slot's tables, so that a path whose
- * first component is absent skips the walk and the lookups. len is the
+ * exact, children and recursive path in a slot's tables → the STK_TABLE_*
+ * bits of the tables with entries under it, so that a path is looked up only
+ * where something can match, and not walked when nothing can. len is the
  * component's length, or STK_HEAD_BYTES + 1 when longer (head then holds its
- * first STK_HEAD_BYTES bytes: a collision only costs the full lookup).
+ * first STK_HEAD_BYTES bytes; colliding components share their bits, which
+ * only costs lookups). Python: PathTables.heads.
  */
+enum stk_table {
+	STK_TABLE_EXACT = 1,
+	STK_TABLE_CHILDREN = 2,
+	STK_TABLE_RECURSIVE = 4,
+	STK_TABLE_ALL = 7,
+};
+
 struct stk_head_key {
 	__u32 tag;
 	__u8 len;

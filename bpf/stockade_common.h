@@ -141,7 +141,7 @@ struct eval_in {
 	__u32 len;
 	__u32 leaf;
 	__u8 ok;
-	__u8 skip_tables; /* the path's first component is in no table */
+	__u8 tables; /* STK_TABLE_* bits: the path tables to look the path up in */
 	__u8 volume;
 	__u8 interactive;
 	char comm[16];
@@ -210,9 +210,10 @@ static __always_inline void stat_inc(__u32 idx)
 }
 
 /*
- * A resolved path: bytes [start, start + len) of a path buffer. `skipped`:
- * not walked, because its first component is in no path table of the part
- * (only the volume is known; resolve again without the filter for a record).
+ * A resolved path: bytes [start, start + len) of a path buffer. `tables`:
+ * the path tables that have entries under its first component (STK_TABLE_*
+ * bits); 0: none, so it was not walked (only the volume is known; resolve
+ * again without the filter for a record).
  */
 struct rpath {
 	__u32 start;
@@ -221,7 +222,7 @@ struct rpath {
 	__u8 volume;
 	__u8 ok;
 	__u8 truncated;
-	__u8 skipped;
+	__u8 tables;
 };
 
 /* offset (from start) of the last '/' in [start, start+len); leaf names are <= 255 bytes */
@@ -389,12 +390,13 @@ static __always_inline __u32 walk_path(char *b, struct walk_ctx *w, __u32 buf,
 	return pos;
 }
 
-static __always_inline void task_root(struct task_struct *task, struct troot *r)
+/* the current task's root (direct loads: no helper calls) */
+static __always_inline void task_root(struct troot *r)
 {
-	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+	struct fs_struct *fs = bpf_get_current_task_btf()->fs;
 
-	r->d = BPF_CORE_READ(fs, root.dentry);
-	r->m = BPF_CORE_READ(fs, root.mnt);
+	r->d = fs->root.dentry;
+	r->m = fs->root.mnt;
 }
 
 static __always_inline void resolve_kpath(char *b, __u32 buf, struct dentry *d,
@@ -412,12 +414,12 @@ static __always_inline void resolve_kpath(char *b, __u32 buf, struct dentry *d,
 }
 
 /*
- * Can a path table entry of the part (head_tag = slot << 8 | part) match the
- * path of (d, m)? Walks to the path's first component without copying
- * anything and looks it up in path_heads.
+ * The path tables of the part (head_tag = slot << 8 | part) that have entries
+ * under the first component of (d, m)'s path (STK_TABLE_* bits, 0: none).
+ * Walks to that component without copying anything, looks it up in path_heads.
  */
-static __always_inline int head_in_tables(__u32 head_tag, struct dentry *d, struct vfsmount *m,
-					  struct troot *root)
+static __always_inline __u8 head_tables(__u32 head_tag, struct dentry *d, struct vfsmount *m,
+					struct troot *root)
 {
 	__u32 idx = ((head_tag >> 8) & 1) * 2 + (head_tag & 1), n;
 	struct stk_head_key key = {};
@@ -425,14 +427,15 @@ static __always_inline int head_in_tables(__u32 head_tag, struct dentry *d, stru
 	struct walk_ctx w;
 	struct dentry *head;
 	struct qstr q;
+	__u8 *bits;
 
 	pm = bpf_map_lookup_elem(&part_masks, &idx);
 	if (!pm || pm->any_head)
-		return 1;
+		return STK_TABLE_ALL;
 	walk(&w, 0, 0, d, m, root);
 	head = w.head;
 	if (w.trunc || !head)
-		return 1; /* too deep, or the root itself: no filter */
+		return STK_TABLE_ALL; /* too deep, or the root itself: no filter */
 	q = BPF_CORE_READ(head, d_name);
 	n = q.len;
 	if (n > STK_HEAD_BYTES)
@@ -440,7 +443,8 @@ static __always_inline int head_in_tables(__u32 head_tag, struct dentry *d, stru
 	key.tag = head_tag & 0xffff;
 	key.len = q.len > STK_HEAD_BYTES ? STK_HEAD_BYTES + 1 : q.len;
 	bpf_probe_read_kernel(key.head, n, q.name);
-	return bpf_map_lookup_elem(&path_heads, &key) != NULL;
+	bits = bpf_map_lookup_elem(&path_heads, &key);
+	return bits ? *bits : 0;
 }
 
 /* the current task's open file `fd` (direct loads up to the fd array: no helper calls) */
@@ -619,12 +623,11 @@ struct {
 /*
  * Global functions, so the verifier checks each once per program instead of
  * once per call site and state. Results go to rpaths[buf]. With a head_tag
- * (HEAD_FILTER), a path whose first component is in no table of that part is
- * not walked: rpaths[buf].skipped.
+ * (HEAD_FILTER), rpaths[buf].tables says which tables of that part can match,
+ * and a path that none can is not walked.
  */
 __noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt, __u32 head_tag)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct pathbuf *pb;
 	struct rpath *rp;
 	struct troot root;
@@ -635,18 +638,17 @@ __noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt, __u32 head
 	if (!pb || !rp)
 		return 0;
 	rp->ok = 0;
-	rp->skipped = 0;
 	if (!dentry || !vmnt)
 		return 0;
-	task_root(task, &root);
-	if (head_tag && !head_in_tables(head_tag, (struct dentry *)dentry, (struct vfsmount *)vmnt,
-					&root)) {
+	task_root(&root);
+	rp->tables = head_tag ? head_tables(head_tag, (struct dentry *)dentry,
+					    (struct vfsmount *)vmnt, &root) : STK_TABLE_ALL;
+	if (!rp->tables) {
 		rp->start = PB_END;
 		rp->len = 0;
 		rp->leaf = 0;
 		rp->volume = volume_kind((struct vfsmount *)vmnt, root.m);
 		rp->truncated = 0;
-		rp->skipped = 1;
 		rp->ok = 1;
 		return 1;
 	}
@@ -667,8 +669,8 @@ __noinline int stk_resolve_user(__s64 dirfd, __u64 upath)
 	if (!pb || !rp)
 		return 0;
 	rp->ok = 0;
-	rp->skipped = 0;
-	task_root(task, &root);
+	rp->tables = STK_TABLE_ALL;
+	task_root(&root);
 	resolve_user(pb->b, task, dirfd, (const char *)upath, &root, rp);
 	return rp->ok;
 }
@@ -683,15 +685,20 @@ static __always_inline void get_rpath(__u32 buf, struct rpath *out)
 		out->ok = 0;
 }
 
-static __always_inline void mask_and(struct stk_mask *dst, const struct stk_mask *src)
+/* dst &= src; returns whether a bit is left */
+static __always_inline int mask_and(struct stk_mask *dst, const struct stk_mask *src)
 {
+	__u64 acc = 0;
 	int i;
 
 	/* not unrolled: unrolled, the spills made stk_evaluate's frame 352 bytes, over
 	 * 6.1's 512-byte limit for the whole call chain */
 #pragma clang loop unroll(disable)
-	for (i = 0; i < STK_MASK_WORDS; i++)
+	for (i = 0; i < STK_MASK_WORDS; i++) {
 		dst->w[i] &= src->w[i];
+		acc |= dst->w[i];
+	}
+	return acc != 0;
 }
 
 static __always_inline void mask_or(struct stk_mask *dst, const struct stk_mask *src)
@@ -782,8 +789,7 @@ __noinline int stk_candidates(void)
 		if (m)
 			mask_or(&s->tmp, m);
 	}
-	mask_and(&s->matched, &s->tmp);
-	return !mask_zero(&s->matched);
+	return mask_and(&s->matched, &s->tmp);
 }
 
 __noinline int stk_evaluate(void)
@@ -814,9 +820,7 @@ __noinline int stk_evaluate(void)
 	__builtin_memcpy(&s->tmp, &pm->any_path, sizeof(s->tmp));
 	len = s->in.len;
 	start = s->in.start & (PB_SIZE - 1 - 4096);
-	if (s->in.skip_tables)
-		goto path_done;
-	if (s->in.ok && len <= STK_MATCH_MAX) {
+	if (s->in.ok && len <= STK_MATCH_MAX && (s->in.tables & STK_TABLE_EXACT)) {
 		__builtin_memset(&s->pkey, 0, sizeof(s->pkey));
 		s->pkey.tag = slot << 8 | part;
 		bpf_probe_read_kernel(s->pkey.path, bound(len, 255), &b[start]);
@@ -826,7 +830,7 @@ __noinline int stk_evaluate(void)
 	}
 	if (s->in.ok && len > 1) {
 		dlen = s->in.leaf; /* dirname length; 0 means "/" */
-		if (dlen <= STK_MATCH_MAX) {
+		if (dlen <= STK_MATCH_MAX && (s->in.tables & STK_TABLE_CHILDREN)) {
 			__builtin_memset(&s->pkey, 0, sizeof(s->pkey));
 			s->pkey.tag = slot << 8 | part;
 			n = dlen ? dlen : 1;
@@ -839,16 +843,18 @@ __noinline int stk_evaluate(void)
 		n = dlen + 1;
 		if (n > STK_LPM_PATH)
 			n = STK_LPM_PATH;
-		__builtin_memset(&s->lkey, 0, sizeof(s->lkey));
-		s->lkey.tag = slot << 4 | part;
-		s->lkey.prefixlen = 8 * (1 + n);
-		bpf_probe_read_kernel(s->lkey.path, bound(n, 255), &b[start]);
-		m = bpf_map_lookup_elem(&recursive_paths, &s->lkey);
-		if (m)
-			mask_or(&s->tmp, m);
+		if (s->in.tables & STK_TABLE_RECURSIVE) {
+			__builtin_memset(&s->lkey, 0, sizeof(s->lkey));
+			s->lkey.tag = slot << 4 | part;
+			s->lkey.prefixlen = 8 * (1 + n);
+			bpf_probe_read_kernel(s->lkey.path, bound(n, 255), &b[start]);
+			m = bpf_map_lookup_elem(&recursive_paths, &s->lkey);
+			if (m)
+				mask_or(&s->tmp, m);
+		}
 	}
-path_done:
-	mask_and(&s->matched, &s->tmp);
+	if (!mask_and(&s->matched, &s->tmp))
+		return 0; /* the usual end: no selector matches the path */
 
 	/* process name */
 	if (part == STK_PART_PROCESS) {
@@ -1069,7 +1075,7 @@ static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const
 	s->in.len = rp->len;
 	s->in.leaf = rp->leaf;
 	s->in.ok = rp->ok;
-	s->in.skip_tables = rp->skipped;
+	s->in.tables = rp->tables;
 	s->in.volume = rp->volume;
 	s->in.interactive = interactive;
 	__builtin_memcpy(s->in.comm, comm, 16);
@@ -1128,7 +1134,7 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	if (!actions)
 		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));
-	if (rp.skipped)
+	if (!rp.tables) /* not walked: the path for the record */
 		resolve_src(src, 0, &rp);
 	if (!rp.ok)
 		rp.len = 0;
@@ -1268,7 +1274,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		return 0;
 	if (lsm && !(actions & STK_BLOCK))
 		return 0; /* reported by the tracepoint, after the operation */
-	if (rp.skipped) { /* the executable's path, for the record */
+	if (!rp.tables) { /* not walked: the executable's path, for the record */
 		stk_resolve_kpath(0, exe_d, exe_m, 0);
 		get_rpath(0, &rp);
 	}

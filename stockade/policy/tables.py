@@ -39,6 +39,17 @@ class ResponseRow:
     policy: int
 
 
+class PathTable(IntFlag):
+    """The path tables as bits (path_heads values in the kernel)."""
+
+    EXACT = 1
+    CHILDREN = 2
+    RECURSIVE = 4
+
+
+ALL_TABLES = PathTable.EXACT | PathTable.CHILDREN | PathTable.RECURSIVE
+
+
 @dataclass(frozen=True)
 class PathTables:
     exact: Mapping[str, int]
@@ -66,25 +77,38 @@ class PathTables:
         )
 
     @cached_property
-    def heads(self) -> frozenset[str] | None:
-        """The first component of every path in the tables, or None when an entry matches
-        every path (children of "/", "/**"). A path whose head is not here matches nothing
-        but `any`: the kernel checks this before it walks the whole path."""
+    def heads(self) -> Mapping[str, PathTable] | None:
+        """First component → the tables with an entry under it; None when an entry matches
+        every path (children of "/", "/**"). A path is looked up only in the tables its first
+        component has entries in, and not at all when it has none: the kernel checks this
+        before it walks the whole path."""
         if "/" in self.children or "/" in self.recursive_lpm:
             return None
-        return frozenset(path_head(p) for p in (*self.exact, *self.children, *self.recursive_lpm))
+        heads: dict[str, PathTable] = {}
+        for table, bit in (
+            (self.exact, PathTable.EXACT),
+            (self.children, PathTable.CHILDREN),
+            (self.recursive_lpm, PathTable.RECURSIVE),
+        ):
+            for path in table:
+                heads[path_head(path)] = heads.get(path_head(path), PathTable(0)) | bit
+        return heads
 
     def lookup(self, path: str | None) -> int:
         if path is None:
             return self.any
-        if self.heads is not None and path_head(path) not in self.heads:
-            return self.any
-        mask = self.any | self.exact.get(path, 0)
+        tables = ALL_TABLES if self.heads is None else self.heads.get(path_head(path), 0)
+        mask = self.any
+        if PathTable.EXACT & tables:
+            mask |= self.exact.get(path, 0)
         if path == "/":
             return mask
         directory = parent_dir(path)
-        mask |= self.children.get(directory, 0)
-        return mask | self._longest_prefix(_lpm_key(directory))
+        if PathTable.CHILDREN & tables:
+            mask |= self.children.get(directory, 0)
+        if PathTable.RECURSIVE & tables:
+            mask |= self._longest_prefix(_lpm_key(directory))
+        return mask
 
     def _longest_prefix(self, key: str) -> int:
         """What a BPF LPM trie lookup returns: the value of the longest stored prefix."""

@@ -19,7 +19,7 @@ from stockade.policy.compiler import (
 from stockade.policy.compiler import Bundle as PolicyBundle
 from stockade.policy.model import PartName
 from stockade.policy.predicates import Workload
-from stockade.policy.tables import PartTables, container_masks
+from stockade.policy.tables import PartTables, PathTable, container_masks
 from stockade.sensor.libbpf import BpfObject, Link, Map, RingBuffer
 from stockade.sensor.paths import ensure_fs, object_path
 
@@ -35,6 +35,7 @@ __all__ = [
     "LsmSensor",
     "mask_bytes",
     "open_sensor",
+    "present_file_syscalls",
 ]
 
 MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
@@ -68,6 +69,14 @@ FILE_SYSCALLS: Final = (
     "renameat2", "link", "linkat", "chmod", "fchmod", "fchmodat", "fchmodat2", "truncate",
     "ftruncate", "mknod", "mknodat",
 )  # fmt: skip
+
+
+def present_file_syscalls() -> list[str]:
+    """The FILE_SYSCALLS this kernel has tracepoints for (e.g. no fchmodat2 before 6.6)."""
+    return [
+        sc for sc in FILE_SYSCALLS
+        if Path(f"/sys/kernel/tracing/events/syscalls/sys_enter_{sc}").is_dir()
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,16 @@ def _path_bytes(path: str, size: int) -> bytes:
     return raw.ljust(size, b"\0")
 
 
-def _head_bytes(head: str) -> bytes:
-    """A first component as a path_heads key after the tag: length byte (STK_HEAD_BYTES + 1
-    when longer) and its first STK_HEAD_BYTES bytes, zero-padded."""
-    raw = head.encode()
-    return bytes([min(len(raw), HEAD_BYTES + 1)]) + raw[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0")
+def _head_keys(heads: Mapping[str, PathTable]) -> dict[bytes, int]:
+    """First components as path_heads keys after the tag (length byte, STK_HEAD_BYTES + 1 when
+    longer, and the first STK_HEAD_BYTES bytes, zero-padded) → their tables' bits, OR-ed
+    where long components share a key."""
+    keys: dict[bytes, int] = {}
+    for head, bits in heads.items():
+        raw = head.encode()
+        key = bytes([min(len(raw), HEAD_BYTES + 1)]) + raw[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0")
+        keys[key] = keys.get(key, 0) | bits
+    return keys
 
 
 class KillSensor:
@@ -147,9 +161,7 @@ class KillSensor:
         """Attach every program; returns the attach points (skips absent syscalls)."""
         done = self._attach_process()
         enter, leave = self.obj.program("stk_sys_enter"), self.obj.program("stk_sys_exit")
-        for sc in FILE_SYSCALLS:
-            if not Path(f"/sys/kernel/tracing/events/syscalls/sys_enter_{sc}").is_dir():
-                continue
+        for sc in present_file_syscalls():
             # exit first: an enter without its exit would leave a stale stash
             self.links.append(leave.attach_tracepoint("syscalls", f"sys_exit_{sc}"))
             self.links.append(enter.attach_tracepoint("syscalls", f"sys_enter_{sc}"))
@@ -244,7 +256,7 @@ class KillSensor:
                  t.ignore_mounts, t.ignore_files)
                 if t is not None else (0,) * 6
             )  # fmt: skip
-            heads = t.paths.heads if t is not None else frozenset()
+            heads = t.paths.heads if t is not None else {}
             self.maps["part_masks"].update(
                 struct.pack("<I", slot * 2 + pidx),
                 b"".join(mask_bytes(m) for m in masks) + struct.pack("<II", heads is None, 0),
@@ -253,7 +265,7 @@ class KillSensor:
                 continue
             tag = struct.pack("<I", slot << 8 | pidx)
             self.maps["path_heads"].update_batch(
-                [(tag + _head_bytes(h), b"\1") for h in heads or ()]
+                [(tag + key, bytes([bits])) for key, bits in _head_keys(heads or {}).items()]
             )
             for name, table in (("exact_paths", t.paths.exact), ("child_paths", t.paths.children)):
                 self.maps[name].update_batch(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stockade.policy.model import PartName
-from stockade.policy.tables import PartTables
+from stockade.policy.tables import PartTables, PathTable
 from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.records import (
     ACTION_ALERT,
@@ -159,7 +159,8 @@ def test_first_component_filter(
 ) -> None:
     """A path whose first component is in no table is not walked for the decision, and
     still gets its whole path in a record; first components longer than the kernel's key
-    share a key (stockade-he…), which costs a lookup but never a wrong decision."""
+    share a key (stockade-he…) and its tables (here exact + recursive), which costs a lookup
+    but never a wrong decision."""
     ops = {"createFile": 0b111, "deleteFile": 0b111}
     tables = part_tables(
         "file",
@@ -169,7 +170,8 @@ def test_first_component_filter(
         exact={"/stockade-head-a/x": 0b001},  # selector 0
         recursive_lpm={"/stockade-head-c/": 0b010},  # selector 1: same 11-byte key as a, b
     )
-    assert tables.paths.heads == frozenset({"stockade-head-a", "stockade-head-c"})
+    heads = {"stockade-head-a": PathTable.EXACT, "stockade-head-c": PathTable.RECURSIVE}
+    assert tables.paths.heads == heads
     load(Bundle(1, {cgroup.id: {"file": 0b111}}, {"file": tables}))
     res, recs = collector.run(py(HEADS_SCRIPT, str(workdir)), cgroup)
     assert res.returncode == 0, res.stderr

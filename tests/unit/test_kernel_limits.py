@@ -14,6 +14,8 @@ from stockade.policy.compiler import (
     compile_bundle,
 )
 from stockade.policy.document import PolicyDocument
+from stockade.policy.tables import ALL_TABLES, PathTable, PathTables
+from stockade.sensor.kernel import HEAD_BYTES
 
 from .helpers import policy
 
@@ -29,6 +31,34 @@ def _define(name: str) -> int:
 def test_limits_match_the_kernel() -> None:
     assert _define("STK_MAX_RESPONSES") == MAX_RESPONSES_PER_BUNDLE_PART
     assert _define("STK_MASK_WORDS") * 64 == MAX_SELECTORS_PER_BUNDLE_PART
+    assert _define("STK_HEAD_BYTES") == HEAD_BYTES
+
+
+def test_path_table_bits_match_the_kernel() -> None:
+    text = HEADER.read_text()
+    for table in PathTable:
+        assert f"STK_TABLE_{table.name} = {table.value}," in text
+    assert f"STK_TABLE_ALL = {ALL_TABLES.value}," in text
+
+
+def test_heads_name_the_tables_under_each_first_component() -> None:
+    paths = PathTables(
+        exact={"/etc/passwd": 1, "/": 2},
+        children={"/etc": 4},
+        recursive_lpm={"/usr/lib/": 8},
+        any=0,
+    )
+    assert paths.heads == {
+        "etc": PathTable.EXACT | PathTable.CHILDREN,
+        "": PathTable.EXACT,
+        "usr": PathTable.RECURSIVE,
+    }
+    assert paths.lookup("/etc/passwd") == 1 | 4
+    assert paths.lookup("/usr/lib/x/y") == 8
+    assert paths.lookup("/var/etc/passwd") == 0  # "var": no table is looked up
+    # an entry under "/" matches every first component: no filter
+    assert PathTables({}, {}, {"/": 16}, 0).heads is None
+    assert PathTables({}, {"/": 16}, {}, 0).lookup("/anything") == 16
 
 
 def _documents(count: int, responses: int) -> list[PolicyDocument]:
