@@ -154,6 +154,7 @@ struct stk_part_masks {
 	struct stk_mask req_non_interactive;
 	struct stk_mask ignore_mounts;
 	struct stk_mask ignore_files;
+	struct stk_mask blocking; /* selectors in the match of a BLOCK row */
 	__u32 any_head; /* 1: some path entry matches every first component (no head filter) */
 	__u32 pad;
 };

@@ -1067,6 +1067,25 @@ static __always_inline int candidates(struct entry *e, __u32 part, __u32 ops)
 	return stk_candidates();
 }
 
+/*
+ * After candidates(): can a BLOCK row apply? Only if a candidate is in one's
+ * match (a superset: exclusions and the path are not looked at yet).
+ */
+static __always_inline int may_block(struct entry *e, __u32 part)
+{
+	__u32 idx = e->slot * 2 + (part & 1);
+	struct stk_part_masks *pm = bpf_map_lookup_elem(&part_masks, &idx);
+	__u64 acc = 0;
+	int i;
+
+	if (!pm)
+		return 1;
+#pragma clang loop unroll(disable)
+	for (i = 0; i < STK_MASK_WORDS; i++)
+		acc |= e->s->matched.w[i] & pm->blocking.w[i];
+	return acc != 0;
+}
+
 /* The rest of the decision, after candidates() (see stk_evaluate). */
 static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const char *comm,
 				      int interactive)
@@ -1249,6 +1268,8 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		return 0;
 	if (!candidates(&e, STK_PART_PROCESS, 1u << op))
 		return 0;
+	if (lsm && !may_block(&e, STK_PART_PROCESS))
+		return 0; /* the hook only blocks; the tracepoint reports the rest */
 	pb = bpf_map_lookup_elem(&pathbufs, &zero);
 	pb2 = bpf_map_lookup_elem(&pathbufs, &one);
 	r = bpf_map_lookup_elem(&recbufs, &zero);

@@ -19,7 +19,7 @@ from stockade.policy.compiler import (
 from stockade.policy.compiler import Bundle as PolicyBundle
 from stockade.policy.model import PartName
 from stockade.policy.predicates import Workload
-from stockade.policy.tables import PartTables, PathTable, container_masks
+from stockade.policy.tables import ActionBits, PartTables, PathTable, container_masks
 from stockade.sensor.libbpf import BpfObject, Link, Map, RingBuffer
 from stockade.sensor.paths import ensure_fs, object_path
 
@@ -117,6 +117,16 @@ def _path_bytes(path: str, size: int) -> bytes:
     if not raw.startswith(b"/") or len(raw) > size - 1 or b"\0" in raw:
         raise ValueError(f"bad path {path!r} (absolute, at most {size - 1} bytes)")
     return raw.ljust(size, b"\0")
+
+
+def _blocking(tables: PartTables) -> int:
+    """The selectors in the match of some BLOCK row: lsm mode's exec/fork hooks, which only
+    block, stop when the candidates have none of them."""
+    mask = 0
+    for row in tables.responses:
+        if ActionBits.BLOCK in row.actions:
+            mask |= row.match
+    return mask
 
 
 def _head_keys(heads: Mapping[str, PathTable]) -> dict[bytes, int]:
@@ -253,8 +263,8 @@ class KillSensor:
             t = bundle.parts.get(part)
             masks = (
                 (t.paths.any, t.any_name, t.require_interactive, t.require_not_interactive,
-                 t.ignore_mounts, t.ignore_files)
-                if t is not None else (0,) * 6
+                 t.ignore_mounts, t.ignore_files, _blocking(t))
+                if t is not None else (0,) * 7
             )  # fmt: skip
             heads = t.paths.heads if t is not None else {}
             self.maps["part_masks"].update(
