@@ -1136,7 +1136,7 @@ static __always_inline void resolve_src(struct path_src *src, __u32 head_tag, st
 static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, __u32 flags,
 				       __u32 mode, __u32 fmode, struct path_src *src, int lsm)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task;
 	struct stk_file_rec *r;
 	struct pathbuf *pb;
 	struct rpath rp = {};
@@ -1164,6 +1164,7 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	if (!pb || !r)
 		return 0;
 
+	task = (struct task_struct *)bpf_get_current_task(); /* only a record needs it */
 	fill_hdr(&r->h, task, e->s, STK_REC_FILE, hook, e->slot, e->ctl, e->cgid, actions);
 	if (actions & STK_BLOCK) {
 		if (lsm) {
