@@ -17,8 +17,8 @@ check: lint
 	scripts/test
 
 lint:
-	$(VENV)/bin/ruff check stockade tests benchmarks
-	$(VENV)/bin/ruff format --check stockade tests benchmarks
+	$(VENV)/bin/ruff check stockade tests benchmarks e2e/vm/run
+	$(VENV)/bin/ruff format --check stockade tests benchmarks e2e/vm/run
 	$(VENV)/bin/mypy
 
 unit:
