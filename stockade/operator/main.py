@@ -7,10 +7,13 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from stockade.operator import kopf_patches
@@ -20,6 +23,12 @@ from stockade.operator.pods import PodIndex, PodWatch
 from stockade.operator.reconciler import Options, Reconciler
 
 PARALLEL_WRITES = 16
+PEERING_MANIFEST = "operator/kopf-peering.yaml"
+log = logging.getLogger("stockade.operator")
+
+
+class StartupError(Exception):
+    """The operator can't start; the one-line message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,49 @@ def settings(config: Config) -> kopf.OperatorSettings:
     return out
 
 
+def ensure_peering(api: client.ApiClient, name: str) -> None:
+    """Create the ClusterKopfPeering object if it is missing.
+
+    kopf waits silently, forever, for a peering object that doesn't exist:
+    create it, or stop with an error that names what to apply.
+    """
+    custom = client.CustomObjectsApi(api)
+    where = ("kopf.dev", "v1", "clusterkopfpeerings")
+    try:
+        custom.get_cluster_custom_object(*where, name)
+        return
+    except ApiException as exc:
+        if exc.status != 404:
+            raise StartupError(
+                f"can't read ClusterKopfPeering {name!r}: {exc.status} {exc.reason}"
+            ) from None
+    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    try:
+        custom.create_cluster_custom_object(*where, body)
+    except ApiException as exc:
+        if exc.status == 409:  # another replica created it first
+            return
+        if exc.status == 404:
+            raise StartupError(
+                "the ClusterKopfPeering CRD (clusterkopfpeerings.kopf.dev), which leader"
+                f" election needs, is not installed: kubectl apply -f {PEERING_MANIFEST}"
+                " (or run one replica with --standalone)"
+            ) from None
+        raise StartupError(
+            f"ClusterKopfPeering {name!r} is missing and creating it failed"
+            f" ({exc.status} {exc.reason}): kubectl apply -f {PEERING_MANIFEST},"
+            " or allow the operator to create clusterkopfpeerings"
+        ) from None
+    log.info("created the missing ClusterKopfPeering", extra={"peering": name})
+
+
 async def run(config: Config) -> None:
     priority = config.priority if config.priority is not None else 1 + secrets.randbelow(2**30)
     identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-    kube = Kube(api_client(PARALLEL_WRITES), config.namespace, PARALLEL_WRITES)
+    api = api_client(PARALLEL_WRITES)
+    if config.peering is not None:
+        ensure_peering(api, config.peering)
+    kube = Kube(api, config.namespace, PARALLEL_WRITES)
     reconciler = Reconciler(
         kube,
         Options(
@@ -78,7 +126,7 @@ async def run(config: Config) -> None:
     register(registry, reconciler, pods)
     if config.metrics_port:
         start_http_server(config.metrics_port)
-    logging.getLogger("stockade.operator").info(
+    log.info(
         "starting",
         extra={
             "namespace": config.namespace,
@@ -105,5 +153,9 @@ async def run(config: Config) -> None:
 
 def main(config: Config) -> int:
     configure_logging(config.log_level)
-    asyncio.run(run(config))
+    try:
+        asyncio.run(run(config))
+    except StartupError as exc:
+        print(f"stockade operator: {exc}", file=sys.stderr)
+        return 1
     return 0
