@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade.policy.bundle import encode
+from stockade.policy.bundle import encode, render_json_schema
 from stockade.policy.compiler import CompileError, Pod, compile_bundle
 from stockade.policy.crd import all_crds, write_crds
 from stockade.policy.evaluator import Event, evaluate
@@ -176,6 +176,12 @@ def cmd_generate_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_bundle_schema(args: argparse.Namespace) -> int:
+    args.file.write_text(render_json_schema())
+    print(args.file)
+    return 0
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from stockade.operator.main import Config, main
 
@@ -228,6 +234,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-crds", help="write the CRDs generated from the models")
     p.add_argument("directory", type=Path, nargs="?", default=Path("crds"))
     p.set_defaults(run=cmd_generate_crds)
+
+    p = sub.add_parser("generate-bundle-schema", help="write the bundle's JSON Schema")
+    p.add_argument("file", type=Path, nargs="?", default=Path("docs/bundle.schema.json"))
+    p.set_defaults(run=cmd_generate_bundle_schema)
 
     p = sub.add_parser("operator", help="run the operator (kubeconfig or in-cluster config)")
     p.add_argument("--namespace", default="stockade-system", help="where the bundles are written")

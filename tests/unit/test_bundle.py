@@ -23,6 +23,7 @@ from stockade.policy.bundle import (
     decode,
     encode,
     from_configmap,
+    render_json_schema,
 )
 from stockade.policy.compiler import compile_bundle
 from stockade.policy.loader import iter_policies
@@ -31,6 +32,7 @@ from .helpers import manifest, policy
 from .test_compiler import many_selector_policy
 
 ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "docs" / "bundle.schema.json"
 
 WEB = {
     "mode": "audit",
@@ -80,6 +82,12 @@ def big_bundle() -> Bundle:
     """Large enough to travel gzipped."""
     docs = [many_selector_policy(f"p{i}", 256, offset=256 * i) for i in range(2)]
     return compile_bundle(docs, node="n1")
+
+
+def test_schema_file_matches_the_models() -> None:
+    assert SCHEMA.read_text() == render_json_schema(), (
+        "docs/bundle.schema.json is stale: run `make schemas`"
+    )
 
 
 def test_same_bytes_and_hash_as_before_the_typed_models() -> None:
