@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from stockade.operator.bundles import configmap
 from stockade.policy.bundle import (
@@ -88,6 +89,21 @@ def test_schema_file_matches_the_models() -> None:
     assert SCHEMA.read_text() == render_json_schema(), (
         "docs/bundle.schema.json is stale: run `make schemas`"
     )
+
+
+def test_bundles_validate_against_the_schema_file() -> None:
+    """The schema says what the encoder writes (masks as hex strings, no extra fields)."""
+    Draft202012Validator.check_schema(json.loads(SCHEMA.read_text()))
+    schema = Draft202012Validator(json.loads(SCHEMA.read_text()))
+    for bundle in (web_bundle(), big_bundle()):
+        assert list(schema.iter_errors(json.loads(encode(bundle)))) == []
+    data = json.loads(WEB_BYTES)
+    data["file"]["paths"]["any"] = 1
+    data["process"]["paths"]["globs"] = {}
+    assert sorted(e.message for e in schema.iter_errors(data)) == [
+        "1 is not of type 'string'",
+        "Additional properties are not allowed ('globs' was unexpected)",
+    ]
 
 
 def test_same_bytes_and_hash_as_before_the_typed_models() -> None:
