@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test setup check lint unit integration kernel crds run services-up services-down
+.PHONY: test setup check lint unit integration kernel crds schemas run services-up services-down
 
 ## Set everything up on a fresh machine, then run every check and test.
 test: setup check
@@ -33,6 +33,10 @@ kernel:
 ## Regenerate crds/ from the models (a unit test fails when they are stale).
 crds:
 	$(VENV)/bin/stockade generate-crds crds
+
+## Regenerate docs/bundle.schema.json from the bundle's models (a unit test fails when stale).
+schemas:
+	$(VENV)/bin/stockade generate-bundle-schema docs/bundle.schema.json
 
 ## The main job, for now: validate the shipped example policies.
 run:

@@ -45,7 +45,7 @@ from typing import Any
 from kubernetes import client, config
 
 from stockade.operator.metrics import scrape
-from stockade.policy.compiler import BUNDLE_GZIP_KEY, BUNDLE_KEY, bundle_from_configmap, encode
+from stockade.policy.bundle import BUNDLE_GZIP_KEY, BUNDLE_KEY, encode, from_configmap
 
 REPO = Path(__file__).resolve().parents[1]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
@@ -273,7 +273,7 @@ class BundleWatch(threading.Thread):
                 stored = len(binary.get(BUNDLE_GZIP_KEY, "")) or len(
                     data.get(BUNDLE_KEY, "").encode()
                 )
-                raw = len(encode(bundle_from_configmap(data, binary)))
+                raw = len(encode(from_configmap(data, binary, meta["annotations"])))
                 held = meta["annotations"].get("stockade.dev/policies", "")
                 self.seen[node] = Seen(frozenset(filter(None, held.split("\n"))), raw, stored, now)
                 if raw > self.largest[0]:

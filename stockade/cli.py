@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stockade.policy.compiler import CompileError, Pod, compile_bundle, encode
+from stockade.policy.bundle import encode, render_json_schema
+from stockade.policy.compiler import CompileError, Pod, compile_bundle
 from stockade.policy.crd import all_crds, write_crds
 from stockade.policy.evaluator import Event, evaluate
 from stockade.policy.loader import (
@@ -151,28 +152,33 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError(f"can't compile: {exc}") from None
     if args.summary:
         print(
-            f"bundle {bundle['hash']} for node {bundle['node'] or '(any)'}: "
-            f"{len(encode(bundle))} bytes"
+            f"bundle {bundle.hash} for node {bundle.node or '(any)'}: {len(encode(bundle))} bytes"
         )
-        for p in bundle["policies"]:
-            key = f"{p['namespace']}/{p['name']}" if p["namespace"] else p["name"]
-            print(f"  policy {p['kind']} {key} generation {p['generation']} mode {p['mode']}")
+        for p in bundle.policies:
+            key = f"{p.namespace}/{p.name}" if p.namespace else p.name
+            print(f"  policy {p.kind} {key} generation {p.generation} mode {p.mode}")
         for part in ("process", "file"):
-            data = bundle[part]
-            paths = data["paths"]
+            tables = bundle.part(part)
+            paths = tables.paths
             print(
-                f"  {part}: {len(data['selectors'])} selectors, {len(data['responses'])} "
-                f"responses, paths {len(paths['exact'])} exact / {len(paths['children'])} "
-                f"children / {len(paths['recursive'])} recursive"
+                f"  {part}: {len(tables.selectors)} selectors, {len(tables.responses)} "
+                f"responses, paths {len(paths.exact)} exact / {len(paths.children)} "
+                f"children / {len(paths.recursive)} recursive"
             )
     else:
-        print(json.dumps(bundle, indent=2, sort_keys=True))
+        print(json.dumps(bundle.to_json(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_generate_crds(args: argparse.Namespace) -> int:
     for path in write_crds(args.directory):
         print(path)
+    return 0
+
+
+def cmd_generate_bundle_schema(args: argparse.Namespace) -> int:
+    args.file.write_text(render_json_schema())
+    print(args.file)
     return 0
 
 
@@ -228,6 +234,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-crds", help="write the CRDs generated from the models")
     p.add_argument("directory", type=Path, nargs="?", default=Path("crds"))
     p.set_defaults(run=cmd_generate_crds)
+
+    p = sub.add_parser("generate-bundle-schema", help="write the bundle's JSON Schema")
+    p.add_argument("file", type=Path, nargs="?", default=Path("docs/bundle.schema.json"))
+    p.set_defaults(run=cmd_generate_bundle_schema)
 
     p = sub.add_parser("operator", help="run the operator (kubeconfig or in-cluster config)")
     p.add_argument("--namespace", default="stockade-system", help="where the bundles are written")

@@ -1,6 +1,6 @@
 """The compiler: the policies that matter to one node → one bundle.
 
-The bundle is the operator → sensor contract (`docs/bundle.md`). Selectors
+The bundle is the operator → sensor contract (`bundle.py`, `docs/contracts.md`). Selectors
 get bit positions per part; operations become masks; path and executable
 patterns become lookup tables (exact, direct children, recursive prefix);
 responses become rows of (match mask, exclude mask, actions, policy).
@@ -8,28 +8,40 @@ Conditions on the container and its pod, and the policy's own scope, stay
 predicates: the sensor evaluates them once per container into that
 container's selector mask (`tables.container_masks`).
 
-Masks are written as lowercase hex integers (bit i = selector i). The bundle
-is deterministic: the same inputs give the same bytes and the same hash.
+Bit i of a mask is selector i. The bundle is deterministic: the same inputs
+give the same bytes and the same hash.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import hashlib
-import json
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# The operator's imports of the codec from here, until it imports `bundle` (issue 11).
+from stockade.policy.bundle import BUNDLE_KEY as BUNDLE_KEY
+from stockade.policy.bundle import Bundle as Bundle
+from stockade.policy.bundle import (
+    FileTableSet,
+    InteractiveMasks,
+    NameMasks,
+    PathMasks,
+    PolicyEntry,
+    PolicyScope,
+    ProcessTableSet,
+    ResponseEntry,
+    SelectorEntry,
+    VolumeMasks,
+)
+from stockade.policy.bundle import configmap_payload as configmap_payload
+from stockade.policy.bundle import encode as encode
 from stockade.policy.document import PolicyDocument
-from stockade.policy.model import FileSelector, PartName
+from stockade.policy.model import ContainerCondition, FileSelector, PartName
 from stockade.policy.predicates import PathPattern, Workload
 from stockade.policy.resources import LabelSelector
 
-SCHEMA_VERSION = 1
 # Selector bits per part in one bundle: the width of the kernel's masks.
 MAX_SELECTORS_PER_BUNDLE_PART = 1024
 # Response rows per part in one bundle: the kernel's table size (STK_MAX_RESPONSES).
@@ -38,8 +50,6 @@ PART_OPERATIONS: dict[PartName, tuple[str, ...]] = {
     "process": ("fork", "exec"),
     "file": ("createExecutable", "modifyExecutable", "createFile", "modifyFile", "deleteFile"),
 }
-
-Bundle = dict[str, Any]
 
 
 class CompileError(Exception):
@@ -55,10 +65,6 @@ class Pod:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def hex_mask(mask: int) -> str:
-    return format(mask, "x")
-
-
 def _bits(bits: Iterable[int]) -> int:
     mask = 0
     for bit in bits:
@@ -70,19 +76,21 @@ def _sort_key(doc: PolicyDocument) -> tuple[str, str, str]:
     return (doc.kind, doc.namespace or "", doc.name)
 
 
-def _selector_dump(selector: LabelSelector | None) -> dict[str, Any] | None:
+def _nonempty(selector: LabelSelector | None) -> LabelSelector | None:
     if selector is None or (not selector.match_labels and not selector.match_expressions):
         return None
-    return selector.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return selector
 
 
-def _scope(doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]] | None) -> Any:
+def _scope(
+    doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]] | None
+) -> PolicyScope:
     """The policy's scope as a predicate: namespaces (None = all) and a pod selector."""
     scope = doc.scope
     namespaces: list[str] | None = None
     if scope.namespace is not None:
         namespaces = [scope.namespace]
-    elif _selector_dump(scope.namespace_selector) is not None:
+    elif _nonempty(scope.namespace_selector) is not None:
         if namespace_labels is None:
             raise CompileError(
                 f"{doc.kind} {doc.key} has a namespaceSelector: compiling it needs the "
@@ -94,7 +102,10 @@ def _scope(doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]
             for ns, labels in namespace_labels.items()
             if scope.namespace_selector.matches(dict(labels))
         )
-    return {"namespaces": namespaces, "podSelector": _selector_dump(scope.pod_selector)}
+    return PolicyScope(
+        namespaces=None if namespaces is None else tuple(namespaces),
+        pod_selector=_nonempty(scope.pod_selector),
+    )
 
 
 def applies_to_pod(
@@ -119,7 +130,7 @@ class _Fragment:
     recompiles every node's bundle, and each bundle repeats most policies).
     """
 
-    selectors: tuple[tuple[str, dict[str, list[str]]], ...]  # name, container conditions
+    selectors: tuple[tuple[str, dict[ContainerCondition, list[str]]], ...]  # name, conditions
     operations: tuple[tuple[str, tuple[int, ...]], ...]
     paths: tuple[tuple[str, str, int], ...]  # kind, path, bit
     any_path: tuple[int, ...]
@@ -159,7 +170,7 @@ def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | Non
     part = doc.policy.parts().get(part_name)
     if part is None:
         return None
-    selectors: list[tuple[str, dict[str, list[str]]]] = []
+    selectors: list[tuple[str, dict[ContainerCondition, list[str]]]] = []
     operations: dict[str, list[int]] = {op: [] for op in PART_OPERATIONS[part_name]}
     paths: list[tuple[str, str, int]] = []
     any_path: list[int] = []
@@ -224,7 +235,7 @@ class _PartCompiler:
 
     def __init__(self, part: PartName) -> None:
         self.part = part
-        self.selectors: list[dict[str, Any]] = []
+        self.selectors: list[SelectorEntry] = []
         self.operations: dict[str, set[int]] = {op: set() for op in PART_OPERATIONS[part]}
         self.paths: dict[str, dict[str, set[int]]] = {
             "exact": defaultdict(set),
@@ -237,7 +248,7 @@ class _PartCompiler:
         self.interactive: dict[bool, set[int]] = {True: set(), False: set()}
         self.ignore_mounts: set[int] = set()
         self.ignore_files: set[int] = set()
-        self.responses: list[dict[str, Any]] = []
+        self.responses: list[ResponseEntry] = []
 
     def add(self, policy_index: int, doc: PolicyDocument) -> None:
         fragment = _fragment(doc, self.part)
@@ -246,7 +257,7 @@ class _PartCompiler:
         offset = len(self.selectors)
         for bit, (name, container) in enumerate(fragment.selectors, offset):
             self.selectors.append(
-                {"bit": bit, "policy": policy_index, "name": name, "container": container}
+                SelectorEntry(bit=bit, policy=policy_index, name=name, container=container)
             )
         for op, bits in fragment.operations:
             self.operations[op].update(b + offset for b in bits)
@@ -262,15 +273,16 @@ class _PartCompiler:
         self.ignore_files.update(b + offset for b in fragment.ignore_files)
         for match, exclude, actions in fragment.responses:
             self.responses.append(
-                {
-                    "policy": policy_index,
-                    "match": hex_mask(match << offset),
-                    "exclude": hex_mask(exclude << offset),
-                    "actions": list(actions),
-                }
+                ResponseEntry(
+                    policy=policy_index,
+                    match=match << offset,
+                    exclude=exclude << offset,
+                    actions=actions,
+                )
             )
 
-    def build(self) -> dict[str, Any]:
+    def tables(self) -> dict[str, Any]:
+        """The fields of this part's `ProcessTableSet` or `FileTableSet`."""
         if len(self.selectors) > MAX_SELECTORS_PER_BUNDLE_PART:
             raise CompileError(
                 f"{len(self.selectors)} {self.part} selectors on one node; a bundle holds at "
@@ -282,28 +294,31 @@ class _PartCompiler:
                 f"most {MAX_RESPONSES_PER_BUNDLE_PART} per part"
             )
 
-        def table(entries: Mapping[str, set[int]]) -> dict[str, str]:
-            return {key: hex_mask(_bits(bits)) for key, bits in sorted(entries.items())}
+        def table(entries: Mapping[str, set[int]]) -> dict[str, int]:
+            return {key: _bits(bits) for key, bits in sorted(entries.items())}
 
-        built: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "selectors": self.selectors,
             "operations": table(self.operations),
-            "paths": {kind: table(entries) for kind, entries in self.paths.items()}
-            | {"any": hex_mask(_bits(self.any_path))},
+            "paths": PathMasks(
+                exact=table(self.paths["exact"]),
+                children=table(self.paths["children"]),
+                recursive=table(self.paths["recursive"]),
+                any=_bits(self.any_path),
+            ),
             "responses": self.responses,
         }
         if self.part == "process":
-            built["names"] = {"exact": table(self.names), "any": hex_mask(_bits(self.any_name))}
-            built["interactive"] = {
-                "requireTrue": hex_mask(_bits(self.interactive[True])),
-                "requireFalse": hex_mask(_bits(self.interactive[False])),
-            }
+            fields["names"] = NameMasks(exact=table(self.names), any=_bits(self.any_name))
+            fields["interactive"] = InteractiveMasks(
+                require_true=_bits(self.interactive[True]),
+                require_false=_bits(self.interactive[False]),
+            )
         else:
-            built["volumes"] = {
-                "ignoreMounts": hex_mask(_bits(self.ignore_mounts)),
-                "ignoreFiles": hex_mask(_bits(self.ignore_files)),
-            }
-        return built
+            fields["volumes"] = VolumeMasks(
+                ignore_mounts=_bits(self.ignore_mounts), ignore_files=_bits(self.ignore_files)
+            )
+        return fields
 
 
 def compile_bundle(
@@ -333,68 +348,25 @@ def compile_bundle(
             "two policies share a kind and name: "
             + ", ".join(sorted(f"{k} {n}" for k, n in set(keys) if keys.count((k, n)) > 1))
         )
-    parts = {part: _PartCompiler(part) for part in PART_OPERATIONS}
+    process, file = _PartCompiler("process"), _PartCompiler("file")
     policies = []
     for index, doc in enumerate(chosen):
         policies.append(
-            {
-                "kind": doc.kind,
-                "namespace": doc.namespace,
-                "name": doc.name,
-                "uid": doc.uid,
-                "generation": doc.generation,
-                "mode": doc.mode.value,
-                "scope": _scope(doc, namespace_labels),
-            }
+            PolicyEntry(
+                kind=doc.kind,
+                namespace=doc.namespace,
+                name=doc.name,
+                uid=doc.uid,
+                generation=doc.generation,
+                mode=doc.mode,
+                scope=_scope(doc, namespace_labels),
+            )
         )
-        for compiler in parts.values():
-            compiler.add(index, doc)
-    bundle: Bundle = {
-        "schemaVersion": SCHEMA_VERSION,
-        "node": node,
-        "policies": policies,
-        **{part: compiler.build() for part, compiler in parts.items()},
-    }
-    bundle["hash"] = bundle_hash(bundle)
-    return bundle
-
-
-def encode(bundle: Bundle) -> bytes:
-    """The canonical bytes of a bundle: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(bundle, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def bundle_hash(bundle: Bundle) -> str:
-    content = {k: v for k, v in bundle.items() if k != "hash"}
-    return "sha256:" + hashlib.sha256(encode(content)).hexdigest()
-
-
-# How a bundle travels in its node's ConfigMap: plain JSON under BUNDLE_KEY while
-# small enough to read with kubectl, else gzip (mtime 0: same bundle, same bytes)
-# under BUNDLE_GZIP_KEY in binaryData. Exactly one of the two keys is present.
-BUNDLE_KEY = "bundle.json"
-BUNDLE_GZIP_KEY = "bundle.json.gz"
-GZIP_ABOVE = 64 * 1024
-
-
-def configmap_payload(bundle: Bundle) -> tuple[dict[str, str], dict[str, str]]:
-    """(data, binaryData) of the ConfigMap that carries `bundle`."""
-    raw = encode(bundle)
-    if len(raw) <= GZIP_ABOVE:
-        return {BUNDLE_KEY: raw.decode()}, {}
-    packed = gzip.compress(raw, compresslevel=9, mtime=0)
-    return {}, {BUNDLE_GZIP_KEY: base64.b64encode(packed).decode()}
-
-
-def bundle_from_configmap(
-    data: Mapping[str, str] | None, binary_data: Mapping[str, str] | None
-) -> Bundle:
-    """The bundle a ConfigMap written with `configmap_payload` carries."""
-    if data and BUNDLE_KEY in data:
-        decoded: Bundle = json.loads(data[BUNDLE_KEY])
-        return decoded
-    if binary_data and BUNDLE_GZIP_KEY in binary_data:
-        packed = base64.b64decode(binary_data[BUNDLE_GZIP_KEY])
-        unpacked: Bundle = json.loads(gzip.decompress(packed))
-        return unpacked
-    raise CompileError(f"no {BUNDLE_KEY} or {BUNDLE_GZIP_KEY} in the ConfigMap")
+        process.add(index, doc)
+        file.add(index, doc)
+    return Bundle.seal(
+        node,
+        tuple(policies),
+        ProcessTableSet(**process.tables()),
+        FileTableSet(**file.tables()),
+    )

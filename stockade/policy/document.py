@@ -9,12 +9,14 @@ namespaces its namespaceSelector selects.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, Literal
 
 from stockade.policy.model import Mode, Policy
 from stockade.policy.predicates import Workload
 from stockade.policy.resources import ClusterContainerPolicy, LabelSelector, Manifest
 
-BARE_KIND = "Policy"
+PolicyKind = Literal["Policy", "ContainerPolicy", "ClusterContainerPolicy"]
+BARE_KIND: Final = "Policy"
 DEFAULT_NAMESPACE = "default"
 
 
@@ -41,7 +43,7 @@ def _selects(selector: LabelSelector | None, labels: dict[str, str] | None) -> b
 
 @dataclass(frozen=True)
 class PolicyDocument:
-    kind: str  # "Policy" for a bare policy, else the resource kind
+    kind: PolicyKind  # "Policy" for a bare policy, else the resource kind
     name: str
     policy: Policy
     namespace: str | None = None

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.alias_generators import to_camel
@@ -274,7 +274,7 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
 
 
 # The conditions on the container and its pod, shared by both parts.
-CONTAINER_CONDITIONS = (
+ContainerCondition = Literal[
     "containerImageFullName",
     "containerImageName",
     "containerImageTag",
@@ -283,7 +283,8 @@ CONTAINER_CONDITIONS = (
     "kubernetesNamespace",
     "kubernetesPodName",
     "kubernetesPodLabel",
-)
+]
+CONTAINER_CONDITIONS: tuple[ContainerCondition, ...] = get_args(ContainerCondition)
 
 
 class _Selector(_Model):
@@ -305,9 +306,10 @@ class _Selector(_Model):
         """The conditions this selector sets, by their policy-language names."""
         return self.model_dump(by_alias=True, exclude_none=True, exclude={"name"})
 
-    def container_conditions(self) -> dict[str, list[str]]:
+    def container_conditions(self) -> dict[ContainerCondition, list[str]]:
         """The conditions that only depend on the container and its pod."""
-        return {k: v for k, v in self.conditions().items() if k in CONTAINER_CONDITIONS}
+        found = self.conditions()
+        return {k: found[k] for k in CONTAINER_CONDITIONS if k in found}
 
 
 # Conditions that can't both be in one selector.

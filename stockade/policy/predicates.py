@@ -1,7 +1,7 @@
 """What one condition value means, straight from the spec.
 
 Used by the reference evaluator for every condition, and by the sensor (via
-`compiler.container_mask`) for the container-level conditions it evaluates
+`tables.container_masks`) for the container-level conditions it evaluates
 once per container. The compiler turns path patterns into lookup tables
 instead; `PathPattern.parse` is the single reading of the pattern syntax.
 """
@@ -9,8 +9,11 @@ instead; `PathPattern.parse` is the single reading of the pattern syntax.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from stockade.policy.model import ContainerCondition
 
 
 class PatternKind(StrEnum):
@@ -90,7 +93,9 @@ class Workload:
     namespace_labels: dict[str, str] | None = field(default=None, compare=False)
 
 
-def container_conditions_hold(conditions: dict[str, list[str]], workload: Workload) -> bool:
+def container_conditions_hold(
+    conditions: Mapping[ContainerCondition, Sequence[str]], workload: Workload
+) -> bool:
     """Whether every container-level condition holds (values inside one are ORed).
 
     A condition whose fact is unknown does not hold.
@@ -101,7 +106,7 @@ def container_conditions_hold(conditions: dict[str, list[str]], workload: Worklo
     return True
 
 
-def _condition_holds(condition: str, values: list[str], w: Workload) -> bool:
+def _condition_holds(condition: str, values: Sequence[str], w: Workload) -> bool:
     exact = {
         "containerImageFullName": w.image_full_name,
         "containerImageName": w.image_name,

@@ -13,12 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntFlag
 from functools import cached_property
-from typing import Any
 
-from stockade.policy.compiler import PART_OPERATIONS, Bundle
-from stockade.policy.model import PartName
+from stockade.policy.bundle import (
+    Bundle,
+    PathMasks,
+    PolicyScope,
+    ProcessTableSet,
+    ResponseEntry,
+)
+from stockade.policy.compiler import PART_OPERATIONS
+from stockade.policy.model import Mode, PartName
 from stockade.policy.predicates import Workload, container_conditions_hold, parent_dir
-from stockade.policy.resources import LabelSelector
 
 
 class ActionBits(IntFlag):
@@ -61,20 +66,15 @@ class PathTables:
     any: int  # selectors with no path condition
 
     @classmethod
-    def from_bundle(cls, paths: Mapping[str, Any]) -> PathTables:
-        recursive = {d: int(m, 16) for d, m in paths["recursive"].items()}
+    def from_bundle(cls, paths: PathMasks) -> PathTables:
+        recursive = paths.recursive
         lpm: dict[str, int] = {}
         for directory in recursive:
             mask = 0
             for ancestor in _self_and_ancestors(directory):
                 mask |= recursive.get(ancestor, 0)
             lpm[_lpm_key(directory)] = mask
-        return cls(
-            exact=_masks(paths["exact"]),
-            children=_masks(paths["children"]),
-            recursive_lpm=lpm,
-            any=int(paths["any"], 16),
-        )
+        return cls(exact=paths.exact, children=paths.children, recursive_lpm=lpm, any=paths.any)
 
     @cached_property
     def heads(self) -> Mapping[str, PathTable] | None:
@@ -123,10 +123,6 @@ def path_head(path: str) -> str:
     return path[1:].split("/", 1)[0]
 
 
-def _masks(table: Mapping[str, str]) -> dict[str, int]:
-    return {key: int(mask, 16) for key, mask in table.items()}
-
-
 def _lpm_key(directory: str) -> str:
     return "/" if directory == "/" else directory + "/"
 
@@ -166,23 +162,29 @@ class PartTables:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, part: PartName) -> PartTables:
-        data = bundle[part]
-        modes = [p["mode"] for p in bundle["policies"]]
-        names = data.get("names", {"exact": {}, "any": "0"})
-        interactive = data.get("interactive", {"requireTrue": "0", "requireFalse": "0"})
-        volumes = data.get("volumes", {"ignoreMounts": "0", "ignoreFiles": "0"})
+        data = bundle.part(part)
+        modes = [p.mode for p in bundle.policies]
+        names: Mapping[str, int] = {}
+        any_name = require_interactive = require_not_interactive = 0
+        ignore_mounts = ignore_files = 0
+        if isinstance(data, ProcessTableSet):
+            names, any_name = data.names.exact, data.names.any
+            require_interactive = data.interactive.require_true
+            require_not_interactive = data.interactive.require_false
+        else:
+            ignore_mounts, ignore_files = data.volumes.ignore_mounts, data.volumes.ignore_files
         return cls(
             part=part,
-            selector_count=len(data["selectors"]),
-            operations=_masks(data["operations"]),
-            paths=PathTables.from_bundle(data["paths"]),
-            responses=tuple(_row(r, modes[r["policy"]]) for r in data["responses"]),
-            names=_masks(names["exact"]),
-            any_name=int(names["any"], 16),
-            require_interactive=int(interactive["requireTrue"], 16),
-            require_not_interactive=int(interactive["requireFalse"], 16),
-            ignore_mounts=int(volumes["ignoreMounts"], 16),
-            ignore_files=int(volumes["ignoreFiles"], 16),
+            selector_count=len(data.selectors),
+            operations={op.value: mask for op, mask in data.operations.items()},
+            paths=PathTables.from_bundle(data.paths),
+            responses=tuple(_row(r, modes[r.policy]) for r in data.responses),
+            names=names,
+            any_name=any_name,
+            require_interactive=require_interactive,
+            require_not_interactive=require_not_interactive,
+            ignore_mounts=ignore_mounts,
+            ignore_files=ignore_files,
         )
 
     @property
@@ -222,40 +224,38 @@ class PartTables:
         return mask, actions
 
 
-def _row(row: Mapping[str, Any], mode: str) -> ResponseRow:
+def _row(row: ResponseEntry, mode: Mode) -> ResponseRow:
     actions = ActionBits(0)
-    for action in row["actions"]:
+    for action in row.actions:
         actions |= ACTION_BITS[action]
-    if mode == "audit" and ActionBits.BLOCK in actions:
+    if mode == Mode.AUDIT and ActionBits.BLOCK in actions:
         actions = (actions & ~ActionBits.BLOCK) | ActionBits.AUDIT_BLOCK
-    return ResponseRow(int(row["match"], 16), int(row["exclude"], 16), actions, row["policy"])
+    return ResponseRow(row.match, row.exclude, actions, row.policy)
 
 
-def scope_holds(scope: Mapping[str, Any], workload: Workload) -> bool:
-    namespaces = scope["namespaces"]
-    if namespaces is not None and workload.namespace not in namespaces:
+def scope_holds(scope: PolicyScope, workload: Workload) -> bool:
+    if scope.namespaces is not None and workload.namespace not in scope.namespaces:
         return False
-    if scope["podSelector"] is None:
+    if scope.pod_selector is None:
         return True
-    selector = LabelSelector.model_validate(scope["podSelector"])
-    return workload.pod_labels is not None and selector.matches(workload.pod_labels)
+    return workload.pod_labels is not None and scope.pod_selector.matches(workload.pod_labels)
 
 
 def container_masks(bundle: Bundle, workload: Workload) -> dict[PartName, int]:
     """Each part's selectors whose container-level predicates hold for this container."""
-    in_scope = [scope_holds(p["scope"], workload) for p in bundle["policies"]]
+    in_scope = [scope_holds(p.scope, workload) for p in bundle.policies]
     masks: dict[PartName, int] = {}
     for part in PART_OPERATIONS:
         mask = 0
-        for selector in bundle[part]["selectors"]:
-            if in_scope[selector["policy"]] and container_conditions_hold(
-                selector["container"], workload
+        for selector in bundle.part(part).selectors:
+            if in_scope[selector.policy] and container_conditions_hold(
+                selector.container, workload
             ):
-                mask |= 1 << selector["bit"]
+                mask |= 1 << selector.bit
         masks[part] = mask
     return masks
 
 
 def selector_names(bundle: Bundle, part: PartName, mask: int) -> list[tuple[int, str]]:
     """(policy index, selector name) of every bit set in `mask`, in bit order."""
-    return [(s["policy"], s["name"]) for s in bundle[part]["selectors"] if mask >> s["bit"] & 1]
+    return [(s.policy, s.name) for s in bundle.part(part).selectors if mask >> s.bit & 1]

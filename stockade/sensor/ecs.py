@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stockade.policy.compiler import Bundle as PolicyBundle
+from stockade.policy.bundle import Bundle as PolicyBundle
 from stockade.policy.model import PartName
-from stockade.policy.tables import ActionBits
+from stockade.policy.tables import ActionBits, selector_names
 from stockade.sensor.containers import Container
 from stockade.sensor.records import HOOKS, KIND_EXIT, FileRecord, ProcessRecord
 
@@ -112,24 +112,22 @@ def _policies(applied: Applied | None, part: PartName, mask: int) -> tuple[list[
         return [], []
     names: list[str] = []
     policies: dict[int, Document] = {}
-    for selector in applied.bundle[part]["selectors"]:
-        if mask >> selector["bit"] & 1:
-            names.append(selector["name"])
-            index = selector["policy"]
-            p = applied.bundle["policies"][index]
-            entry = policies.setdefault(
-                index,
-                {
-                    "kind": p["kind"],
-                    "namespace": p["namespace"],
-                    "name": p["name"],
-                    "uid": p["uid"],
-                    "generation": p["generation"],
-                    "mode": p["mode"],
-                    "matched_selectors": [],
-                },
-            )
-            entry["matched_selectors"].append(selector["name"])
+    for index, name in selector_names(applied.bundle, part, mask):
+        names.append(name)
+        p = applied.bundle.policies[index]
+        entry = policies.setdefault(
+            index,
+            {
+                "kind": p.kind,
+                "namespace": p.namespace,
+                "name": p.name,
+                "uid": p.uid,
+                "generation": p.generation,
+                "mode": str(p.mode),
+                "matched_selectors": [],
+            },
+        )
+        entry["matched_selectors"].append(name)
     return names, list(policies.values())
 
 
@@ -259,7 +257,7 @@ def document(
             "outcome": h.outcome,
             "enforcement_mode": mode,
             "bundle_generation": h.generation,
-            "bundle_hash": applied.bundle["hash"] if applied else None,
+            "bundle_hash": applied.bundle.hash if applied else None,
             "cgroup_id": h.cgroup_id,
             "mount_namespace": h.mntns,
         },

@@ -11,12 +11,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from stockade.policy.bundle import Bundle as PolicyBundle
 from stockade.policy.compiler import (
     MAX_RESPONSES_PER_BUNDLE_PART,
     MAX_SELECTORS_PER_BUNDLE_PART,
     PART_OPERATIONS,
 )
-from stockade.policy.compiler import Bundle as PolicyBundle
 from stockade.policy.model import PartName
 from stockade.policy.predicates import Workload
 from stockade.policy.tables import ActionBits, PartTables, PathTable, container_masks

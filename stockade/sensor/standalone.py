@@ -118,8 +118,8 @@ class Standalone:
         while len(self.applied) > KEEP_GENERATIONS:
             self.applied.popitem(last=False)
         self._say(
-            f"applied generation {generation}: bundle {inputs.bundle['hash']}, "
-            f"{len(inputs.bundle['policies'])} policies, {len(inputs.containers)} cgroups"
+            f"applied generation {generation}: bundle {inputs.bundle.hash}, "
+            f"{len(inputs.bundle.policies)} policies, {len(inputs.containers)} cgroups"
         )
         return True
 

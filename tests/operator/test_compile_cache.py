@@ -15,7 +15,8 @@ from typing import Any
 
 from stockade.operator.objects import policy_record
 from stockade.policy import compiler
-from stockade.policy.compiler import compile_bundle, configmap_payload, encode
+from stockade.policy.bundle import configmap_payload, encode
+from stockade.policy.compiler import compile_bundle
 from stockade.policy.document import PolicyDocument
 from stockade.policy.loader import load_file
 
@@ -97,5 +98,5 @@ def test_fragments_compile_the_same_bytes() -> None:
     for a, b, ref in zip(cached, again, reference, strict=True):
         assert encode(a) == encode(ref)
         assert encode(b) == encode(ref)
-        assert a["hash"] == ref["hash"]
+        assert a.hash == ref.hash
         assert configmap_payload(b) == configmap_payload(ref)

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from stockade.operator.bundles import HASH_ANNOTATION, POLICIES_ANNOTATION, configmap_name
-from stockade.policy.compiler import bundle_from_configmap
+from stockade.policy.bundle import from_configmap
 from tests.integration.test_crds import POLICY_COLUMNS
 
 from .conftest import Cluster, Kubectl, Operator, wait_for
@@ -67,13 +67,13 @@ def read_bundle(core: client.CoreV1Api, op: Operator, node: str) -> tuple[set[st
         if exc.status == 404:
             return None
         raise
-    bundle = bundle_from_configmap(cm.data, cm.binary_data)
-    assert bundle["hash"] == cm.metadata.annotations[HASH_ANNOTATION]
-    assert bundle["node"] == node
+    bundle = from_configmap(cm.data, cm.binary_data, cm.metadata.annotations)
+    assert bundle.hash == cm.metadata.annotations[HASH_ANNOTATION]
+    assert bundle.node == node
     labels = set(filter(None, cm.metadata.annotations[POLICIES_ANNOTATION].split("\n")))
     held = {
-        (f"{p['namespace']}/" if p["namespace"] else "") + f"{p['name']}@{p['generation']}"
-        for p in bundle["policies"]
+        (f"{p.namespace}/" if p.namespace else "") + f"{p.name}@{p.generation}"
+        for p in bundle.policies
     }
     assert labels == held
     return held, cm
@@ -128,8 +128,9 @@ def test_bundles_follow_pods_namespaces_and_policies(
     wait_for("generation 2 on b", lambda: mine(core, operator, b, web, db) == {f"{web}@2"})
     found = read_bundle(core, operator, b)
     assert found is not None
-    bundle = bundle_from_configmap(found[1].data, found[1].binary_data)
-    assert [p["mode"] for p in bundle["policies"] if p["name"] == "web-shells"] == ["audit"]
+    cm = found[1]
+    bundle = from_configmap(cm.data, cm.binary_data, cm.metadata.annotations)
+    assert [p.mode for p in bundle.policies if p.name == "web-shells"] == ["audit"]
 
     # Deleted policy: out of the bundle. Deleted node: its bundle goes.
     kubectl("delete", "cpol", "web-shells", "-n", namespace)

@@ -231,10 +231,7 @@ def compiled(docs: list[PolicyDocument], ev: Event) -> tuple[set[tuple[str, str]
     )
     assert facts is not None
     mask, actions = tables.decide(masks[ev.part], operation)
-    keys = [
-        p["namespace"] + "/" + p["name"] if p["namespace"] else p["name"]
-        for p in bundle["policies"]
-    ]
+    keys = [f"{p.namespace}/{p.name}" if p.namespace else p.name for p in bundle.policies]
     return {(keys[p], name) for p, name in selector_names(bundle, ev.part, mask)}, actions
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from stockade.policy.bundle import decode
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "policies").glob("*.yaml"))
 
@@ -237,11 +239,11 @@ items:
     )
     result = stockade("compile", *EXAMPLES, "--pods", pods, "--node", "n2")
     assert result.returncode == 0, result.stderr
-    bundle = json.loads(result.stdout)
-    assert bundle["node"] == "n2"
-    assert [p["name"] for p in bundle["policies"]] == ["production-shells", "default"]
+    bundle = decode(result.stdout)  # what it prints, a sensor would accept
+    assert bundle.node == "n2"
+    assert [p.name for p in bundle.policies] == ["production-shells", "default"]
     again = stockade("compile", *reversed(EXAMPLES), "--pods", pods, "--node", "n2")
-    assert json.loads(again.stdout)["hash"] == bundle["hash"]
+    assert decode(again.stdout).hash == bundle.hash
     summary = stockade("compile", *EXAMPLES, "--pods", pods, "--node", "n1", "--summary")
     assert "policy ContainerPolicy shop/drift-prevention" in summary.stdout
     assert "file: 4 selectors" in summary.stdout

@@ -7,13 +7,12 @@ import random
 import pytest
 import yaml
 
+from stockade.policy.bundle import PolicyScope, ResponseEntry, content_hash, encode
 from stockade.policy.compiler import (
     MAX_SELECTORS_PER_BUNDLE_PART,
     CompileError,
     Pod,
-    bundle_hash,
     compile_bundle,
-    encode,
 )
 from stockade.policy.document import PolicyDocument
 from stockade.policy.predicates import Workload
@@ -62,43 +61,41 @@ def test_same_inputs_same_bytes_whatever_the_order() -> None:
     first = compile_bundle(docs, node="n1")
     again = compile_bundle(list(reversed(docs)), node="n1")
     assert encode(first) == encode(again)
-    assert first["hash"] == again["hash"] == bundle_hash(first)
-    assert first["hash"].startswith("sha256:")
+    assert first.hash == again.hash == content_hash(first)
+    assert first.hash.startswith("sha256:")
 
 
 def test_hash_follows_content() -> None:
     one = compile_bundle([web_policy("a")])
     spec = {**EXEC_ALERT, "mode": "audit", "podSelector": {"matchLabels": {"app": "web"}}}
     other = compile_bundle([policy(manifest("ContainerPolicy", spec, name="a"))])
-    assert one["hash"] != other["hash"]
+    assert one.hash != other.hash
 
 
 def test_tables_of_the_spec_example() -> None:
     data = yaml.safe_load(SPEC_RESPONSES_EXAMPLE)
     data["file"]["selectors"][1]["targetFilePath"] += ["/root/.bashrc", "/etc/cron.d/*"]
     doc = policy(data)
-    file = compile_bundle([doc])["file"]
-    assert [(s["bit"], s["name"], s["container"]) for s in file["selectors"]] == [
+    file = compile_bundle([doc]).file
+    assert [(s.bit, s.name, s.container) for s in file.selectors] == [
         (0, "binDirExeMods", {}),
         (1, "etcFileChanges", {}),
-        (2, "nginx", {"containerImageName": ["nginx"]}),
+        (2, "nginx", {"containerImageName": ("nginx",)}),
     ]
-    assert file["operations"] == {
-        "createExecutable": "5",
-        "modifyExecutable": "5",
-        "createFile": "6",
-        "modifyFile": "6",
-        "deleteFile": "6",
+    assert file.operations == {
+        "createExecutable": 0b101,
+        "modifyExecutable": 0b101,
+        "createFile": 0b110,
+        "modifyFile": 0b110,
+        "deleteFile": 0b110,
     }
-    assert file["paths"] == {
-        "exact": {"/root/.bashrc": "2"},
-        "children": {"/etc/cron.d": "2"},
-        "recursive": {"/etc": "2", "/usr/bin": "1"},
-        "any": "4",
-    }
-    assert file["responses"] == [
-        {"policy": 0, "match": "3", "exclude": "4", "actions": ["alert", "block"]}
-    ]
+    assert file.paths.exact == {"/root/.bashrc": 0b10}
+    assert file.paths.children == {"/etc/cron.d": 0b10}
+    assert file.paths.recursive == {"/etc": 0b10, "/usr/bin": 0b1}
+    assert file.paths.any == 0b100
+    assert file.responses == (
+        ResponseEntry(policy=0, match=0b11, exclude=0b100, actions=("alert", "block")),
+    )
 
 
 def test_recursive_patterns_nest_in_one_lookup() -> None:
@@ -126,8 +123,8 @@ def test_only_policies_for_the_nodes_pods() -> None:
     docs = [web_policy("web"), web_policy("other-ns", namespace="prod")]
     pods = [Pod("shop", "web-1", {"app": "web"}), Pod("shop", "db-0", {"app": "db"})]
     bundle = compile_bundle(docs, node="n1", pods=pods)
-    assert [p["name"] for p in bundle["policies"]] == ["web"]
-    assert compile_bundle(docs, pods=[Pod("shop", "db-0", {"app": "db"})])["policies"] == []
+    assert [p.name for p in bundle.policies] == ["web"]
+    assert compile_bundle(docs, pods=[Pod("shop", "db-0", {"app": "db"})]).policies == ()
 
 
 def test_namespace_selector_becomes_a_list_of_namespaces() -> None:
@@ -135,9 +132,9 @@ def test_namespace_selector_becomes_a_list_of_namespaces() -> None:
     doc = policy(manifest("ClusterContainerPolicy", spec, name="c", namespace=None))
     labels = {"a": {"env": "prod"}, "b": {"env": "dev"}, "c": {"env": "prod"}}
     bundle = compile_bundle([doc], namespace_labels=labels)
-    assert bundle["policies"][0]["scope"] == {"namespaces": ["a", "c"], "podSelector": None}
+    assert bundle.policies[0].scope == PolicyScope(namespaces=("a", "c"), pod_selector=None)
     on_node = compile_bundle([doc], pods=[Pod("c", "x")], namespace_labels=labels)
-    assert on_node["policies"][0]["scope"]["namespaces"] == ["c"]
+    assert on_node.policies[0].scope.namespaces == ("c",)
     with pytest.raises(CompileError, match="needs the namespaces' labels"):
         compile_bundle([doc])
 
@@ -168,7 +165,7 @@ def test_container_masks_apply_scope_and_container_conditions() -> None:
 def test_a_full_bundle_part_of_1024_selectors() -> None:
     docs = [many_selector_policy(f"p{i}", 256, offset=256 * i) for i in range(4)]
     bundle = compile_bundle(docs)
-    assert len(bundle["file"]["selectors"]) == MAX_SELECTORS_PER_BUNDLE_PART
+    assert len(bundle.file.selectors) == MAX_SELECTORS_PER_BUNDLE_PART
     tables = PartTables.from_bundle(bundle, "file")
     masks = container_masks(bundle, Workload(namespace="shop"))
     for i in random.Random(1).sample(range(1024), 50):

@@ -11,7 +11,13 @@ from stockade.policy.compiler import compile_bundle
 from stockade.policy.document import PolicyDocument
 from stockade.policy.evaluator import Decision, Event, evaluate
 from stockade.policy.model import Action
-from stockade.policy.tables import ActionBits, Operation, PartTables, container_masks
+from stockade.policy.tables import (
+    ActionBits,
+    Operation,
+    PartTables,
+    container_masks,
+    selector_names,
+)
 
 from .helpers import SPEC_RESPONSES_EXAMPLE, event, manifest, policy
 
@@ -33,7 +39,7 @@ def decide_both(doc: PolicyDocument, ev: Event) -> Decision:
         interactive=ev.process.interactive,
     )
     mask, actions = tables.decide(container_masks(bundle, ev.workload())[ev.part], op)
-    names = tuple(s["name"] for s in bundle[ev.part]["selectors"] if mask >> s["bit"] & 1)
+    names = tuple(name for _, name in selector_names(bundle, ev.part, mask))
     assert names == decision.matched_selectors
     expected = ActionBits(0)
     for action in decision.actions:

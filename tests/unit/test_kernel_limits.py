@@ -71,7 +71,7 @@ def _documents(count: int, responses: int) -> list[PolicyDocument]:
 
 def test_a_full_bundle_compiles() -> None:
     bundle = compile_bundle(_documents(4, 256))
-    assert len(bundle["process"]["responses"]) == MAX_RESPONSES_PER_BUNDLE_PART
+    assert len(bundle.process.responses) == MAX_RESPONSES_PER_BUNDLE_PART
 
 
 def test_one_response_too_many_is_refused() -> None:
