@@ -1,11 +1,37 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Stockade kill-mode programs: tracepoints for exec/fork/exit (shared with
- * lsm mode, in stockade_common.h) and the file-operation syscalls. Decisions
+ * Stockade kill-mode programs: the sched_process_{exec,fork,exit} tracepoints
+ * (their bodies in lib/process.h, shared with lsm mode) and the file-operation
+ * syscalls (lib/file.h decides and reports). Decisions
  * are made from the policy maps (see docs/kernel.md); only operations with
  * actions produce a record; `block` is SIGKILL.
  */
-#include "stockade_common.h"
+#include "file.h"
+#include "process.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* ------------------------------------------------------ process programs */
+
+SEC("tracepoint/sched/sched_process_exec")
+int stk_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	return handle_process(ctx, STK_HOOK_EXEC, NULL, NULL, NULL, 0);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (child->pid != child->tgid)
+		return 0; /* a new thread, not a new process */
+	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int stk_exit(struct trace_event_raw_sched_process_template *ctx)
+{
+	return exit_record();
+}
 
 /* --------------------------------------------------------- file programs */
 
@@ -47,7 +73,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct inflight);
-} inflight SEC(".maps");
+} stk_inflight SEC(".maps");
 
 /*
  * Attached to every syscalls/sys_enter_* of interest: stashes the arguments
@@ -103,7 +129,7 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 			return 0;
 		extra = BPF_CORE_READ(f, f_inode, i_mode);
 	}
-	v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
+	v = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0,
 				 BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!v) {
 		stat_inc(STK_STAT_INFLIGHT_FAIL);
@@ -125,7 +151,7 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	__u32 ops = 0, mode = 0, fmode = 0, flags = 0;
 	long ret = ctx->ret;
 
-	vp = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!vp || !vp->hook)
 		return 0;
 	__builtin_memcpy(&v, vp, sizeof(v));

@@ -156,8 +156,8 @@ class KillSensor:
         self.grace_s = grace_s
         self.links: list[Link] = []
         self._last_flip = 0.0
-        self.maps: dict[str, Map] = {
-            n: self.obj.map(n)
+        self.maps: dict[str, Map] = {  # by name without the C side's "stk_" prefix
+            n: self.obj.map(f"stk_{n}")
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
                 "child_paths", "recursive_paths", "path_heads", "names", "responses", "events",
