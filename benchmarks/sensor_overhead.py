@@ -81,7 +81,10 @@ NOOP_C = "\n".join(
         "#include <bpf/bpf_helpers.h>",
         'char LICENSE[] SEC("license") = "GPL";',
         'SEC("tracepoint") int noop_tp(void *ctx) { return 0; }',
-        *(f'SEC("lsm/{h}") int noop_{h}(void *ctx) {{ return 0; }}' for h in LSM_HOOKS.values()),
+        *(
+            f'SEC("lsm/{h.point}") int noop_{h.point}(void *ctx) {{ return 0; }}'
+            for h in LSM_HOOKS.values()
+        ),
     ]
 )
 
@@ -163,16 +166,18 @@ class Floor:
         lsm = mode == Mode.LSM
         self.obj = BpfObject(obj_file)
         for hook in LSM_HOOKS.values():
-            self.obj.program(f"noop_{hook}").set_autoload(lsm)
+            self.obj.program(f"noop_{hook.point}").set_autoload(lsm)
         self.obj.load()
         tp = self.obj.program("noop_tp")
         points = [("sched", "sched_process_exec"), ("sched", "sched_process_exit")]
         if not lsm:
-            points += [("syscalls", f"sys_{k}_{sc}") for sc in present_file_syscalls()
+            points += [("syscalls", f"sys_{k}_{h.point}") for h in present_file_syscalls()
                        for k in ("enter", "exit")]  # fmt: skip
         self.links = [tp.attach_tracepoint(*p) for p in points]
         if lsm:
-            self.links += [self.obj.program(f"noop_{h}").attach_lsm() for h in LSM_HOOKS.values()]
+            self.links += [
+                self.obj.program(f"noop_{h.point}").attach_lsm() for h in LSM_HOOKS.values()
+            ]
         self.mode = f"{mode} (empty programs)"
 
     def stop(self) -> str:

@@ -11,7 +11,8 @@ from stockade.policy.compiler import compile_bundle
 from stockade.policy.document import PolicyDocument
 from stockade.policy.evaluator import Decision, Event, evaluate
 from stockade.policy.model import Action
-from stockade.policy.tables import ActionBits, Operation, PartTables, container_masks
+from stockade.policy.tables import Operation, PartTables, container_masks
+from stockade.sensor.abi import ActionBits
 
 from .helpers import SPEC_RESPONSES_EXAMPLE, event, manifest, policy
 
