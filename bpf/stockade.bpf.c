@@ -35,32 +35,6 @@ int stk_exit(struct trace_event_raw_sched_process_template *ctx)
 
 /* --------------------------------------------------------- file programs */
 
-static __always_inline __u32 hook_for(long nr)
-{
-	switch (nr) {
-	case 2: return STK_HOOK_OPEN;
-	case 257: return STK_HOOK_OPENAT;
-	case 437: return STK_HOOK_OPENAT2;
-	case 85: return STK_HOOK_CREAT;
-	case 87: return STK_HOOK_UNLINK;
-	case 263: return STK_HOOK_UNLINKAT;
-	case 82: return STK_HOOK_RENAME;
-	case 264: return STK_HOOK_RENAMEAT;
-	case 316: return STK_HOOK_RENAMEAT2;
-	case 86: return STK_HOOK_LINK;
-	case 265: return STK_HOOK_LINKAT;
-	case 90: return STK_HOOK_CHMOD;
-	case 91: return STK_HOOK_FCHMOD;
-	case 268: return STK_HOOK_FCHMODAT;
-	case 452: return STK_HOOK_FCHMODAT2;
-	case 76: return STK_HOOK_TRUNCATE;
-	case 77: return STK_HOOK_FTRUNCATE;
-	case 133: return STK_HOOK_MKNOD;
-	case 259: return STK_HOOK_MKNODAT;
-	}
-	return 0;
-}
-
 /* a file syscall's arguments, from its sys_enter to its sys_exit (per thread) */
 struct inflight {
 	__u64 args[5];
@@ -76,8 +50,10 @@ struct {
 } stk_inflight SEC(".maps");
 
 /*
- * Attached to every syscalls/sys_enter_* of interest: stashes the arguments
- * of the calls that can be file operations of a listed cgroup.
+ * Attached to every syscalls/sys_enter_* of interest, with the syscall's
+ * STK_HOOK_* as the attachment's BPF cookie (syscall numbers differ between
+ * architectures; the cookie doesn't): stashes the arguments of the calls that
+ * can be file operations of a listed cgroup.
  */
 SEC("tracepoint/syscalls/sys_enter_openat")
 int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
@@ -87,8 +63,8 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	__u32 hook, extra = 0;
 	__u64 args[5];
 
-	hook = hook_for((int)ctx->id); /* __syscall_nr is an int */
-	if (!hook)
+	hook = bpf_get_attach_cookie(ctx);
+	if (hook < STK_HOOK_OPEN || hook > STK_HOOK_MKNODAT)
 		return 0;
 	/*
 	 * One copy of the five argument slots: the context of a syscall with

@@ -166,9 +166,13 @@ class KillSensor:
         done = self._attach_process()
         enter, leave = self.obj.program("stk_sys_enter"), self.obj.program("stk_sys_exit")
         for hook in present_file_syscalls():
-            # exit first: an enter without its exit would leave a stale stash
+            # exit first: an enter without its exit would leave a stale stash; the enter
+            # program learns which syscall it is from the cookie (no syscall numbers: they
+            # differ between architectures)
             self.links.append(leave.attach_tracepoint("syscalls", f"sys_exit_{hook.point}"))
-            self.links.append(enter.attach_tracepoint("syscalls", f"sys_enter_{hook.point}"))
+            self.links.append(
+                enter.attach_tracepoint("syscalls", f"sys_enter_{hook.point}", cookie=hook)
+            )
             done.append(f"syscalls/{hook.point}")
         return done
 

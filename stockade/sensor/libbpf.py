@@ -59,6 +59,13 @@ _sig("bpf_program__fd", _int, _vp)
 _sig("bpf_program__name", _cp, _vp)
 _sig("bpf_program__attach", _vp, _vp)
 _sig("bpf_program__attach_tracepoint", _vp, _vp, _cp, _cp)
+
+
+class _TracepointOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("bpf_cookie", ctypes.c_uint64)]  # bpf_tracepoint_opts
+
+
+_sig("bpf_program__attach_tracepoint_opts", _vp, _vp, _cp, _cp, ctypes.POINTER(_TracepointOpts))
 _sig("bpf_program__attach_lsm", _vp, _vp)
 _sig("bpf_link__destroy", _int, _vp)
 _sig("bpf_link__pin", _int, _vp, _cp)
@@ -190,9 +197,13 @@ class Program:
         p = _ptr(_lib.bpf_program__attach(self._ptr), f"attach {self.name}")
         return Link(p, self.name)
 
-    def attach_tracepoint(self, category: str, name: str) -> Link:
-        """Attach to tracepoint category/name (needs tracefs)."""
-        p = _lib.bpf_program__attach_tracepoint(self._ptr, category.encode(), name.encode())
+    def attach_tracepoint(self, category: str, name: str, cookie: int = 0) -> Link:
+        """Attach to tracepoint category/name (needs tracefs); the program reads `cookie`
+        with bpf_get_attach_cookie."""
+        opts = _TracepointOpts(ctypes.sizeof(_TracepointOpts), cookie)
+        p = _lib.bpf_program__attach_tracepoint_opts(
+            self._ptr, category.encode(), name.encode(), ctypes.byref(opts)
+        )
         return Link(_ptr(p, f"attach {self.name} to {category}/{name}"), f"{category}/{name}")
 
     def attach_lsm(self) -> Link:
