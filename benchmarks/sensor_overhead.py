@@ -40,7 +40,7 @@ from pathlib import Path
 
 from stockade.sensor.kernel import LSM_HOOKS, present_file_syscalls
 from stockade.sensor.libbpf import BpfObject
-from stockade.sensor.paths import bpf_build_dir
+from stockade.sensor.paths import BPF_ARCH
 from stockade.sensor.probe import Mode, probe_mode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,8 @@ def build(d: Path) -> tuple[Path, Path, Path]:
         check=True,
     )
     subprocess.run(
-        ["clang", "-O2", "-target", "bpf", f"-I{bpf_build_dir()}", "-c", str(d / "noop.bpf.c"),
+        ["clang", "-O2", "-target", "bpf", f"-I{REPO / 'bpf' / 'vmlinux' / BPF_ARCH}", "-c",
+         str(d / "noop.bpf.c"),
          "-o", str(d / "noop.bpf.o")],
         check=True,
     )  # fmt: skip
