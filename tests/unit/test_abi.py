@@ -4,7 +4,6 @@ bpf/.build, the other compiled here: it can't be loaded, but its layouts must be
 
 from __future__ import annotations
 
-import platform
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,10 +14,10 @@ import pytest
 from stockade.policy.model import FileOperation, ProcessOperation
 from stockade.sensor import abi
 from stockade.sensor.libbpf import Btf
-from stockade.sensor.paths import bpf_build_dir
+from stockade.sensor.paths import BPF_ARCH, bpf_build_dir
 
 REPO = Path(__file__).resolve().parents[2]
-HOST_ARCH = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), "")
+OTHER_ARCH = "arm64" if BPF_ARCH == "x86" else "x86"
 OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o")
 
 
@@ -35,8 +34,8 @@ def build(arch: str, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def other_arch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bpf-arm64" if HOST_ARCH == "x86" else "bpf-x86")
-    build("arm64" if HOST_ARCH == "x86" else "x86", out)
+    out = tmp_path_factory.mktemp(f"bpf-{OTHER_ARCH}")
+    build(OTHER_ARCH, out)
     return out
 
 
