@@ -234,11 +234,18 @@ struct stk_file_rec {
 	char path[];
 }; /* fixed part: 192 + 40 = 232 bytes */
 
+/* probe.bpf.c's state in .bss: written and read by stockade/sensor/probe.py */
+struct stk_probe_state {
+	__u32 target_ppid;
+	__u32 hits;
+	__s64 ret;
+};
+
 /*
- * Not used by any program: names every enum and record layout above so that clang puts
- * them in the object's BTF (it emits only the types that maps, globals and function
- * arguments reach), where tests/unit/test_abi.py reads them. In a section libbpf does not
- * load: no map, no code.
+ * Not used by any program: names every enum and struct above so that clang puts them in
+ * every object's BTF (it emits only the types that maps, globals and function arguments
+ * reach), where tests/unit/test_abi.py reads them. In a section libbpf does not load: no
+ * map, no code.
  */
 struct stk_abi {
 	enum stk_const constants;
@@ -251,7 +258,18 @@ struct stk_abi {
 	enum stk_hook hook;
 	enum stk_stat stat;
 	enum stk_table table;
-	struct stk_rec_hdr hdr;
+	struct stk_mask mask;
+	struct stk_cgroup_key cgroup_key;
+	struct stk_cgroup_val cgroup_val;
+	struct stk_path_key path_key;
+	struct stk_lpm_key lpm_key;
+	struct stk_head_key head_key;
+	struct stk_name_key name_key;
+	struct stk_part_masks part_masks;
+	struct stk_response response;
+	struct stk_control control;
+	struct stk_rec_hdr rec_hdr;
+	struct stk_probe_state probe_state;
 };
 
 struct stk_abi stk_abi SEC(".stk_abi");

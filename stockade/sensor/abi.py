@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from enum import IntEnum, IntFlag
 from typing import Any, Final
 
-from stockade.policy.model import FileOperation, ProcessOperation
-
 __all__ = [
     "CGROUP_KEY",
     "CGROUP_VAL",
@@ -30,6 +28,7 @@ __all__ = [
     "OPERATIONS",
     "PART_MASKS",
     "PATH_KEY",
+    "PROBE_STATE",
     "PROC_REC",
     "REC_HDR",
     "RESPONSE",
@@ -67,9 +66,6 @@ class Part(IntEnum):
     FILE = 1
 
 
-_OPERATION_NAMES: Final = {o.name: o.value for o in (*ProcessOperation, *FileOperation)}
-
-
 class Op(IntEnum):
     """enum stk_op: an operation's bit in op masks and in file records' `ops`."""
 
@@ -83,8 +79,10 @@ class Op(IntEnum):
 
     @property
     def operation(self) -> str:
-        """The policy language's name (`model.ProcessOperation` / `FileOperation`)."""
-        return str(_OPERATION_NAMES[self.name])
+        """The policy language's name, the member's in camelCase (CREATE_FILE: createFile;
+        tests/unit/test_abi.py checks them against `model.ProcessOperation`/`FileOperation`)."""
+        first, *rest = self.name.lower().split("_")
+        return first + "".join(word.capitalize() for word in rest)
 
 
 OPERATIONS: Final[Mapping[str, Op]] = {op.operation: op for op in Op}
@@ -347,6 +345,7 @@ FILE_REC: Final = Layout(
         ("path", "0s"),
     ),
 )
+PROBE_STATE: Final = Layout("stk_probe_state", (("target_ppid", "I"), ("hits", "I"), ("ret", "q")))
 LAYOUTS: Final = (
     MASK,
     CGROUP_KEY,
@@ -361,4 +360,5 @@ LAYOUTS: Final = (
     REC_HDR,
     PROC_REC,
     FILE_REC,
+    PROBE_STATE,
 )

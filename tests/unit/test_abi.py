@@ -18,7 +18,7 @@ from stockade.sensor.paths import BPF_ARCH, bpf_build_dir
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER_ARCH = "arm64" if BPF_ARCH == "x86" else "x86"
-OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o")
+OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "probe.bpf.o")
 
 
 def build(arch: str, out: Path) -> None:
