@@ -101,7 +101,10 @@ def _file_action(rec: FileRecord) -> str:
 
 
 def _hook_point(hook: int) -> str:
-    return Hook(hook).point if hook in Hook._value2member_map_ else str(hook)
+    try:
+        return Hook(hook).point
+    except ValueError:
+        return str(hook)
 
 
 def _action_names(bits: int) -> list[str]:

@@ -72,7 +72,10 @@ class FileRecord:
 
 def _name(enum: type[Outcome] | type[Volume], value: int) -> str:
     """An enum's value as its lowercase name (the number as text when unknown)."""
-    return enum(value).name.lower() if value in enum._value2member_map_ else str(value)
+    try:
+        return enum(value).name.lower()
+    except ValueError:
+        return str(value)
 
 
 def decode(raw: bytes) -> ProcessRecord | FileRecord:
