@@ -40,7 +40,7 @@ from pathlib import Path
 
 from stockade.sensor.kernel import LSM_HOOKS, present_file_syscalls
 from stockade.sensor.libbpf import BpfObject
-from stockade.sensor.paths import bpf_build_dir
+from stockade.sensor.paths import BPF_ARCH
 from stockade.sensor.probe import Mode, probe_mode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,10 @@ NOOP_C = "\n".join(
         "#include <bpf/bpf_helpers.h>",
         'char LICENSE[] SEC("license") = "GPL";',
         'SEC("tracepoint") int noop_tp(void *ctx) { return 0; }',
-        *(f'SEC("lsm/{h}") int noop_{h}(void *ctx) {{ return 0; }}' for h in LSM_HOOKS.values()),
+        *(
+            f'SEC("lsm/{h.point}") int noop_{h.point}(void *ctx) {{ return 0; }}'
+            for h in LSM_HOOKS.values()
+        ),
     ]
 )
 
@@ -97,7 +100,8 @@ def build(d: Path) -> tuple[Path, Path, Path]:
         check=True,
     )
     subprocess.run(
-        ["clang", "-O2", "-target", "bpf", f"-I{bpf_build_dir()}", "-c", str(d / "noop.bpf.c"),
+        ["clang", "-O2", "-target", "bpf", f"-I{REPO / 'bpf' / 'vmlinux' / BPF_ARCH}", "-c",
+         str(d / "noop.bpf.c"),
          "-o", str(d / "noop.bpf.o")],
         check=True,
     )  # fmt: skip
@@ -163,16 +167,18 @@ class Floor:
         lsm = mode == Mode.LSM
         self.obj = BpfObject(obj_file)
         for hook in LSM_HOOKS.values():
-            self.obj.program(f"noop_{hook}").set_autoload(lsm)
+            self.obj.program(f"noop_{hook.point}").set_autoload(lsm)
         self.obj.load()
         tp = self.obj.program("noop_tp")
         points = [("sched", "sched_process_exec"), ("sched", "sched_process_exit")]
         if not lsm:
-            points += [("syscalls", f"sys_{k}_{sc}") for sc in present_file_syscalls()
+            points += [("syscalls", f"sys_{k}_{h.point}") for h in present_file_syscalls()
                        for k in ("enter", "exit")]  # fmt: skip
         self.links = [tp.attach_tracepoint(*p) for p in points]
         if lsm:
-            self.links += [self.obj.program(f"noop_{h}").attach_lsm() for h in LSM_HOOKS.values()]
+            self.links += [
+                self.obj.program(f"noop_{h.point}").attach_lsm() for h in LSM_HOOKS.values()
+            ]
         self.mode = f"{mode} (empty programs)"
 
     def stop(self) -> str:

@@ -4,15 +4,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#include "abi.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* in .bss, written and read by user space through the ".bss" map */
-struct {
-	__u32 target_ppid;
-	__u32 hits;
-	__s64 ret;
-} probe_state = {};
+struct stk_probe_state probe_state = {};
 
 /* lsm mode: a do-nothing BPF LSM program on file_open */
 SEC("lsm/file_open")

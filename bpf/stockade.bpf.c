@@ -1,39 +1,39 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Stockade kill-mode programs: tracepoints for exec/fork/exit (shared with
- * lsm mode, in stockade_common.h) and the file-operation syscalls. Decisions
+ * Stockade kill-mode programs: the sched_process_{exec,fork,exit} tracepoints
+ * (their bodies in lib/process.h, shared with lsm mode) and the file-operation
+ * syscalls (lib/file.h decides and reports). Decisions
  * are made from the policy maps (see docs/kernel.md); only operations with
  * actions produce a record; `block` is SIGKILL.
  */
-#include "stockade_common.h"
+#include "file.h"
+#include "process.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* ------------------------------------------------------ process programs */
+
+SEC("tracepoint/sched/sched_process_exec")
+int stk_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	return handle_process(ctx, STK_HOOK_EXEC, NULL, NULL, NULL, 0);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (child->pid != child->tgid)
+		return 0; /* a new thread, not a new process */
+	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int stk_exit(struct trace_event_raw_sched_process_template *ctx)
+{
+	return exit_record();
+}
 
 /* --------------------------------------------------------- file programs */
-
-static __always_inline __u32 hook_for(long nr)
-{
-	switch (nr) {
-	case 2: return STK_HOOK_OPEN;
-	case 257: return STK_HOOK_OPENAT;
-	case 437: return STK_HOOK_OPENAT2;
-	case 85: return STK_HOOK_CREAT;
-	case 87: return STK_HOOK_UNLINK;
-	case 263: return STK_HOOK_UNLINKAT;
-	case 82: return STK_HOOK_RENAME;
-	case 264: return STK_HOOK_RENAMEAT;
-	case 316: return STK_HOOK_RENAMEAT2;
-	case 86: return STK_HOOK_LINK;
-	case 265: return STK_HOOK_LINKAT;
-	case 90: return STK_HOOK_CHMOD;
-	case 91: return STK_HOOK_FCHMOD;
-	case 268: return STK_HOOK_FCHMODAT;
-	case 452: return STK_HOOK_FCHMODAT2;
-	case 76: return STK_HOOK_TRUNCATE;
-	case 77: return STK_HOOK_FTRUNCATE;
-	case 133: return STK_HOOK_MKNOD;
-	case 259: return STK_HOOK_MKNODAT;
-	}
-	return 0;
-}
 
 /* a file syscall's arguments, from its sys_enter to its sys_exit (per thread) */
 struct inflight {
@@ -47,11 +47,13 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct inflight);
-} inflight SEC(".maps");
+} stk_inflight SEC(".maps");
 
 /*
- * Attached to every syscalls/sys_enter_* of interest: stashes the arguments
- * of the calls that can be file operations of a listed cgroup.
+ * Attached to every syscalls/sys_enter_* of interest, with the syscall's
+ * STK_HOOK_* as the attachment's BPF cookie (syscall numbers differ between
+ * architectures; the cookie doesn't): stashes the arguments of the calls that
+ * can be file operations of a listed cgroup.
  */
 SEC("tracepoint/syscalls/sys_enter_openat")
 int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
@@ -61,8 +63,8 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	__u32 hook, extra = 0;
 	__u64 args[5];
 
-	hook = hook_for((int)ctx->id); /* __syscall_nr is an int */
-	if (!hook)
+	hook = bpf_get_attach_cookie(ctx);
+	if (hook < STK_HOOK_OPEN || hook > STK_HOOK_MKNODAT)
 		return 0;
 	/*
 	 * One copy of the five argument slots: the context of a syscall with
@@ -103,7 +105,7 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 			return 0;
 		extra = BPF_CORE_READ(f, f_inode, i_mode);
 	}
-	v = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
+	v = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0,
 				 BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!v) {
 		stat_inc(STK_STAT_INFLIGHT_FAIL);
@@ -125,7 +127,7 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	__u32 ops = 0, mode = 0, fmode = 0, flags = 0;
 	long ret = ctx->ret;
 
-	vp = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
+	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!vp || !vp->hook)
 		return 0;
 	__builtin_memcpy(&v, vp, sizeof(v));

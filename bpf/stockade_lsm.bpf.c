@@ -1,20 +1,15 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Stockade lsm-mode programs: BPF LSM hooks that decide with the same code
- * and maps as kill mode (stockade_common.h) and return -EPERM before the
+ * and maps as kill mode (lib/) and return -EPERM before the
  * operation when a BLOCK applies (never for AUDIT_BLOCK); the
  * sched_process_{exec,fork,exit} tracepoints (shared) report processes.
  * Loaded only where the probe found BPF LSM usable (see docs/kernel.md).
  */
-#include "stockade_common.h"
+#include "file.h"
+#include "process.h"
 
-#define O_ACCMODE 3
-#define O_CREAT 0100
-#define O_TRUNC 01000
-#define S_IFMT 0170000
-#define S_IFREG 0100000
-#define S_IXUGO 0111
-#define FMODE_CREATED 0x100000
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /*
  * open(O_TRUNC) of an existing file: file_open decides (modifyFile), then
@@ -26,7 +21,7 @@ struct {
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, __u64);
-} open_trunc SEC(".maps");
+} stk_open_trunc SEC(".maps");
 
 static __always_inline int is_reg(__u32 mode)
 {
@@ -65,6 +60,28 @@ int BPF_PROG(stk_lsm_fork, struct task_struct *task, unsigned long clone_flags, 
 	return handle_process(ctx, STK_HOOK_LSM_TASK_ALLOC, NULL, NULL, NULL, 1);
 }
 
+/* sched_process_*: what the hooks allowed, reported after it happened (as in kill mode) */
+
+SEC("tracepoint/sched/sched_process_exec")
+int stk_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	return handle_process(ctx, STK_HOOK_EXEC, NULL, NULL, NULL, 0);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (child->pid != child->tgid)
+		return 0; /* a new thread, not a new process */
+	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int stk_exit(struct trace_event_raw_sched_process_template *ctx)
+{
+	return exit_record();
+}
+
 /* ----------------------------------------------------------------- files */
 
 SEC("lsm/file_open")
@@ -93,7 +110,7 @@ int BPF_PROG(stk_lsm_file_open, struct file *file, int ret)
 	verdict = file_decide(&e, STK_HOOK_LSM_FILE_OPEN, ops, flags, mode, fmode, &src, 1);
 	if (!verdict && (flags & O_TRUNC)) {
 		id = bpf_get_current_pid_tgid();
-		bpf_map_update_elem(&open_trunc, &id, &d, BPF_ANY);
+		bpf_map_update_elem(&stk_open_trunc, &id, &d, BPF_ANY);
 	}
 	return verdict;
 }
@@ -202,11 +219,11 @@ int BPF_PROG(stk_lsm_truncate, const struct path *path, int ret)
 		return ret;
 	d = BPF_CORE_READ(path, dentry);
 	id = bpf_get_current_pid_tgid();
-	marked = bpf_map_lookup_elem(&open_trunc, &id);
+	marked = bpf_map_lookup_elem(&stk_open_trunc, &id);
 	if (marked) {
 		int same = *marked == (__u64)d;
 
-		bpf_map_delete_elem(&open_trunc, &id);
+		bpf_map_delete_elem(&stk_open_trunc, &id);
 		if (same)
 			return 0; /* open(O_TRUNC): decided at file_open */
 	}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntFlag
 from functools import cached_property
 
 from stockade.policy.bundle import (
@@ -24,14 +23,7 @@ from stockade.policy.bundle import (
 from stockade.policy.compiler import PART_OPERATIONS
 from stockade.policy.model import Mode, PartName
 from stockade.policy.predicates import Workload, container_conditions_hold, parent_dir
-
-
-class ActionBits(IntFlag):
-    LOG = 1
-    ALERT = 2
-    BLOCK = 4
-    AUDIT_BLOCK = 8  # audit mode: the block the policy asks for is reported, not done
-
+from stockade.sensor.abi import ActionBits, PathTable
 
 ACTION_BITS = {"log": ActionBits.LOG, "alert": ActionBits.ALERT, "block": ActionBits.BLOCK}
 
@@ -42,17 +34,6 @@ class ResponseRow:
     exclude: int
     actions: ActionBits
     policy: int
-
-
-class PathTable(IntFlag):
-    """The path tables as bits (path_heads values in the kernel)."""
-
-    EXACT = 1
-    CHILDREN = 2
-    RECURSIVE = 4
-
-
-ALL_TABLES = PathTable.EXACT | PathTable.CHILDREN | PathTable.RECURSIVE
 
 
 @dataclass(frozen=True)
@@ -97,7 +78,7 @@ class PathTables:
     def lookup(self, path: str | None) -> int:
         if path is None:
             return self.any
-        tables = ALL_TABLES if self.heads is None else self.heads.get(path_head(path), 0)
+        tables = PathTable.ALL if self.heads is None else self.heads.get(path_head(path), 0)
         mask = self.any
         if PathTable.EXACT & tables:
             mask |= self.exact.get(path, 0)

@@ -19,9 +19,10 @@ from typing import Any
 
 from stockade.policy.bundle import Bundle as PolicyBundle
 from stockade.policy.model import PartName
-from stockade.policy.tables import ActionBits, selector_names
+from stockade.policy.tables import selector_names
+from stockade.sensor.abi import ActionBits, Hook, RecordKind
 from stockade.sensor.containers import Container
-from stockade.sensor.records import HOOKS, KIND_EXIT, FileRecord, ProcessRecord
+from stockade.sensor.records import FileRecord, ProcessRecord
 
 __all__ = ["Applied", "Host", "document"]
 
@@ -94,10 +95,17 @@ _ECS_TYPES = {
 
 
 def _file_action(rec: FileRecord) -> str:
-    hook = HOOKS.get(rec.header.hook, "")
+    hook = _hook_point(rec.header.hook)
     if hook in _FILE_ACTIONS:
         return _FILE_ACTIONS[hook]
     return "creation" if "createFile" in rec.ops else "open"  # the open family
+
+
+def _hook_point(hook: int) -> str:
+    try:
+        return Hook(hook).point
+    except ValueError:
+        return str(hook)
 
 
 def _action_names(bits: int) -> list[str]:
@@ -189,7 +197,7 @@ def _process(rec: ProcessRecord | FileRecord, host: Host) -> Document:
             proc["args"] = rec.args
             proc["args_count"] = len(rec.args)
             proc["command_line"] = " ".join(rec.args)
-        if h.kind == KIND_EXIT:
+        if h.kind == RecordKind.EXIT:
             code = rec.exit_code
             proc["exit_code"] = 128 + (code & 0x7F) if code & 0x7F else code >> 8
     return proc
@@ -218,11 +226,10 @@ def document(
     part: PartName = "file" if isinstance(rec, FileRecord) else "process"
     if isinstance(rec, FileRecord):
         action = _file_action(rec)
-    elif h.kind == KIND_EXIT:
+    elif h.kind == RecordKind.EXIT:
         action = "end"
     else:
-        exec_hooks = ("sched_process_exec", "bprm_check_security")
-        action = "exec" if HOOKS.get(h.hook) in exec_hooks else "fork"
+        action = "exec" if h.hook in (Hook.EXEC, Hook.LSM_BPRM_CHECK) else "fork"
     actions = _action_names(h.actions)
     types = [_ECS_TYPES[action]]
     if h.outcome == "denied":
@@ -251,7 +258,7 @@ def document(
             "policies": policies,
             "package_policy_id": (first["uid"] or first["name"]) if first else None,
             "package_policy_revision": first["generation"] if first else None,
-            "hook_point": HOOKS.get(h.hook, str(h.hook)),
+            "hook_point": _hook_point(h.hook),
             "actions": actions,
             "would_block": bool(h.actions & ActionBits.AUDIT_BLOCK),
             "outcome": h.outcome,

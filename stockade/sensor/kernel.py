@@ -13,23 +13,36 @@ from typing import Final
 
 from stockade.policy.bundle import Bundle as PolicyBundle
 from stockade.policy.compiler import (
-    MAX_RESPONSES_PER_BUNDLE_PART,
     MAX_SELECTORS_PER_BUNDLE_PART,
     PART_OPERATIONS,
 )
 from stockade.policy.model import PartName
 from stockade.policy.predicates import Workload
-from stockade.policy.tables import ActionBits, PartTables, PathTable, container_masks
+from stockade.policy.tables import PartTables, container_masks
+from stockade.sensor.abi import (
+    CGROUP_KEY,
+    CONTROL,
+    HEAD_KEY,
+    LPM_KEY,
+    NAME_KEY,
+    OPERATIONS,
+    PART_MASKS,
+    PATH_KEY,
+    RESPONSE,
+    SYSCALL_HOOKS,
+    ActionBits,
+    Const,
+    Hook,
+    Part,
+    PathTable,
+    Stat,
+)
 from stockade.sensor.libbpf import BpfObject, Link, Map, RingBuffer
 from stockade.sensor.paths import ensure_fs, object_path
 
 __all__ = [
-    "FILE_SYSCALLS",
     "LSM_HOOKS",
-    "MAX_RESPONSES",
     "MAX_SELECTORS",
-    "OP_INDEX",
-    "STATS",
     "Bundle",
     "KillSensor",
     "LsmSensor",
@@ -40,42 +53,25 @@ __all__ = [
 
 MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
 MASK_BYTES: Final = MAX_SELECTORS // 8
-MAX_RESPONSES: Final = MAX_RESPONSES_PER_BUNDLE_PART  # STK_MAX_RESPONSES in bpf/stockade.h
-OP_SLOTS: Final = 8
-HEAD_BYTES: Final = 11  # STK_HEAD_BYTES in bpf/stockade.h
-OP_INDEX: Final[Mapping[str, int]] = {
-    "fork": 0,
-    "exec": 1,
-    "createExecutable": 2,
-    "modifyExecutable": 3,
-    "createFile": 4,
-    "modifyFile": 5,
-    "deleteFile": 6,
-}
-PART_INDEX: Final[Mapping[PartName, int]] = {"process": 0, "file": 1}
-STATS: Final = (
-    "rb_fail", "inflight_fail", "path_truncated", "records", "kills", "kill_fail", "denials",
-)  # fmt: skip
-# lsm mode: program name → LSM hook (bpf/stockade_lsm.bpf.c)
-LSM_HOOKS: Final[Mapping[str, str]] = {
-    "stk_lsm_exec": "bprm_check_security", "stk_lsm_fork": "task_alloc",
-    "stk_lsm_file_open": "file_open", "stk_lsm_mknod": "path_mknod",
-    "stk_lsm_unlink": "path_unlink", "stk_lsm_rename": "path_rename",
-    "stk_lsm_link": "path_link", "stk_lsm_chmod": "path_chmod",
-    "stk_lsm_truncate": "path_truncate",
+_U32: Final = struct.Struct("<I")  # array maps' index
+_U64: Final = struct.Struct("<Q")  # a stk_stats counter (per CPU)
+_PART_NAMES: Final[Mapping[Part, PartName]] = {Part.PROCESS: "process", Part.FILE: "file"}
+# lsm mode: program → the LSM hook it is attached to (bpf/stockade_lsm.bpf.c)
+LSM_HOOKS: Final[Mapping[str, Hook]] = {
+    "stk_lsm_exec": Hook.LSM_BPRM_CHECK, "stk_lsm_fork": Hook.LSM_TASK_ALLOC,
+    "stk_lsm_file_open": Hook.LSM_FILE_OPEN, "stk_lsm_mknod": Hook.LSM_PATH_MKNOD,
+    "stk_lsm_unlink": Hook.LSM_PATH_UNLINK, "stk_lsm_rename": Hook.LSM_PATH_RENAME,
+    "stk_lsm_link": Hook.LSM_PATH_LINK, "stk_lsm_chmod": Hook.LSM_PATH_CHMOD,
+    "stk_lsm_truncate": Hook.LSM_PATH_TRUNCATE,
 }  # fmt: skip
-FILE_SYSCALLS: Final = (
-    "open", "openat", "openat2", "creat", "unlink", "unlinkat", "rename", "renameat",
-    "renameat2", "link", "linkat", "chmod", "fchmod", "fchmodat", "fchmodat2", "truncate",
-    "ftruncate", "mknod", "mknodat",
-)  # fmt: skip
 
 
-def present_file_syscalls() -> list[str]:
-    """The FILE_SYSCALLS this kernel has tracepoints for (e.g. no fchmodat2 before 6.6)."""
+def present_file_syscalls() -> list[Hook]:
+    """The file-syscall hooks this kernel has tracepoints for (no fchmodat2 before 6.6; arm64
+    has only the *at syscalls)."""
     return [
-        sc for sc in FILE_SYSCALLS
-        if Path(f"/sys/kernel/tracing/events/syscalls/sys_enter_{sc}").is_dir()
+        hook for hook in SYSCALL_HOOKS
+        if Path(f"/sys/kernel/tracing/events/syscalls/sys_enter_{hook.point}").is_dir()
     ]  # fmt: skip
 
 
@@ -112,11 +108,12 @@ def mask_bytes(mask: int) -> bytes:
     return mask.to_bytes(MASK_BYTES, "little")
 
 
-def _path_bytes(path: str, size: int) -> bytes:
+def _path_bytes(path: str) -> bytes:
+    """An exact/children table path (zero-padded to the key by the layout)."""
     raw = path.encode()
-    if not raw.startswith(b"/") or len(raw) > size - 1 or b"\0" in raw:
-        raise ValueError(f"bad path {path!r} (absolute, at most {size - 1} bytes)")
-    return raw.ljust(size, b"\0")
+    if not raw.startswith(b"/") or len(raw) > Const.PATH_KEY - 1 or b"\0" in raw:
+        raise ValueError(f"bad path {path!r} (absolute, at most {Const.PATH_KEY - 1} bytes)")
+    return raw
 
 
 def _blocking(tables: PartTables) -> int:
@@ -129,14 +126,14 @@ def _blocking(tables: PartTables) -> int:
     return mask
 
 
-def _head_keys(heads: Mapping[str, PathTable]) -> dict[bytes, int]:
-    """First components as path_heads keys after the tag (length byte, STK_HEAD_BYTES + 1 when
-    longer, and the first STK_HEAD_BYTES bytes, zero-padded) → their tables' bits, OR-ed
-    where long components share a key."""
-    keys: dict[bytes, int] = {}
+def _head_keys(heads: Mapping[str, PathTable]) -> dict[tuple[int, bytes], int]:
+    """First components as stk_path_heads (len, head): the length, HEAD_BYTES + 1 when longer,
+    and the first HEAD_BYTES bytes → their tables' bits, OR-ed where long components share a
+    key."""
+    keys: dict[tuple[int, bytes], int] = {}
     for head, bits in heads.items():
         raw = head.encode()
-        key = bytes([min(len(raw), HEAD_BYTES + 1)]) + raw[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0")
+        key = (min(len(raw), Const.HEAD_BYTES + 1), raw[: Const.HEAD_BYTES])
         keys[key] = keys.get(key, 0) | bits
     return keys
 
@@ -156,8 +153,8 @@ class KillSensor:
         self.grace_s = grace_s
         self.links: list[Link] = []
         self._last_flip = 0.0
-        self.maps: dict[str, Map] = {
-            n: self.obj.map(n)
+        self.maps: dict[str, Map] = {  # by name without the C side's "stk_" prefix
+            n: self.obj.map(f"stk_{n}")
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
                 "child_paths", "recursive_paths", "path_heads", "names", "responses", "events",
@@ -171,11 +168,15 @@ class KillSensor:
         """Attach every program; returns the attach points (skips absent syscalls)."""
         done = self._attach_process()
         enter, leave = self.obj.program("stk_sys_enter"), self.obj.program("stk_sys_exit")
-        for sc in present_file_syscalls():
-            # exit first: an enter without its exit would leave a stale stash
-            self.links.append(leave.attach_tracepoint("syscalls", f"sys_exit_{sc}"))
-            self.links.append(enter.attach_tracepoint("syscalls", f"sys_enter_{sc}"))
-            done.append(f"syscalls/{sc}")
+        for hook in present_file_syscalls():
+            # exit first: an enter without its exit would leave a stale stash; the enter
+            # program learns which syscall it is from the cookie (no syscall numbers: they
+            # differ between architectures)
+            self.links.append(leave.attach_tracepoint("syscalls", f"sys_exit_{hook.point}"))
+            self.links.append(
+                enter.attach_tracepoint("syscalls", f"sys_enter_{hook.point}", cookie=hook)
+            )
+            done.append(f"syscalls/{hook.point}")
         return done
 
     def _attach_process(self) -> list[str]:
@@ -214,53 +215,56 @@ class KillSensor:
     # -- bundles ----------------------------------------------------------------
 
     def _control(self) -> tuple[int, list[int], list[int]]:
-        raw = self.maps["control"].lookup(b"\0" * 4) or b"\0" * 40
-        slot, _, g0, g1, *counts = struct.unpack("<IIQQ4I", raw)
-        return slot, [g0, g1], counts
+        raw = self.maps["control"].lookup(_U32.pack(0)) or bytes(CONTROL.size)
+        c = CONTROL.unpack_fields(raw)
+        return c["active_slot"], list(c["generation"]), list(c["n_responses"])
+
+    def _write_control(self, active: int, gens: list[int], counts: list[int]) -> None:
+        self.maps["control"].update(_U32.pack(0), CONTROL.pack(active, 0, *gens, *counts))
 
     @property
     def active_slot(self) -> int:
         """The slot the programs read now."""
         return self._control()[0]
 
-    def _clear_slot(self, name: str, slot: int, tag_of: Callable[[bytes], int]) -> None:
+    def _clear_slot(self, name: str, slot: int, slot_of: Callable[[bytes], int]) -> None:
         m = self.maps[name]
         for k in list(m.keys()):
-            if tag_of(k) == slot:
+            if slot_of(k) == slot:
                 m.delete(k)
 
     def write_slot(self, slot: int, bundle: Bundle) -> None:
         """Write a complete bundle into `slot` (which must not be active)."""
         if slot not in (0, 1):
             raise ValueError("slot is 0 or 1")
-        self._clear_slot("cgroup_masks", slot, lambda k: int.from_bytes(k[:4], "little"))
-        self._clear_slot("exact_paths", slot, lambda k: k[1])
-        self._clear_slot("child_paths", slot, lambda k: k[1])
-        self._clear_slot("recursive_paths", slot, lambda k: k[4] >> 4)
-        self._clear_slot("path_heads", slot, lambda k: k[1])
-        self._clear_slot("names", slot, lambda k: int.from_bytes(k[:4], "little"))
+        self._clear_slot("cgroup_masks", slot, lambda k: CGROUP_KEY.member(k, "slot"))
+        self._clear_slot("exact_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
+        self._clear_slot("child_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
+        self._clear_slot("recursive_paths", slot, lambda k: LPM_KEY.member(k, "tag") >> 4)
+        self._clear_slot("path_heads", slot, lambda k: HEAD_KEY.member(k, "tag") >> 8)
+        self._clear_slot("names", slot, lambda k: NAME_KEY.member(k, "slot"))
 
         self.maps["cgroup_masks"].update_batch(
             [
                 (
-                    struct.pack("<IIQ", slot, 0, cgid),
+                    CGROUP_KEY.pack(slot, 0, cgid),
                     mask_bytes(masks.get("process", 0)) + mask_bytes(masks.get("file", 0)),
                 )
                 for cgid, masks in bundle.cgroups.items()
             ]
         )
-        ops = {op: 0 for op in OP_INDEX}
+        ops = dict.fromkeys(OPERATIONS, 0)
         for tables in bundle.parts.values():
             ops.update(tables.operations)
         self.maps["op_masks"].update_batch(
             [
-                (struct.pack("<I", slot * OP_SLOTS + OP_INDEX[op]), mask_bytes(m))
+                (_U32.pack(slot * Const.OP_SLOTS + OPERATIONS[op]), mask_bytes(m))
                 for op, m in ops.items()
             ]
         )
         names: list[tuple[bytes, bytes]] = []
-        for part, pidx in PART_INDEX.items():
-            t = bundle.parts.get(part)
+        for part in Part:
+            t = bundle.parts.get(_PART_NAMES[part])
             masks = (
                 (t.paths.any, t.any_name, t.require_interactive, t.require_not_interactive,
                  t.ignore_mounts, t.ignore_files, _blocking(t))
@@ -268,39 +272,40 @@ class KillSensor:
             )  # fmt: skip
             heads = t.paths.heads if t is not None else {}
             self.maps["part_masks"].update(
-                struct.pack("<I", slot * 2 + pidx),
-                b"".join(mask_bytes(m) for m in masks) + struct.pack("<II", heads is None, 0),
+                _U32.pack(slot * 2 + part),
+                PART_MASKS.pack(*(mask_bytes(m) for m in masks), heads is None, 0),
             )
             if t is None:
                 continue
-            tag = struct.pack("<I", slot << 8 | pidx)
+            tag = slot << 8 | part
             self.maps["path_heads"].update_batch(
-                [(tag + key, bytes([bits])) for key, bits in _head_keys(heads or {}).items()]
+                [
+                    (HEAD_KEY.pack(tag, length, head), bytes([bits]))
+                    for (length, head), bits in _head_keys(heads or {}).items()
+                ]
             )
             for name, table in (("exact_paths", t.paths.exact), ("child_paths", t.paths.children)):
                 self.maps[name].update_batch(
-                    [(tag + _path_bytes(p, 256), mask_bytes(m)) for p, m in table.items()]
+                    [(PATH_KEY.pack(tag, _path_bytes(p)), mask_bytes(m)) for p, m in table.items()]
                 )
             lpm = self.maps["recursive_paths"]
             for key, m in t.paths.recursive_lpm.items():
                 prefix = key.encode()
-                if len(prefix) > 255:
+                if len(prefix) > Const.LPM_PATH:
                     raise ValueError(f"recursive prefix too long: {key!r}")
                 lpm.update(
-                    struct.pack("<IB", 8 * (1 + len(prefix)), slot << 4 | pidx)
-                    + prefix.ljust(255, b"\0"),
-                    mask_bytes(m),
+                    LPM_KEY.pack(8 * (1 + len(prefix)), slot << 4 | part, prefix), mask_bytes(m)
                 )
-            if len(t.responses) > MAX_RESPONSES:
-                raise ValueError(f"{part}: more than {MAX_RESPONSES} responses")
-            base = (slot * 2 + pidx) * MAX_RESPONSES
+            if len(t.responses) > Const.MAX_RESPONSES:
+                raise ValueError(f"{part.name.lower()}: more than {Const.MAX_RESPONSES} responses")
+            base = (slot * 2 + part) * Const.MAX_RESPONSES
             self.maps["responses"].update_batch(
                 [
                     (
-                        struct.pack("<I", base + i),
-                        mask_bytes(r.match)
-                        + mask_bytes(r.exclude)
-                        + struct.pack("<IHH", int(r.actions), r.policy, 0),
+                        _U32.pack(base + i),
+                        RESPONSE.pack(
+                            mask_bytes(r.match), mask_bytes(r.exclude), int(r.actions), r.policy, 0
+                        ),
                     )
                     for i, r in enumerate(t.responses)
                 ]
@@ -309,21 +314,21 @@ class KillSensor:
                 raw = name.encode()
                 if len(raw) > 15:
                     raise ValueError(f"process name longer than 15 bytes: {name!r}")
-                names.append((struct.pack("<I", slot) + raw.ljust(16, b"\0"), mask_bytes(m)))
+                names.append((NAME_KEY.pack(slot, raw), mask_bytes(m)))
         self.maps["names"].update_batch(names)
 
         # counts and generation of this slot; the active slot is left as it is
         active, gens, counts = self._control()
         gens[slot] = bundle.generation
-        for part, pidx in PART_INDEX.items():
-            t = bundle.parts.get(part)
-            counts[slot * 2 + pidx] = len(t.responses) if t is not None else 0
-        self.maps["control"].update(b"\0" * 4, struct.pack("<IIQQ4I", active, 0, *gens, *counts))
+        for part in Part:
+            t = bundle.parts.get(_PART_NAMES[part])
+            counts[slot * 2 + part] = len(t.responses) if t is not None else 0
+        self._write_control(active, gens, counts)
 
     def activate(self, slot: int) -> None:
         """Flip the programs to `slot` (one u32 write)."""
         _, gens, counts = self._control()
-        self.maps["control"].update(b"\0" * 4, struct.pack("<IIQQ4I", slot, 0, *gens, *counts))
+        self._write_control(slot, gens, counts)
         self._last_flip = time.monotonic()
 
     def reload(self, bundle: Bundle) -> int:
@@ -345,9 +350,9 @@ class KillSensor:
     def stats(self) -> dict[str, int]:
         """Counters summed over CPUs (rb_fail: records lost)."""
         out = {}
-        for i, name in enumerate(STATS):
-            vals = self.maps["stats"].lookup_percpu(struct.pack("<I", i))
-            out[name] = sum(struct.unpack("<Q", v)[0] for v in vals)
+        for stat in Stat:
+            vals = self.maps["stats"].lookup_percpu(_U32.pack(stat))
+            out[stat.name.lower()] = sum(_U64.unpack(v)[0] for v in vals)
         return out
 
 
@@ -364,7 +369,7 @@ class LsmSensor(KillSensor):
         done = []
         for prog, hook in LSM_HOOKS.items():
             self.links.append(self.obj.program(prog).attach_lsm())
-            done.append(f"lsm/{hook}")
+            done.append(f"lsm/{hook.point}")
         return done + self._attach_process()
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "BPF_NOEXIST",
     "BpfError",
     "BpfObject",
+    "Btf",
     "Link",
     "Map",
     "Program",
@@ -58,6 +59,13 @@ _sig("bpf_program__fd", _int, _vp)
 _sig("bpf_program__name", _cp, _vp)
 _sig("bpf_program__attach", _vp, _vp)
 _sig("bpf_program__attach_tracepoint", _vp, _vp, _cp, _cp)
+
+
+class _TracepointOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("bpf_cookie", ctypes.c_uint64)]  # bpf_tracepoint_opts
+
+
+_sig("bpf_program__attach_tracepoint_opts", _vp, _vp, _cp, _cp, ctypes.POINTER(_TracepointOpts))
 _sig("bpf_program__attach_lsm", _vp, _vp)
 _sig("bpf_link__destroy", _int, _vp)
 _sig("bpf_link__pin", _int, _vp, _cp)
@@ -76,6 +84,11 @@ _sig("bpf_map_get_next_key", _int, _int, _vp, _vp)
 _sig("bpf_map_update_batch", _int, _int, _vp, _vp, ctypes.POINTER(_u32), _vp)
 _sig("bpf_obj_get", _int, _cp)
 _sig("libbpf_num_possible_cpus", _int)
+_sig("btf__parse", _vp, _cp, _vp)
+_sig("btf__free", None, _vp)
+_sig("btf__find_by_name_kind", ctypes.c_int32, _vp, _cp, _u32)
+_sig("btf__type_by_id", _vp, _vp, _u32)
+_sig("btf__name_by_offset", _cp, _vp, _u32)
 _SAMPLE_CB = ctypes.CFUNCTYPE(_int, _vp, _vp, ctypes.c_size_t)
 _sig("ring_buffer__new", _vp, _int, _SAMPLE_CB, _vp, _vp)
 _sig("ring_buffer__poll", _int, _vp, _int)
@@ -184,9 +197,13 @@ class Program:
         p = _ptr(_lib.bpf_program__attach(self._ptr), f"attach {self.name}")
         return Link(p, self.name)
 
-    def attach_tracepoint(self, category: str, name: str) -> Link:
-        """Attach to tracepoint category/name (needs tracefs)."""
-        p = _lib.bpf_program__attach_tracepoint(self._ptr, category.encode(), name.encode())
+    def attach_tracepoint(self, category: str, name: str, cookie: int = 0) -> Link:
+        """Attach to tracepoint category/name (needs tracefs); the program reads `cookie`
+        with bpf_get_attach_cookie."""
+        opts = _TracepointOpts(ctypes.sizeof(_TracepointOpts), cookie)
+        p = _lib.bpf_program__attach_tracepoint_opts(
+            self._ptr, category.encode(), name.encode(), ctypes.byref(opts)
+        )
         return Link(_ptr(p, f"attach {self.name} to {category}/{name}"), f"{category}/{name}")
 
     def attach_lsm(self) -> Link:
@@ -337,6 +354,75 @@ class BpfObject:
             self._ptr = None
 
     def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", _u32), ("info", _u32), ("size", _u32)]  # struct btf_type
+
+
+class _BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", _u32), ("type", _u32), ("offset", _u32)]  # struct btf_member
+
+
+class _BtfEnum(ctypes.Structure):
+    _fields_ = [("name_off", _u32), ("val", ctypes.c_int32)]  # struct btf_enum
+
+
+_BTF_KIND_STRUCT: Final = 4
+_BTF_KIND_ENUM: Final = 6
+
+
+class Btf:
+    """The BTF of an object file (or a raw BTF file): its named enums and structs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._ptr: int | None = _ptr(_lib.btf__parse(str(path).encode(), None), f"BTF of {path}")
+
+    def _find(self, name: str, kind: int) -> tuple[_BtfType, int]:
+        assert self._ptr
+        type_id = _lib.btf__find_by_name_kind(self._ptr, name.encode(), kind)
+        if type_id < 0:
+            raise KeyError(f"{self.path.name}: no BTF type {name!r}")
+        t = _BtfType.from_address(_lib.btf__type_by_id(self._ptr, type_id))
+        return t, ctypes.addressof(t) + ctypes.sizeof(_BtfType)
+
+    def _name(self, off: int) -> str:
+        return (_lib.btf__name_by_offset(self._ptr, off) or b"").decode()
+
+    def enum(self, name: str) -> dict[str, int]:
+        """enum `name`'s enumerators and values."""
+        t, at = self._find(name, _BTF_KIND_ENUM)
+        vals = (_BtfEnum * (t.info & 0xFFFF)).from_address(at)
+        return {self._name(v.name_off): v.val for v in vals}
+
+    def struct(self, name: str) -> tuple[int, dict[str, int]]:
+        """struct `name`'s size and its members' byte offsets (no bit fields)."""
+        t, at = self._find(name, _BTF_KIND_STRUCT)
+        bitfields = t.info >> 31
+        members = (_BtfMember * (t.info & 0xFFFF)).from_address(at)
+        offsets = {}
+        for m in members:
+            bits = m.offset & 0xFFFFFF if bitfields else m.offset
+            offsets[self._name(m.name_off)] = bits // 8
+        return t.size, offsets
+
+    def close(self) -> None:
+        """Free the parsed BTF."""
+        if self._ptr:
+            _lib.btf__free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Btf:
         return self
 
     def __exit__(

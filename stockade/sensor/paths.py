@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["bpf_build_dir", "ensure_fs", "object_path"]
+__all__ = ["BPF_ARCH", "bpf_build_dir", "ensure_fs", "object_path"]
 
-_REPO_BPF = Path(__file__).resolve().parents[2] / "bpf"
+# bpf/build's name for this machine's architecture (the objects are built per architecture)
+BPF_ARCH = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+# a wheel ships the objects of every architecture as package data (Dockerfile.sensor)
+_PACKAGED = Path(__file__).resolve().parent / "bpf"
+_REPO_BUILD = Path(__file__).resolve().parents[2] / "bpf" / ".build"
 
 
 def bpf_build_dir() -> Path:
-    """$STOCKADE_BPF_DIR, else the repository's bpf/.build."""
+    """$STOCKADE_BPF_DIR; else the objects installed with the package
+    (stockade/sensor/bpf/<arch>/); else a checkout's bpf/.build."""
     env = os.environ.get("STOCKADE_BPF_DIR")
-    return Path(env) if env else _REPO_BPF / ".build"
+    if env:
+        return Path(env)
+    packaged = _PACKAGED / BPF_ARCH
+    return packaged if packaged.is_dir() else _REPO_BUILD
 
 
 def object_path(name: str) -> Path:

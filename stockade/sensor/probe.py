@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from stockade.sensor.abi import PROBE_STATE
 from stockade.sensor.libbpf import BpfError, BpfObject
 from stockade.sensor.paths import ensure_fs, object_path
 
@@ -65,7 +65,7 @@ def _probe_kill(obj_file: Path, timeout: float = 5.0) -> str | None:
             bss = obj.map(".bss")
             link = obj.program("stk_probe_kill").attach_tracepoint("sched", "sched_process_exec")
             try:
-                bss.update(b"\0" * 4, struct.pack("<IIq", os.getpid(), 0, 1))
+                bss.update(bytes(4), PROBE_STATE.pack(os.getpid(), 0, 1))
                 child = subprocess.Popen(["/bin/sleep", "30"])
                 try:
                     rc = child.wait(timeout=timeout)
@@ -78,7 +78,7 @@ def _probe_kill(obj_file: Path, timeout: float = 5.0) -> str | None:
                 link.destroy()
     except (BpfError, OSError) as exc:
         return str(exc).split("\n")[0]
-    _, hits, ret = struct.unpack("<IIq", raw[:16])
+    _, hits, ret = PROBE_STATE.unpack_from(raw)
     if rc == -9 and hits >= 1 and ret == 0:
         return None
     return f"child not killed (exit {rc}, hits {hits}, bpf_send_signal {ret})"

@@ -1,60 +1,12 @@
-"""Decode the ring-buffer records written by bpf/stockade.bpf.c (layouts in bpf/stockade.h)."""
+"""Decode the ring-buffer records the BPF programs write (layouts: stockade.sensor.abi)."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
-__all__ = [
-    "ACTION_ALERT",
-    "ACTION_AUDIT_BLOCK",
-    "ACTION_BLOCK",
-    "ACTION_LOG",
-    "HOOKS",
-    "KIND_EXIT",
-    "KIND_FILE",
-    "KIND_PROCESS",
-    "OPS",
-    "OUTCOMES",
-    "RECORD_VERSION",
-    "VOLUMES",
-    "FileRecord",
-    "Header",
-    "ProcessRecord",
-    "decode",
-]
+from stockade.sensor.abi import FILE_REC, PROC_REC, REC_HDR, Const, Op, Outcome, RecordKind, Volume
 
-RECORD_VERSION = 1
-KIND_PROCESS, KIND_FILE, KIND_EXIT = 1, 2, 3
-ACTION_LOG, ACTION_ALERT, ACTION_BLOCK, ACTION_AUDIT_BLOCK = 1, 2, 4, 8
-OPS: tuple[str, ...] = (
-    "fork",
-    "exec",
-    "createExecutable",
-    "modifyExecutable",
-    "createFile",
-    "modifyFile",
-    "deleteFile",
-)
-OUTCOMES: tuple[str, ...] = ("allowed", "killed", "kill_failed", "denied")
-VOLUMES: tuple[str, ...] = ("none", "mount", "file")
-# enum stk_hook: what each hook id is (process tracepoints, the file syscall, or the LSM hook)
-HOOKS: dict[int, str] = {
-    1: "sched_process_exec", 2: "sched_process_fork", 3: "sched_process_exit",
-    10: "open", 11: "openat", 12: "openat2", 13: "creat", 20: "unlink", 21: "unlinkat",
-    30: "rename", 31: "renameat", 32: "renameat2", 40: "link", 41: "linkat", 50: "chmod",
-    51: "fchmod", 52: "fchmodat", 53: "fchmodat2", 60: "truncate", 61: "ftruncate",
-    70: "mknod", 71: "mknodat",
-    # lsm mode
-    100: "bprm_check_security", 101: "task_alloc", 110: "file_open", 111: "path_mknod",
-    112: "path_unlink", 113: "path_rename", 114: "path_link", 115: "path_chmod",
-    116: "path_truncate",
-}  # fmt: skip
-
-_HDR = struct.Struct("<HHHBBIIQQQIIIIII128s")  # 192 bytes
-_PROC = struct.Struct("<QQIIIII4B16sHHHH")  # 64 bytes
-_FILE = struct.Struct("<IIIIBBHI16s")  # 40 bytes
-assert _HDR.size == 192 and _PROC.size == 64 and _FILE.size == 40
+__all__ = ["FileRecord", "Header", "ProcessRecord", "decode"]
 
 
 def _cstr(raw: bytes) -> str:
@@ -118,40 +70,47 @@ class FileRecord:
     path: str
 
 
+def _name(enum: type[Outcome] | type[Volume], value: int) -> str:
+    """An enum's value as its lowercase name (the number as text when unknown)."""
+    try:
+        return enum(value).name.lower()
+    except ValueError:
+        return str(value)
+
+
 def decode(raw: bytes) -> ProcessRecord | FileRecord:
     """Decode one record; raises ValueError on an unknown version or kind."""
-    f = _HDR.unpack_from(raw, 0)
-    if f[0] != RECORD_VERSION:
-        raise ValueError(f"record version {f[0]}, want {RECORD_VERSION}")
+    f = REC_HDR.unpack_fields(raw)
+    if f["version"] != Const.RECORD_VERSION:
+        raise ValueError(f"record version {f['version']}, want {int(Const.RECORD_VERSION)}")
     hdr = Header(
-        version=f[0], kind=f[1], hook=f[2], outcome=OUTCOMES[f[3]] if f[3] < 4 else str(f[3]),
-        slot=f[4], size=f[5], actions=f[6], ktime_ns=f[7], cgroup_id=f[8], generation=f[9],
-        mntns=f[10], pid=f[11], tgid=f[12], ppid=f[13], uid=f[14], gid=f[15],
-        matched=int.from_bytes(f[16], "little"),
+        **{**f, "outcome": _name(Outcome, f["outcome"]),
+           "matched": int.from_bytes(f["matched"], "little")}
     )  # fmt: skip
-    off = _HDR.size
-    if hdr.kind in (KIND_PROCESS, KIND_EXIT):
-        p = _PROC.unpack_from(raw, off)
-        data = raw[off + _PROC.size :]
-        exe_len, cwd_len, args_len = p[12], p[13], p[14]
+    if hdr.kind in (RecordKind.PROCESS, RecordKind.EXIT):
+        p = PROC_REC.unpack_fields(raw)
+        data = raw[PROC_REC.size :]
+        exe_len, cwd_len, args_len = p["exe_len"], p["cwd_len"], p["args_len"]
         exe = data[:exe_len]
         cwd = data[exe_len : exe_len + cwd_len]
         args = data[exe_len + cwd_len : exe_len + cwd_len + args_len]
         return ProcessRecord(
-            header=hdr, start_time_ns=p[0], parent_start_time_ns=p[1], sid=p[2], pgid=p[3],
-            tty_index=p[4], tty_major=p[5], exit_code=p[6], interactive=bool(p[7]),
-            comm=_cstr(p[11]), executable=exe.decode(errors="surrogateescape"),
+            header=hdr, start_time_ns=p["start_time_ns"],
+            parent_start_time_ns=p["parent_start_time_ns"], sid=p["sid"], pgid=p["pgid"],
+            tty_index=p["tty_index"], tty_major=p["tty_major"], exit_code=p["exit_code"],
+            interactive=bool(p["interactive"]), comm=_cstr(p["comm"]),
+            executable=exe.decode(errors="surrogateescape"),
             cwd=cwd.decode(errors="surrogateescape"),
             args=[a.decode(errors="surrogateescape") for a in args.rstrip(b"\0").split(b"\0")]
             if args else [],
         )  # fmt: skip
-    if hdr.kind == KIND_FILE:
-        q = _FILE.unpack_from(raw, off)
-        path = raw[off + _FILE.size : off + _FILE.size + q[6]]
+    if hdr.kind == RecordKind.FILE:
+        q = FILE_REC.unpack_fields(raw)
+        path = raw[FILE_REC.size : FILE_REC.size + q["path_len"]]
         return FileRecord(
-            header=hdr, ops=frozenset(n for i, n in enumerate(OPS) if q[0] >> i & 1),
-            flags=q[1], mode=q[2], fmode=q[3], volume=VOLUMES[q[4]] if q[4] < 3 else str(q[4]),
-            path_from_fd=bool(q[5]), comm=_cstr(q[8]),
-            path=path.decode(errors="surrogateescape"),
+            header=hdr, ops=frozenset(op.operation for op in Op if q["ops"] >> op & 1),
+            flags=q["flags"], mode=q["mode"], fmode=q["fmode"],
+            volume=_name(Volume, q["volume"]), path_from_fd=bool(q["path_from_fd"]),
+            comm=_cstr(q["comm"]), path=path.decode(errors="surrogateescape"),
         )  # fmt: skip
     raise ValueError(f"unknown record kind {hdr.kind}")

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from stockade.policy.model import PartName
-from stockade.policy.tables import ActionBits, PartTables, PathTables, ResponseRow
+from stockade.policy.tables import PartTables, PathTables, ResponseRow
+from stockade.sensor.abi import ActionBits
 from stockade.sensor.kernel import MAX_SELECTORS, Bundle, KillSensor
 from stockade.sensor.paths import object_path
 from stockade.sensor.records import FileRecord, ProcessRecord, decode

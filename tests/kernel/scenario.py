@@ -23,12 +23,12 @@ import yaml
 
 from stockade.policy.model import PartName
 from stockade.policy.tables import (
-    ActionBits,
     Operation,
     PartTables,
     container_masks,
     selector_names,
 )
+from stockade.sensor.abi import ActionBits
 from stockade.sensor.ecs import Applied
 from stockade.sensor.kernel import KillSensor
 from stockade.sensor.standalone import Standalone

@@ -11,18 +11,10 @@ from pathlib import Path
 import pytest
 
 from stockade.policy.model import PartName
-from stockade.policy.tables import PartTables, PathTable
+from stockade.policy.tables import PartTables
+from stockade.sensor.abi import ActionBits, Hook, PathTable, RecordKind
 from stockade.sensor.kernel import Bundle, KillSensor
-from stockade.sensor.records import (
-    ACTION_ALERT,
-    ACTION_AUDIT_BLOCK,
-    ACTION_BLOCK,
-    ACTION_LOG,
-    KIND_EXIT,
-    KIND_PROCESS,
-    FileRecord,
-    ProcessRecord,
-)
+from stockade.sensor.records import FileRecord, ProcessRecord
 
 from .conftest import Cgroup, Collector, part_tables
 
@@ -30,10 +22,13 @@ pytestmark = pytest.mark.kernel
 
 Load = Callable[[Bundle], int]
 FILE_OPS = ["createExecutable", "modifyExecutable", "createFile", "modifyFile", "deleteFile"]
-HOOK_FAMILY = {
-    10: "open", 11: "open", 12: "open", 13: "open", 20: "unlink", 21: "unlink", 30: "rename",
-    31: "rename", 32: "rename", 40: "link", 41: "link", 50: "chmod", 51: "chmod", 52: "chmod",
-    53: "chmod", 60: "truncate", 61: "truncate", 70: "mknod", 71: "mknod",
+HOOK_FAMILY: dict[int, str] = {
+    Hook.OPEN: "open", Hook.OPENAT: "open", Hook.OPENAT2: "open", Hook.CREAT: "open",
+    Hook.UNLINK: "unlink", Hook.UNLINKAT: "unlink", Hook.RENAME: "rename",
+    Hook.RENAMEAT: "rename", Hook.RENAMEAT2: "rename", Hook.LINK: "link", Hook.LINKAT: "link",
+    Hook.CHMOD: "chmod", Hook.FCHMOD: "chmod", Hook.FCHMODAT: "chmod", Hook.FCHMODAT2: "chmod",
+    Hook.TRUNCATE: "truncate", Hook.FTRUNCATE: "truncate", Hook.MKNOD: "mknod",
+    Hook.MKNODAT: "mknod",
 }  # fmt: skip
 
 # Absolute and relative paths, a dirfd, rename, unlink via dirfd, chmod, truncate.
@@ -64,7 +59,7 @@ def py(script: str, *args: str) -> list[str]:
 def file_bundle(cg: Cgroup, generation: int = 1, responses: int = 1) -> Bundle:
     """Selector 0: every file operation anywhere; response (unless 0): log."""
     tables = part_tables(
-        "file", {op: 1 for op in FILE_OPS}, [(1, 0, ACTION_LOG)][:responses], any_path=1
+        "file", {op: 1 for op in FILE_OPS}, [(1, 0, ActionBits.LOG)][:responses], any_path=1
     )
     return Bundle(generation, {cg.id: {"file": 1}}, {"file": tables})
 
@@ -97,7 +92,7 @@ def test_file_operations_exact_records(
         assert r.header.cgroup_id == cgroup.id
         assert r.header.generation == 41
         if isinstance(r, FileRecord):
-            assert r.header.actions == ACTION_LOG
+            assert r.header.actions == ActionBits.LOG
             assert r.header.matched == 1
             assert r.header.outcome == "allowed"
             assert r.volume == "none"
@@ -114,9 +109,9 @@ def test_path_tables_and_responses(
         "createExecutable": 0b1101, "modifyExecutable": 0b0001,
     }  # fmt: skip
     responses = [
-        (0b0011, 0, ACTION_LOG),
-        (0b1100, 0, ACTION_ALERT),
-        (0b0010, 0b0001, ACTION_AUDIT_BLOCK),
+        (0b0011, 0, ActionBits.LOG),
+        (0b1100, 0, ActionBits.ALERT),
+        (0b0010, 0b0001, ActionBits.AUDIT_BLOCK),
     ]
     tables = part_tables(
         "file",
@@ -132,10 +127,10 @@ def test_path_tables_and_responses(
     assert res.returncode == 0, res.stderr
     got = [(r.path, r.header.matched, r.header.actions) for r in file_records(recs, workdir)]
     assert got == [
-        (f"{d}/rel.txt", 0b1100, ACTION_ALERT),
-        (f"{d}/abs.txt", 0b1100, ACTION_ALERT),  # chmod +x
-        (f"{d}/sub/moved.txt", 0b0011, ACTION_LOG),  # exact + children; excluded from row 2
-        (f"{d}/sub/at.txt", 0b0010, ACTION_LOG | ACTION_AUDIT_BLOCK),
+        (f"{d}/rel.txt", 0b1100, ActionBits.ALERT),
+        (f"{d}/abs.txt", 0b1100, ActionBits.ALERT),  # chmod +x
+        (f"{d}/sub/moved.txt", 0b0011, ActionBits.LOG),  # exact + children; excluded from row 2
+        (f"{d}/sub/at.txt", 0b0010, ActionBits.LOG | ActionBits.AUDIT_BLOCK),
     ]
     assert all(r.header.generation == 7 for r in recs)
 
@@ -165,7 +160,7 @@ def test_first_component_filter(
     tables = part_tables(
         "file",
         ops,
-        [(0b111, 0, ACTION_LOG)],
+        [(0b111, 0, ActionBits.LOG)],
         any_path=0b100,  # selector 2: every path
         exact={"/stockade-head-a/x": 0b001},  # selector 0
         recursive_lpm={"/stockade-head-c/": 0b010},  # selector 1: same 11-byte key as a, b
@@ -190,7 +185,7 @@ def test_first_component_filter(
 def test_outside_cgroup_produces_nothing(
     collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
 ) -> None:
-    block = [(1, 0, ACTION_ALERT | ACTION_BLOCK)]
+    block = [(1, 0, ActionBits.ALERT | ActionBits.BLOCK)]
     parts: dict[PartName, PartTables] = {
         "file": part_tables("file", {op: 1 for op in FILE_OPS}, block, any_path=1),
         "process": part_tables("process", {"fork": 1, "exec": 1}, block, any_path=1, any_name=1),
@@ -208,7 +203,7 @@ def test_blocked_exec_never_runs(collector: Collector, cgroup: Cgroup, load: Loa
     tables = part_tables(
         "process",
         {"exec": 0b1},
-        [(0b1, 0, ACTION_ALERT | ACTION_BLOCK)],
+        [(0b1, 0, ActionBits.ALERT | ActionBits.BLOCK)],
         exact={"/usr/bin/echo": 0b1},
         any_name=0b1,
     )
@@ -216,14 +211,16 @@ def test_blocked_exec_never_runs(collector: Collector, cgroup: Cgroup, load: Loa
     res, recs = collector.run(["/bin/sh", "-c", "/bin/echo MARKER-NEVER; echo after"], cgroup)
     assert "MARKER-NEVER" not in res.stdout
     assert res.stdout == "after\n"
-    procs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.kind == KIND_PROCESS]
+    procs = [
+        r for r in recs if isinstance(r, ProcessRecord) and r.header.kind == RecordKind.PROCESS
+    ]
     assert len(procs) == 1
     p = procs[0]
     assert p.executable == "/usr/bin/echo"
     assert p.args == ["/bin/echo", "MARKER-NEVER"]
     assert p.header.outcome == "killed"
-    assert p.header.actions == ACTION_ALERT | ACTION_BLOCK
-    exits = [r for r in recs if isinstance(r, ProcessRecord) and r.header.kind == KIND_EXIT]
+    assert p.header.actions == ActionBits.ALERT | ActionBits.BLOCK
+    exits = [r for r in recs if isinstance(r, ProcessRecord) and r.header.kind == RecordKind.EXIT]
     assert [(e.header.tgid, e.exit_code & 0x7F) for e in exits] == [(p.header.tgid, 9)]
 
 
@@ -233,7 +230,7 @@ def test_process_name_interactive_and_fork(
     tables = part_tables(
         "process",
         {"exec": 0b011, "fork": 0b100},
-        [(0b001, 0, ACTION_LOG), (0b010, 0, ACTION_ALERT), (0b100, 0, ACTION_LOG)],
+        [(0b001, 0, ActionBits.LOG), (0b010, 0, ActionBits.ALERT), (0b100, 0, ActionBits.LOG)],
         names={"true": 0b001},
         any_path=0b111,
         any_name=0b110,
@@ -242,9 +239,9 @@ def test_process_name_interactive_and_fork(
     load(Bundle(5, {cgroup.id: {"process": 0b111}}, {"process": tables}))
     res, recs = collector.run(["/bin/sh", "-c", "/bin/true; /bin/echo x"], cgroup)
     assert res.returncode == 0
-    execs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == 1]
+    execs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == Hook.EXEC]
     assert [(r.comm, r.header.matched, r.interactive) for r in execs] == [("true", 0b001, False)]
-    forks = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == 2]
+    forks = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == Hook.FORK]
     assert len(forks) == 2  # sh forks for true and echo
     sh_pid = forks[0].header.ppid
     assert all(f.header.ppid == sh_pid and f.header.pid != sh_pid for f in forks)
@@ -252,11 +249,11 @@ def test_process_name_interactive_and_fork(
     # with a controlling terminal (script allocates a pty and makes a new session)
     res, recs = collector.run(["script", "-qec", "/bin/true", "/dev/null"], cgroup)
     assert res.returncode == 0, res.stderr
-    execs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == 1]
+    execs = [r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == Hook.EXEC]
     true_rec = [r for r in execs if r.comm == "true"]
     assert len(true_rec) == 1
     assert true_rec[0].interactive and true_rec[0].header.matched == 0b011
-    assert true_rec[0].header.actions == ACTION_LOG | ACTION_ALERT
+    assert true_rec[0].header.actions == ActionBits.LOG | ActionBits.ALERT
     assert true_rec[0].sid != 0 and true_rec[0].tty_major != 0
 
 
@@ -269,7 +266,7 @@ def test_volume_kinds(collector: Collector, cgroup: Cgroup, workdir: Path, load:
     tables = part_tables(
         "file",
         {op: 0b111 for op in FILE_OPS},
-        [(0b111, 0, ACTION_LOG)],
+        [(0b111, 0, ActionBits.LOG)],
         any_path=0b111,
         ignore_files=0b010,
         ignore_mounts=0b100,

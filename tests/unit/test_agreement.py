@@ -21,12 +21,12 @@ from stockade.policy.loader import YamlDocument, load_document
 from stockade.policy.model import Action, PartName
 from stockade.policy.rules import check
 from stockade.policy.tables import (
-    ActionBits,
     Operation,
     PartTables,
     container_masks,
     selector_names,
 )
+from stockade.sensor.abi import ActionBits
 
 DIRS = ["/", "/usr", "/usr/bin", "/usr/local", "/usr/local/bin", "/etc", "/etc/ssl"]
 FILES = [d.rstrip("/") + "/" + n for d in DIRS for n in ("a", "bin", "etc")]

@@ -16,7 +16,8 @@ from stockade.policy.compiler import (
 )
 from stockade.policy.document import PolicyDocument
 from stockade.policy.predicates import Workload
-from stockade.policy.tables import ActionBits, Operation, PartTables, container_masks
+from stockade.policy.tables import Operation, PartTables, container_masks
+from stockade.sensor.abi import ActionBits
 
 from .helpers import SPEC_RESPONSES_EXAMPLE, manifest, policy
 

@@ -12,12 +12,12 @@ from stockade.policy.document import PolicyDocument
 from stockade.policy.evaluator import Decision, Event, evaluate
 from stockade.policy.model import Action
 from stockade.policy.tables import (
-    ActionBits,
     Operation,
     PartTables,
     container_masks,
     selector_names,
 )
+from stockade.sensor.abi import ActionBits
 
 from .helpers import SPEC_RESPONSES_EXAMPLE, event, manifest, policy
 

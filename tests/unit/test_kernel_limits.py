@@ -1,9 +1,7 @@
-"""The compiler refuses bundles the kernel's tables can't hold, and agrees with bpf/stockade.h."""
+"""The compiler refuses bundles the kernel's tables can't hold, and agrees with its limits
+(stockade.sensor.abi, itself checked against the objects' BTF in test_abi.py)."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 
@@ -14,31 +12,15 @@ from stockade.policy.compiler import (
     compile_bundle,
 )
 from stockade.policy.document import PolicyDocument
-from stockade.policy.tables import ALL_TABLES, PathTable, PathTables
-from stockade.sensor.kernel import HEAD_BYTES
+from stockade.policy.tables import PathTables
+from stockade.sensor.abi import Const, PathTable
 
 from .helpers import policy
 
-HEADER = Path(__file__).resolve().parents[2] / "bpf" / "stockade.h"
-
-
-def _define(name: str) -> int:
-    found = re.search(rf"^#define {name} (\d+)", HEADER.read_text(), re.MULTILINE)
-    assert found, name
-    return int(found.group(1))
-
 
 def test_limits_match_the_kernel() -> None:
-    assert _define("STK_MAX_RESPONSES") == MAX_RESPONSES_PER_BUNDLE_PART
-    assert _define("STK_MASK_WORDS") * 64 == MAX_SELECTORS_PER_BUNDLE_PART
-    assert _define("STK_HEAD_BYTES") == HEAD_BYTES
-
-
-def test_path_table_bits_match_the_kernel() -> None:
-    text = HEADER.read_text()
-    for table in PathTable:
-        assert f"STK_TABLE_{table.name} = {table.value}," in text
-    assert f"STK_TABLE_ALL = {ALL_TABLES.value}," in text
+    assert Const.MAX_RESPONSES == MAX_RESPONSES_PER_BUNDLE_PART
+    assert Const.MASK_WORDS * 64 == MAX_SELECTORS_PER_BUNDLE_PART
 
 
 def test_heads_name_the_tables_under_each_first_component() -> None:

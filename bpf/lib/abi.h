@@ -1,23 +1,23 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Stockade: layouts shared by the BPF programs (stockade.bpf.c) and the
- * Python loader (stockade/sensor/maps.py, stockade/sensor/records.py).
- * Any change here must bump STK_RECORD_VERSION and update both.
+ * The kernel ABI: every constant, enum and layout shared by the BPF programs and user space
+ * (stockade/sensor/abi.py mirrors each one by name; tests/unit/test_abi.py compares the two
+ * through the objects' BTF, so a change on one side only fails there). Enums, not #defines,
+ * so that they reach the BTF. Change both sides together; a record layout change also bumps
+ * STK_RECORD_VERSION (docs/kernel.md, "The kernel ABI").
  */
-#ifndef STOCKADE_H
-#define STOCKADE_H
+#ifndef STK_ABI_H
+#define STK_ABI_H
 
-#define STK_RECORD_VERSION 1
-#define STK_MASK_WORDS 16          /* 1024 selector bits per policy part */
-#define STK_MATCH_MAX 255          /* paths longer than this never match exact/children */
-#define STK_PATH_KEY 256           /* zero-padded path key bytes */
-#define STK_LPM_PATH 255           /* path bytes in an LPM key (1 tag byte + 255 = 256) */
-#define STK_PATH_REC_MAX 4095      /* paths in records are truncated to this many bytes */
-#define STK_ARGS_MAX 1023          /* argv bytes in a process record */
-#define STK_MAX_DEPTH 64           /* path components walked per path */
-#define STK_MAX_RESPONSES 1024     /* response rows per slot and part (= the compiler's limit) */
-#define STK_MAX_CGROUP_DEPTH 32    /* cgroup levels searched for a listed ancestor */
-#define STK_HEAD_BYTES 11          /* first-component bytes in a path_heads key */
+enum stk_const {
+	STK_RECORD_VERSION = 1,
+	STK_MASK_WORDS = 16,       /* 1024 selector bits per policy part */
+	STK_PATH_KEY = 256,        /* zero-padded path key bytes */
+	STK_LPM_PATH = 255,        /* path bytes in an LPM key (1 tag byte + 255 = 256) */
+	STK_HEAD_BYTES = 11,       /* first-component bytes in a stk_path_heads key */
+	STK_OP_SLOTS = 8,          /* stk_op_masks index = slot * STK_OP_SLOTS + op */
+	STK_MAX_RESPONSES = 1024,  /* response rows per slot and part (= the compiler's limit) */
+};
 
 enum stk_part { STK_PART_PROCESS = 0, STK_PART_FILE = 1 };
 
@@ -31,9 +31,13 @@ enum stk_op {
 	STK_OP_DELETE_FILE = 6,
 	STK_OP_COUNT = 7,
 };
-#define STK_OP_SLOTS 8 /* op_masks index = slot * STK_OP_SLOTS + op */
 
-enum stk_action { STK_LOG = 1, STK_ALERT = 2, STK_BLOCK = 4, STK_AUDIT_BLOCK = 8 };
+enum stk_action { /* bits */
+	STK_ACTION_LOG = 1,
+	STK_ACTION_ALERT = 2,
+	STK_ACTION_BLOCK = 4,
+	STK_ACTION_AUDIT_BLOCK = 8, /* audit mode: reported as would-block, never done */
+};
 
 enum stk_outcome {
 	STK_OUTCOME_ALLOWED = 0,     /* nothing blocked */
@@ -42,9 +46,9 @@ enum stk_outcome {
 	STK_OUTCOME_DENIED = 3,      /* lsm mode: -EPERM returned before the operation */
 };
 
-enum stk_volume { STK_VOL_NONE = 0, STK_VOL_MOUNT = 1, STK_VOL_FILE = 2 };
+enum stk_volume { STK_VOLUME_NONE = 0, STK_VOLUME_MOUNT = 1, STK_VOLUME_FILE = 2 };
 
-enum stk_kind { STK_REC_PROCESS = 1, STK_REC_FILE = 2, STK_REC_EXIT = 3 };
+enum stk_kind { STK_KIND_PROCESS = 1, STK_KIND_FILE = 2, STK_KIND_EXIT = 3 };
 
 enum stk_hook {
 	STK_HOOK_EXEC = 1,
@@ -84,12 +88,12 @@ enum stk_hook {
 enum stk_stat {
 	STK_STAT_RB_FAIL = 0,        /* ring-buffer output failed (record lost) */
 	STK_STAT_INFLIGHT_FAIL = 1,  /* could not stash syscall args */
-	STK_STAT_PATH_TRUNC = 2,     /* a path was truncated (depth or length) */
+	STK_STAT_PATH_TRUNCATED = 2, /* a path was truncated (depth or length) */
 	STK_STAT_RECORDS = 3,        /* records written */
 	STK_STAT_KILLS = 4,          /* SIGKILLs sent */
 	STK_STAT_KILL_FAIL = 5,      /* bpf_send_signal failures */
 	STK_STAT_DENIALS = 6,        /* lsm mode: -EPERM returned */
-	STK_STAT_COUNT = 8,
+	STK_STAT_COUNT = 8,          /* stk_stats entries (one spare) */
 };
 
 struct stk_mask {
@@ -120,7 +124,7 @@ struct stk_lpm_key {
 };
 
 /*
- * path_heads hash (tag = slot << 8 | part): the first component of every
+ * stk_path_heads hash (tag = slot << 8 | part): the first component of every
  * exact, children and recursive path in a slot's tables → the STK_TABLE_*
  * bits of the tables with entries under it, so that a path is looked up only
  * where something can match, and not walked when nothing can. len is the
@@ -146,7 +150,7 @@ struct stk_name_key {
 	char comm[16];
 };
 
-/* part_masks index = slot * 2 + part */
+/* stk_part_masks index = slot * 2 + part */
 struct stk_part_masks {
 	struct stk_mask any_path;
 	struct stk_mask any_name;
@@ -229,5 +233,47 @@ struct stk_file_rec {
 	char comm[16];
 	char path[];
 }; /* fixed part: 192 + 40 = 232 bytes */
+
+/* probe.bpf.c's state in .bss: written and read by stockade/sensor/probe.py */
+struct stk_probe_state {
+	__u32 target_ppid;
+	__u32 hits;
+	__s64 ret;
+};
+
+/*
+ * Not used by any program: names every enum and struct above so that clang puts them in
+ * every object's BTF (it emits only the types that maps, globals and function arguments
+ * reach), where tests/unit/test_abi.py reads them. In a section libbpf does not load: no
+ * map, no code.
+ */
+struct stk_abi {
+	enum stk_const constants;
+	enum stk_part part;
+	enum stk_op op;
+	enum stk_action action;
+	enum stk_outcome outcome;
+	enum stk_volume volume;
+	enum stk_kind kind;
+	enum stk_hook hook;
+	enum stk_stat stat;
+	enum stk_table table;
+	struct stk_mask mask;
+	struct stk_cgroup_key cgroup_key;
+	struct stk_cgroup_val cgroup_val;
+	struct stk_path_key path_key;
+	struct stk_lpm_key lpm_key;
+	struct stk_head_key head_key;
+	struct stk_name_key name_key;
+	struct stk_part_masks part_masks;
+	struct stk_response response;
+	struct stk_control control;
+	struct stk_rec_hdr rec_hdr;
+	struct stk_probe_state probe_state;
+};
+
+struct stk_abi stk_abi SEC(".stk_abi");
+struct stk_proc_rec stk_abi_proc_rec SEC(".stk_abi");
+struct stk_file_rec stk_abi_file_rec SEC(".stk_abi");
 
 #endif

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The policy maps: what user space writes per slot (stockade/sensor/kernel.py,
+ * KillSensor.write_slot) and the programs only read. Layouts in abi.h.
+ */
+#ifndef STK_MAPS_H
+#define STK_MAPS_H
+
+#include "common.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stk_control);
+} stk_control SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct stk_cgroup_key);
+	__type(value, struct stk_cgroup_val);
+} stk_cgroup_masks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * STK_OP_SLOTS);
+	__type(key, __u32);
+	__type(value, struct stk_mask);
+} stk_op_masks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct stk_part_masks);
+} stk_part_masks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct stk_path_key);
+	__type(value, struct stk_mask);
+} stk_exact_paths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct stk_path_key);
+	__type(value, struct stk_mask);
+} stk_child_paths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct stk_lpm_key);
+	__type(value, struct stk_mask);
+} stk_recursive_paths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct stk_head_key);
+	__type(value, __u8);
+} stk_path_heads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct stk_name_key);
+	__type(value, struct stk_mask);
+} stk_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * STK_MAX_RESPONSES);
+	__type(key, __u32);
+	__type(value, struct stk_response);
+} stk_responses SEC(".maps");
+
+#endif

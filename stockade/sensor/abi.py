@@ -1,0 +1,364 @@
+"""The kernel ABI on the Python side: bpf/lib/abi.h's enums and layouts, each once.
+
+Every enum here mirrors the C enum named in `C_ENUMS` member by member (`Op.EXEC` is
+`STK_OP_EXEC`; a C enumerator `*_COUNT` is a bound, not a member), and every `Layout` the
+C struct it names, field by field (explicit padding included). tests/unit/test_abi.py
+compares both with the BTF of the built objects, so a change made on one side only fails
+there. See docs/kernel.md, "The kernel ABI".
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from enum import IntEnum, IntFlag
+from typing import Any, Final
+
+__all__ = [
+    "CGROUP_KEY",
+    "CGROUP_VAL",
+    "CONTROL",
+    "C_ENUMS",
+    "FILE_REC",
+    "HEAD_KEY",
+    "LAYOUTS",
+    "LPM_KEY",
+    "MASK",
+    "NAME_KEY",
+    "OPERATIONS",
+    "PART_MASKS",
+    "PATH_KEY",
+    "PROBE_STATE",
+    "PROC_REC",
+    "REC_HDR",
+    "RESPONSE",
+    "SYSCALL_HOOKS",
+    "ActionBits",
+    "Const",
+    "Hook",
+    "Layout",
+    "Op",
+    "Outcome",
+    "Part",
+    "PathTable",
+    "RecordKind",
+    "Stat",
+    "Volume",
+]
+
+
+class Const(IntEnum):
+    """enum stk_const: sizes and limits both sides build on."""
+
+    RECORD_VERSION = 1
+    MASK_WORDS = 16  # u64 words per selector mask: 1024 selectors per part
+    PATH_KEY = 256
+    LPM_PATH = 255
+    HEAD_BYTES = 11
+    OP_SLOTS = 8  # stk_op_masks index = slot * OP_SLOTS + op
+    MAX_RESPONSES = 1024  # response rows per slot and part
+
+
+class Part(IntEnum):
+    """enum stk_part: a bundle's two parts; `name.lower()` is the bundle's part name."""
+
+    PROCESS = 0
+    FILE = 1
+
+
+class Op(IntEnum):
+    """enum stk_op: an operation's bit in op masks and in file records' `ops`."""
+
+    FORK = 0
+    EXEC = 1
+    CREATE_EXECUTABLE = 2
+    MODIFY_EXECUTABLE = 3
+    CREATE_FILE = 4
+    MODIFY_FILE = 5
+    DELETE_FILE = 6
+
+    @property
+    def operation(self) -> str:
+        """The policy language's name, the member's in camelCase (CREATE_FILE: createFile;
+        tests/unit/test_abi.py checks them against `model.ProcessOperation`/`FileOperation`)."""
+        first, *rest = self.name.lower().split("_")
+        return first + "".join(word.capitalize() for word in rest)
+
+
+OPERATIONS: Final[Mapping[str, Op]] = {op.operation: op for op in Op}
+
+
+class ActionBits(IntFlag):
+    """enum stk_action: a response row's actions and a record's."""
+
+    LOG = 1
+    ALERT = 2
+    BLOCK = 4
+    AUDIT_BLOCK = 8  # audit mode: the block the policy asks for is reported, not done
+
+
+class Outcome(IntEnum):
+    """enum stk_outcome: what enforcement did; `name.lower()` is the ECS outcome."""
+
+    ALLOWED = 0
+    KILLED = 1
+    KILL_FAILED = 2
+    DENIED = 3
+
+
+class Volume(IntEnum):
+    """enum stk_volume: where a file is (`name.lower()`: none, mount, file)."""
+
+    NONE = 0
+    MOUNT = 1
+    FILE = 2
+
+
+class RecordKind(IntEnum):
+    """enum stk_kind."""
+
+    PROCESS = 1
+    FILE = 2
+    EXIT = 3
+
+
+class Hook(IntEnum):
+    """enum stk_hook: what made a record. Kill mode's file-syscall hooks are also the BPF
+    cookie of each syscall tracepoint attachment (`SYSCALL_HOOKS`)."""
+
+    EXEC = 1
+    FORK = 2
+    EXIT = 3
+    OPEN = 10
+    OPENAT = 11
+    OPENAT2 = 12
+    CREAT = 13
+    UNLINK = 20
+    UNLINKAT = 21
+    RENAME = 30
+    RENAMEAT = 31
+    RENAMEAT2 = 32
+    LINK = 40
+    LINKAT = 41
+    CHMOD = 50
+    FCHMOD = 51
+    FCHMODAT = 52
+    FCHMODAT2 = 53
+    TRUNCATE = 60
+    FTRUNCATE = 61
+    MKNOD = 70
+    MKNODAT = 71
+    LSM_BPRM_CHECK = 100
+    LSM_TASK_ALLOC = 101
+    LSM_FILE_OPEN = 110
+    LSM_PATH_MKNOD = 111
+    LSM_PATH_UNLINK = 112
+    LSM_PATH_RENAME = 113
+    LSM_PATH_LINK = 114
+    LSM_PATH_CHMOD = 115
+    LSM_PATH_TRUNCATE = 116
+
+    @property
+    def point(self) -> str:
+        """The kernel's name for it: a sched tracepoint, a syscall or an LSM hook."""
+        special = {
+            Hook.EXEC: "sched_process_exec",
+            Hook.FORK: "sched_process_fork",
+            Hook.EXIT: "sched_process_exit",
+            Hook.LSM_BPRM_CHECK: "bprm_check_security",
+        }
+        return special.get(self) or self.name.removeprefix("LSM_").lower()
+
+
+SYSCALL_HOOKS: Final = tuple(h for h in Hook if Hook.OPEN <= h < Hook.LSM_BPRM_CHECK)
+
+
+class Stat(IntEnum):
+    """enum stk_stat: the stk_stats counters; `name.lower()` is the name in stats lines."""
+
+    RB_FAIL = 0
+    INFLIGHT_FAIL = 1
+    PATH_TRUNCATED = 2
+    RECORDS = 3
+    KILLS = 4
+    KILL_FAIL = 5
+    DENIALS = 6
+
+
+class PathTable(IntFlag):
+    """enum stk_table: the path tables as bits (stk_path_heads values)."""
+
+    EXACT = 1
+    CHILDREN = 2
+    RECURSIVE = 4
+    ALL = 7
+
+
+# Python enum → (C enum, its enumerators' prefix)
+C_ENUMS: Final[Mapping[type[IntEnum] | type[IntFlag], tuple[str, str]]] = {
+    Const: ("stk_const", "STK_"),
+    Part: ("stk_part", "STK_PART_"),
+    Op: ("stk_op", "STK_OP_"),
+    ActionBits: ("stk_action", "STK_ACTION_"),
+    Outcome: ("stk_outcome", "STK_OUTCOME_"),
+    Volume: ("stk_volume", "STK_VOLUME_"),
+    RecordKind: ("stk_kind", "STK_KIND_"),
+    Hook: ("stk_hook", "STK_HOOK_"),
+    Stat: ("stk_stat", "STK_STAT_"),
+    PathTable: ("stk_table", "STK_TABLE_"),
+}
+
+
+class Layout(struct.Struct):
+    """A C struct of abi.h as a little-endian `struct.Struct` with its members' names.
+
+    `fields` are (C member, format) in order, padding included; a flexible array member is
+    `"0s"` (its offset is the fixed part's size). `unpack_fields` and `member` read by name.
+    """
+
+    def __init__(self, c_name: str, fields: tuple[tuple[str, str], ...]) -> None:
+        super().__init__("<" + "".join(code for _, code in fields))
+        self.c_name = c_name
+        self.fields = fields
+        self._counts = [
+            len(struct.unpack("<" + c, bytes(struct.calcsize("<" + c)))) for _, c in fields
+        ]
+        self._members = {
+            name: (off, struct.Struct("<" + code))
+            for (name, code), off in zip(fields, self.offsets().values(), strict=True)
+        }
+
+    def offsets(self) -> dict[str, int]:
+        """Each member's byte offset."""
+        out, fmt = {}, "<"
+        for name, code in self.fields:
+            out[name] = struct.calcsize(fmt)
+            fmt += code
+        return out
+
+    def member(self, buffer: bytes, name: str) -> Any:
+        """One member's value (the first, for a member of several values)."""
+        off, member = self._members[name]
+        return member.unpack_from(buffer, off)[0]
+
+    def unpack_fields(self, buffer: bytes, offset: int = 0) -> dict[str, Any]:
+        """Member name → value (a tuple for a member that unpacks to several values)."""
+        values = iter(self.unpack_from(buffer, offset))
+        out: dict[str, Any] = {}
+        for (name, _), n in zip(self.fields, self._counts, strict=True):
+            got = tuple(next(values) for _ in range(n))
+            out[name] = got[0] if n == 1 else got
+        return out
+
+
+_MASK = f"{Const.MASK_WORDS * 8}s"
+MASK: Final = Layout("stk_mask", (("w", _MASK),))
+CGROUP_KEY: Final = Layout("stk_cgroup_key", (("slot", "I"), ("pad", "I"), ("cgroup_id", "Q")))
+CGROUP_VAL: Final = Layout("stk_cgroup_val", (("part", f"{2 * Const.MASK_WORDS * 8}s"),))
+PATH_KEY: Final = Layout("stk_path_key", (("tag", "I"), ("path", f"{Const.PATH_KEY}s")))
+LPM_KEY: Final = Layout(
+    "stk_lpm_key", (("prefixlen", "I"), ("tag", "B"), ("path", f"{Const.LPM_PATH}s"))
+)
+HEAD_KEY: Final = Layout(
+    "stk_head_key", (("tag", "I"), ("len", "B"), ("head", f"{Const.HEAD_BYTES}s"))
+)
+NAME_KEY: Final = Layout("stk_name_key", (("slot", "I"), ("comm", "16s")))
+PART_MASKS: Final = Layout(
+    "stk_part_masks",
+    (
+        ("any_path", _MASK),
+        ("any_name", _MASK),
+        ("req_interactive", _MASK),
+        ("req_non_interactive", _MASK),
+        ("ignore_mounts", _MASK),
+        ("ignore_files", _MASK),
+        ("blocking", _MASK),
+        ("any_head", "I"),
+        ("pad", "I"),
+    ),
+)
+RESPONSE: Final = Layout(
+    "stk_response",
+    (("match", _MASK), ("exclude", _MASK), ("actions", "I"), ("policy", "H"), ("pad", "H")),
+)
+CONTROL: Final = Layout(
+    "stk_control",
+    (("active_slot", "I"), ("pad", "I"), ("generation", "2Q"), ("n_responses", "4I")),
+)
+REC_HDR: Final = Layout(
+    "stk_rec_hdr",
+    (
+        ("version", "H"),
+        ("kind", "H"),
+        ("hook", "H"),
+        ("outcome", "B"),
+        ("slot", "B"),
+        ("size", "I"),
+        ("actions", "I"),
+        ("ktime_ns", "Q"),
+        ("cgroup_id", "Q"),
+        ("generation", "Q"),
+        ("mntns", "I"),
+        ("pid", "I"),
+        ("tgid", "I"),
+        ("ppid", "I"),
+        ("uid", "I"),
+        ("gid", "I"),
+        ("matched", _MASK),
+    ),
+)
+_HDR = f"{REC_HDR.size}s"
+PROC_REC: Final = Layout(
+    "stk_proc_rec",
+    (
+        ("h", _HDR),
+        ("start_time_ns", "Q"),
+        ("parent_start_time_ns", "Q"),
+        ("sid", "I"),
+        ("pgid", "I"),
+        ("tty_index", "I"),
+        ("tty_major", "I"),
+        ("exit_code", "I"),
+        ("interactive", "B"),
+        ("pad", "3s"),
+        ("comm", "16s"),
+        ("exe_len", "H"),
+        ("cwd_len", "H"),
+        ("args_len", "H"),
+        ("pad2", "H"),
+        ("data", "0s"),
+    ),
+)
+FILE_REC: Final = Layout(
+    "stk_file_rec",
+    (
+        ("h", _HDR),
+        ("ops", "I"),
+        ("flags", "I"),
+        ("mode", "I"),
+        ("fmode", "I"),
+        ("volume", "B"),
+        ("path_from_fd", "B"),
+        ("path_len", "H"),
+        ("pad", "I"),
+        ("comm", "16s"),
+        ("path", "0s"),
+    ),
+)
+PROBE_STATE: Final = Layout("stk_probe_state", (("target_ppid", "I"), ("hits", "I"), ("ret", "q")))
+LAYOUTS: Final = (
+    MASK,
+    CGROUP_KEY,
+    CGROUP_VAL,
+    PATH_KEY,
+    LPM_KEY,
+    HEAD_KEY,
+    NAME_KEY,
+    PART_MASKS,
+    RESPONSE,
+    CONTROL,
+    REC_HDR,
+    PROC_REC,
+    FILE_REC,
+    PROBE_STATE,
+)

@@ -1,0 +1,72 @@
+"""stockade/sensor/abi.py and bpf/lib/abi.h agree: every enum value, struct size and member
+offset, read from the BTF of the built objects of both architectures (the host's from
+bpf/.build, the other compiled here: it can't be loaded, but its layouts must be the same)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stockade.policy.model import FileOperation, ProcessOperation
+from stockade.sensor import abi
+from stockade.sensor.libbpf import Btf
+from stockade.sensor.paths import BPF_ARCH, bpf_build_dir
+
+REPO = Path(__file__).resolve().parents[2]
+OTHER_ARCH = "arm64" if BPF_ARCH == "x86" else "x86"
+OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "probe.bpf.o")
+
+
+def build(arch: str, out: Path) -> None:
+    """bpf/build for `arch` into `out` (skips when clang is missing)."""
+    if not shutil.which("clang"):
+        pytest.skip("clang is not installed (bpf/install-deps)")
+    subprocess.run(
+        [str(REPO / "bpf" / "build"), "--arch", arch, "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def other_arch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp(f"bpf-{OTHER_ARCH}")
+    build(OTHER_ARCH, out)
+    return out
+
+
+@pytest.fixture(params=[(a, o) for a in ("host", "other") for o in OBJECTS], ids=str)
+def btf(request: pytest.FixtureRequest) -> Iterator[Btf]:
+    which, name = request.param
+    if which == "host":
+        path = bpf_build_dir() / name
+        if not path.exists():
+            pytest.skip(f"{path} is not built (run bpf/build)")
+    else:
+        path = request.getfixturevalue("other_arch_dir") / name
+    with Btf(path) as b:
+        yield b
+
+
+def test_every_enum_matches(btf: Btf) -> None:
+    for py, (c_name, prefix) in abi.C_ENUMS.items():
+        c = btf.enum(c_name)
+        count = c.pop(prefix + "COUNT", None)  # a loop bound or a map size, not a member
+        assert c == {prefix + name: int(m) for name, m in py.__members__.items()}, c_name
+        if count is not None:
+            assert count >= len(py), c_name
+    assert btf.enum("stk_op")["STK_OP_COUNT"] == len(abi.Op)
+
+
+def test_every_layout_matches(btf: Btf) -> None:
+    for layout in abi.LAYOUTS:
+        size, offsets = btf.struct(layout.c_name)
+        assert (layout.size, layout.offsets()) == (size, offsets), layout.c_name
+
+
+def test_operations_are_the_policy_languages() -> None:
+    assert set(abi.OPERATIONS) == {*ProcessOperation, *FileOperation}
