@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from stockade.policy.compiler import Bundle, configmap_payload
+
+T = TypeVar("T")
 
 NAME_PREFIX = "stockade-node-"
 MAX_NAME = 253  # a ConfigMap name is a DNS subdomain
@@ -16,6 +21,9 @@ CLUSTER_ANNOTATION = "stockade.dev/cluster-name"  # for kubernetesClusterName co
 MANAGED_BY = "stockade-operator"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{COMPONENT_LABEL}=bundle"
+# The apiserver refuses a ConfigMap whose data and binaryData values (decoded) take more
+# than 1 MiB in all (core.MaxSecretSize; checked against a real one in tests/operator).
+MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 def configmap_name(node: str) -> str:
@@ -67,3 +75,70 @@ def configmap(
     if binary_data:
         body["binaryData"] = binary_data
     return body
+
+
+def payload_bytes(body: dict[str, Any]) -> int:
+    """What the apiserver counts against MAX_PAYLOAD_BYTES: the values, binaryData decoded."""
+    data = sum(len(v.encode()) for v in body["data"].values())
+    binary = sum(len(base64.b64decode(v)) for v in (body.get("binaryData") or {}).values())
+    return data + binary
+
+
+@dataclass
+class Fitted(Generic[T]):
+    """A node's ConfigMap with the policies that fit, and those left out with the sizes."""
+
+    body: dict[str, Any]
+    bundle: Bundle
+    bytes: int
+    left_out: list[tuple[T, int, int]]  # (policy, bytes with it, bytes without it)
+    sizes: dict[Hashable, int]  # the payload sizes this fit measured or reused, by key
+
+
+def fit(
+    policies: Sequence[T],
+    build: Callable[[Sequence[T]], tuple[Bundle, dict[str, Any]]],
+    key: Callable[[Sequence[T]], Hashable],
+    sizes: Mapping[Hashable, int],
+    limit: int = MAX_PAYLOAD_BYTES,
+) -> Fitted[T]:
+    """The ConfigMap (from `build`) holding as many of `policies`, in their order, as fit.
+
+    All of them when they fit (one build, the usual case); else each in turn
+    is kept when the bundle with it still fits, so a policy that doesn't fit
+    never holds back a later, smaller one. The empty bundle always fits.
+    `sizes` (by `key`, from the node's previous fit) spares building again the
+    sets measured before: while policies arrive one by one, only the new ones are.
+    """
+    measured: dict[Hashable, int] = {}
+    latest: tuple[Bundle, dict[str, Any]] | None = None  # built by the last size_of, if it built
+
+    def size_of(trial: Sequence[T]) -> int:
+        nonlocal latest
+        k = key(trial)
+        latest = None
+        if k in sizes:
+            measured[k] = sizes[k]
+        else:
+            latest = build(trial)
+            measured[k] = payload_bytes(latest[1])
+        return measured[k]
+
+    kept: list[T] = list(policies)
+    left_out: list[tuple[T, int, int]] = []
+    # Trying them all at once is only worth it when the last fit didn't overflow (one by
+    # one, all of them are kept when all fit: the same result, more builds).
+    overflowed = any(size > limit for size in sizes.values())
+    if overflowed or size_of(kept) > limit:
+        kept = []
+        without, kept_build = size_of(kept), latest
+        for policy in policies:
+            size = size_of([*kept, policy])
+            if size <= limit:
+                kept.append(policy)
+                without, kept_build = size, latest
+            else:
+                left_out.append((policy, size, without))
+        latest = kept_build
+    bundle, body = latest or build(kept)
+    return Fitted(body, bundle, payload_bytes(body), left_out, measured)

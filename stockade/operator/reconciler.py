@@ -13,28 +13,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from stockade.operator import metrics
-from stockade.operator.bundles import configmap, configmap_name
+from stockade.operator.bundles import MAX_PAYLOAD_BYTES, configmap, configmap_name, fit
 from stockade.operator.kube import Kube
 from stockade.operator.objects import PodRef, PolicyKey, PolicyRecord
-from stockade.operator.status import READY, policy_status, update_ledger
-from stockade.policy.compiler import BUNDLE_KEY, CompileError, compile_bundle, encode
-from stockade.policy.document import PolicyDocument
+from stockade.operator.status import (
+    BUNDLE_TOO_LARGE,
+    COMPILING,
+    READY,
+    WRITE_FAILED,
+    NodeProblem,
+    policy_status,
+    update_ledger,
+)
+from stockade.policy.compiler import Bundle, CompileError, compile_bundle
 from stockade.policy.predicates import Workload
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import CounterLedger, PolicyStatus
 
 log = logging.getLogger("stockade.operator")
+# What a write can fail with: the apiserver's refusal, or no answer from it.
+WRITE_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
+BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed bundle write
+BACKOFF_CAP = 30.0
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before retrying after `attempts` failures: doubling up to the cap, with
+    jitter (the upper half of the interval) so many failing nodes don't retry in step."""
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
 @dataclass
@@ -91,6 +110,15 @@ class _Plan:
 
 
 @dataclass
+class _Retry:
+    """A node whose last bundle write failed: what to write, when."""
+
+    attempts: int
+    due: float  # time.monotonic()
+    plan: _Plan
+
+
+@dataclass
 class Reconciler:
     kube: Kube
     options: Options
@@ -104,7 +132,10 @@ class Reconciler:
     policy_nodes: dict[PolicyKey, set[str]] = field(default_factory=lambda: defaultdict(set))
     inputs: dict[str, Hashable] = field(default_factory=dict)
     written: dict[str, Written] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, NodeProblem] = field(default_factory=dict)  # by node
+    refused: dict[str, dict[PolicyKey, NodeProblem]] = field(default_factory=dict)  # by node
+    retries: dict[str, _Retry] = field(default_factory=dict)  # by node
+    sizes: dict[str, dict[Hashable, int]] = field(default_factory=dict)  # by node: `fit`'s
     handled: dict[PolicyKey, tuple[str, int]] = field(default_factory=dict)
     statuses: dict[str, PolicyStatus] = field(default_factory=dict)  # by policy uid
     pods_listed: bool = False  # the pod watch's first list is in (`pods_changed`)
@@ -303,9 +334,13 @@ class Reconciler:
             self._set_targets(node, frozenset(), status_keys)
             self.inputs.pop(node, None)
             self.problems.pop(node, None)
-            gone = self.written.pop(node, None)
-            if gone is not None:
+            self.sizes.pop(node, None)
+            self._set_refused(node, {}, status_keys)
+            gone = self.written.get(node)
+            if gone is not None and not self._waiting(node):
+                del self.written[node]
                 plan.delete = gone.name
+                plan.written = gone
                 status_keys |= set(gone.policies or ())
             status_keys |= {
                 key
@@ -329,44 +364,88 @@ class Reconciler:
                 )
             )
         everyone = [w for ws in by_namespace.values() for w in ws]
-        chosen: list[PolicyDocument] = [
-            r.document
+        chosen: list[PolicyRecord] = [
+            r
             for ns in ["", *namespaces]
             for r in self.ix.policies.get(ns, ())
             if r.document is not None
             and any(r.document.scope.holds(w) for w in (by_namespace[ns] if ns else everyone))
         ]
-        self._set_targets(
-            node, frozenset((d.kind, d.namespace or "", d.name) for d in chosen), status_keys
+        self._set_targets(node, frozenset(r.key for r in chosen), status_keys)
+        resolves_namespaces = any(
+            r.document is not None and r.document.scope.namespace_selector is not None
+            for r in chosen
         )
-        resolves_namespaces = any(d.scope.namespace_selector is not None for d in chosen)
-        memo: Hashable = (
-            node_uid,
-            tuple(sorted((d.kind, d.namespace or "", d.name, d.uid, d.generation) for d in chosen)),
+        # Namespace labels matter to the bundle only through a namespaceSelector.
+        labels_key = (
             tuple((ns, tuple(sorted(labels[ns].items()))) for ns in namespaces)
             if resolves_namespaces
-            else None,
+            else None
         )
-        if self.inputs.get(node) == memo and node not in self.problems:
+        memo: Hashable = (
+            node_uid,
+            tuple(sorted((*r.key, r.uid, r.generation) for r in chosen)),
+            labels_key,
+        )
+        failed = self.problems.get(node)
+        if self.inputs.get(node) == memo and (failed is None or failed.reason == WRITE_FAILED):
+            retry = self.retries.get(node)
+            if retry is not None and not self._waiting(node):
+                return retry.plan  # the same write again, once its back-off is over
             return plan
         self.inputs[node] = memo
         compile_started = time.perf_counter()
+        cluster = self.options.cluster
+
+        def build(records: Sequence[PolicyRecord]) -> tuple[Bundle, dict[str, Any]]:
+            # `records` and `labels` are already the node's: no need to pass (and re-check) pods.
+            documents = [r.document for r in records if r.document is not None]
+            bundle = compile_bundle(documents, node=node, namespace_labels=labels)
+            return bundle, configmap(bundle, node, node_uid, self.options.namespace, cluster)
+
         try:
-            # `chosen` and `labels` are already the node's: no need to pass (and re-check) pods.
-            bundle = compile_bundle(chosen, node=node, namespace_labels=labels)
+            fitted = fit(
+                sorted(chosen, key=lambda r: r.fit_order),
+                build,
+                key=lambda records: (
+                    labels_key,
+                    tuple((*r.key, r.uid, r.generation) for r in records),
+                ),
+                sizes=self.sizes.get(node, {}),
+            )
         except CompileError as exc:
-            self.problems[node] = f"its bundle can't be compiled: {exc}"
+            self.problems[node] = NodeProblem(COMPILING, f"its bundle can't be compiled: {exc}")
             log.warning("bundle not compiled", extra={"node": node, "error": str(exc)})
             status_keys |= self.targets.get(node, frozenset())
             return plan
         metrics.COMPILE_SECONDS.observe(time.perf_counter() - compile_started)
-        if self.problems.pop(node, None) is not None:
+        self.sizes[node] = fitted.sizes
+        if failed is not None and failed.reason == COMPILING:
+            del self.problems[node]
             status_keys |= self.targets.get(node, frozenset())
+        self._set_refused(
+            node,
+            {
+                r.key: NodeProblem(
+                    BUNDLE_TOO_LARGE,
+                    f"left out of its bundle: {with_it} bytes with this policy, {without}"
+                    f" without; a bundle ConfigMap holds at most {MAX_PAYLOAD_BYTES} bytes"
+                    " (room goes to cluster policies first, then the oldest)",
+                )
+                for r, with_it, without in fitted.left_out
+            },
+            status_keys,
+        )
+        if fitted.left_out:
+            log.warning(
+                "policies left out of a bundle too large",
+                extra={"node": node, "policies": [r.label for r, _, _ in fitted.left_out]},
+            )
+        bundle = fitted.bundle
         held = {
             (p["kind"], p["namespace"] or "", p["name"]): (p["uid"], p["generation"])
             for p in bundle["policies"]
         }
-        cluster = self.options.cluster
         written = Written(configmap_name(node), bundle["hash"], node_uid, cluster, held)
         before = self.written.get(node)
         if before is not None and (before.hash, before.owner_uid, before.cluster) == (
@@ -375,16 +454,44 @@ class Reconciler:
             written.cluster,
         ):
             self.written[node] = written
+            self._write_done(node, status_keys)
             if before.policies is None:
                 status_keys |= set(held)
             return plan
         status_keys |= set(held) | set(before.policies or ()) if before else set(held)
-        plan.write = configmap(bundle, node, node_uid, self.options.namespace, cluster)
+        plan.write = fitted.body
         plan.written = written
         plan.exists = before is not None
-        plain = plan.write["data"].get(BUNDLE_KEY)  # the canonical JSON, when not gzipped
-        plan.bytes = len(plain.encode()) if plain is not None else len(encode(bundle))
+        plan.bytes = fitted.bytes
+        retry = self.retries.get(node)
+        if retry is not None and self._waiting(node):
+            retry.plan = plan  # written when the node's back-off is over
+            return _Plan(node)
         return plan
+
+    def _set_refused(
+        self, node: str, refused: dict[PolicyKey, NodeProblem], status_keys: set[PolicyKey]
+    ) -> None:
+        before = self.refused.get(node, {})
+        status_keys |= {
+            k for k in before.keys() | refused.keys() if before.get(k) != refused.get(k)
+        }
+        if refused:
+            self.refused[node] = refused
+        else:
+            self.refused.pop(node, None)
+
+    def _waiting(self, node: str) -> bool:
+        """Whether the node's bundle write failed and its back-off isn't over yet."""
+        retry = self.retries.get(node)
+        return retry is not None and time.monotonic() < retry.due
+
+    def _write_done(self, node: str, status_keys: set[PolicyKey]) -> None:
+        self.retries.pop(node, None)
+        failed = self.problems.get(node)
+        if failed is not None and failed.reason == WRITE_FAILED:
+            del self.problems[node]
+            status_keys |= self.targets.get(node, frozenset())
 
     async def _apply(self, plan: _Plan, status_keys: set[PolicyKey]) -> None:
         try:
@@ -401,14 +508,32 @@ class Reconciler:
                     "bundle written",
                     extra={"node": plan.node, "hash": plan.written.hash, "bytes": plan.bytes},
                 )
-        except ApiException as exc:
-            metrics.ERRORS.labels(op="bundle").inc()
-            log.warning("bundle write failed", extra={"node": plan.node, "error": str(exc)})
-            self.problems[plan.node] = f"writing its bundle failed ({exc.status} {exc.reason})"
-            self.inputs.pop(plan.node, None)
-            status_keys |= self.targets.get(plan.node, frozenset())
-            self.dirty_nodes.add(plan.node)
-            self._later(2.0)
+        except WRITE_ERRORS as exc:
+            self._write_failed(plan, exc, status_keys)
+        else:
+            self._write_done(plan.node, status_keys)
+
+    def _write_failed(self, plan: _Plan, exc: Exception, status_keys: set[PolicyKey]) -> None:
+        """Only this node waits: its next attempt after an exponential back-off (jittered)."""
+        metrics.ERRORS.labels(op="bundle").inc()
+        if plan.delete is not None and plan.written is not None:
+            self.written.setdefault(plan.node, plan.written)  # still there: delete it again
+        retry = self.retries.get(plan.node)
+        attempts = retry.attempts + 1 if retry is not None else 1
+        delay = backoff(attempts)
+        self.retries[plan.node] = _Retry(attempts, time.monotonic() + delay, plan)
+        why = (
+            f"the apiserver refused it ({exc.status} {exc.reason})"
+            if isinstance(exc, ApiException)
+            else f"the apiserver wasn't reached ({type(exc).__name__})"
+        )
+        log.warning(
+            "bundle write failed",
+            extra={"node": plan.node, "error": str(exc), "attempts": attempts, "retry": delay},
+        )
+        self.problems[plan.node] = NodeProblem(WRITE_FAILED, f"writing its bundle failed: {why}")
+        status_keys |= self.targets.get(plan.node, frozenset())
+        asyncio.get_running_loop().call_later(delay, self.node_changed, plan.node)
 
     # --- statuses -----------------------------------------------------------------
 
@@ -457,7 +582,11 @@ class Reconciler:
                 record,
                 targeted=targeted,
                 bundled=bundled,
-                node_problems={n: self.problems[n] for n in targeted if n in self.problems},
+                node_problems={
+                    n: p
+                    for n in targeted
+                    if (p := self.refused.get(n, {}).get(key) or self.problems.get(n))
+                },
                 reports=reports,
                 ledger=ledger,
                 previous=previous,
@@ -476,8 +605,8 @@ class Reconciler:
             await self.kube.put_policy_status(
                 record.kind, record.namespace, record.name, _dump(status)
             )
-        except ApiException as exc:
-            if exc.status == 404:  # deleted meanwhile
+        except WRITE_ERRORS as exc:
+            if isinstance(exc, ApiException) and exc.status == 404:  # deleted meanwhile
                 return
             metrics.ERRORS.labels(op="status").inc()
             log.warning("status write failed", extra={"policy": record.label, "error": str(exc)})
@@ -499,7 +628,7 @@ class Reconciler:
                     record.kind, record.namespace, record.name, record.uid,
                     ready.reason, ready.message, self.options.component,
                 )  # fmt: skip
-            except ApiException as exc:
+            except WRITE_ERRORS as exc:
                 log.warning("event not posted", extra={"policy": record.label, "error": str(exc)})
 
 
