@@ -38,8 +38,7 @@ from stockade.operator.status import (
     policy_status,
     update_ledger,
 )
-from stockade.policy.compiler import Bundle, CompileError, compile_bundle
-from stockade.policy.predicates import Workload
+from stockade.policy.compiler import Bundle, CompileError, applicable, compile_bundle
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import CounterLedger, PolicyStatus
 
@@ -350,26 +349,25 @@ class Reconciler:
             return plan
         pods = [p.pod() for p in self.ix.pods.get(node, {}).values()]
         namespaces = sorted({p.namespace for p in pods})
-        labels = {ns: dict(_first(self.ix.namespaces, ns, {})) for ns in namespaces}
-        # One Workload per pod (not per policy and pod), grouped by namespace: a
-        # ContainerPolicy can only select pods of its own namespace.
-        by_namespace: dict[str, list[Workload]] = defaultdict(list)
-        for p in pods:
-            by_namespace[p.namespace].append(
-                Workload(
-                    namespace=p.namespace,
-                    pod_name=p.name,
-                    pod_labels=dict(p.labels),
-                    namespace_labels=labels[p.namespace],
-                )
-            )
-        everyone = [w for ws in by_namespace.values() for w in ws]
-        chosen: list[PolicyRecord] = [
-            r
+        # Only known namespaces have labels: an unknown one is selected by no
+        # namespaceSelector until its watch event comes (which marks its nodes).
+        labels = {
+            ns: dict(known)
+            for ns in namespaces
+            if (known := _first(self.ix.namespaces, ns)) is not None
+        }
+        # A ContainerPolicy can only select pods of its own namespace.
+        candidates = {
+            id(r.document): r
             for ns in ["", *namespaces]
             for r in self.ix.policies.get(ns, ())
             if r.document is not None
-            and any(r.document.scope.holds(w) for w in (by_namespace[ns] if ns else everyone))
+        }
+        chosen = [
+            candidates[id(d)]
+            for d in applicable(
+                [r.document for r in candidates.values() if r.document is not None], pods, labels
+            )
         ]
         self._set_targets(node, frozenset(r.key for r in chosen), status_keys)
         resolves_namespaces = any(
@@ -378,7 +376,10 @@ class Reconciler:
         )
         # Namespace labels matter to the bundle only through a namespaceSelector.
         labels_key = (
-            tuple((ns, tuple(sorted(labels[ns].items()))) for ns in namespaces)
+            tuple(
+                (ns, tuple(sorted(labels[ns].items())) if ns in labels else None)
+                for ns in namespaces
+            )
             if resolves_namespaces
             else None
         )

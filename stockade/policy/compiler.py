@@ -97,17 +97,40 @@ def _scope(doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]
     return {"namespaces": namespaces, "podSelector": _selector_dump(scope.pod_selector)}
 
 
-def applies_to_pod(
-    doc: PolicyDocument, pod: Pod, namespace_labels: Mapping[str, Mapping[str, str]]
-) -> bool:
-    labels = namespace_labels.get(pod.namespace)
-    workload = Workload(
-        namespace=pod.namespace,
-        pod_name=pod.name,
-        pod_labels=dict(pod.labels),
-        namespace_labels=dict(labels) if labels is not None else None,
-    )
-    return doc.scope.holds(workload)
+def applicable(
+    documents: Iterable[PolicyDocument],
+    pods: Iterable[Pod],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> list[PolicyDocument]:
+    """The documents whose scope selects at least one of `pods`, in their order.
+
+    The one scoping rule, for `compile --pods` and the operator alike. A
+    namespace missing from `namespace_labels` is unknown, and a
+    namespaceSelector never selects an unknown namespace, not even with
+    `NotIn` or `DoesNotExist` (an unknown fact that is needed fails, as in
+    `Scope.holds`; the bundle's scope, from the same labels, agrees). A
+    ContainerPolicy is checked only against the pods of its own namespace.
+    """
+    by_namespace: dict[str, list[Workload]] = defaultdict(list)
+    for pod in pods:
+        labels = namespace_labels.get(pod.namespace)
+        by_namespace[pod.namespace].append(
+            Workload(
+                namespace=pod.namespace,
+                pod_name=pod.name,
+                pod_labels=dict(pod.labels),
+                namespace_labels=dict(labels) if labels is not None else None,
+            )
+        )
+    everyone = [w for ws in by_namespace.values() for w in ws]
+    return [
+        d
+        for d in documents
+        if any(
+            d.scope.holds(w)
+            for w in (everyone if d.scope.namespace is None else by_namespace[d.scope.namespace])
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -321,8 +344,7 @@ def compile_bundle(
     chosen = sorted(documents, key=_sort_key)
     if pods is not None:
         pod_list = list(pods)
-        labels = namespace_labels or {}
-        chosen = [d for d in chosen if any(applies_to_pod(d, p, labels) for p in pod_list)]
+        chosen = applicable(chosen, pod_list, namespace_labels or {})
         # Only the namespaces of the node's pods can matter to its bundle.
         if namespace_labels is not None:
             on_node = {p.namespace for p in pod_list}
