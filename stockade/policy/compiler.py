@@ -154,28 +154,38 @@ class _Fragment:
     responses: tuple[tuple[int, int, tuple[str, ...]], ...]  # match, exclude, actions
 
 
-# id(document) → (weak reference to it, {part: fragment}). An entry leaves with its
-# document (a new generation, or a re-parse, is a new document), so the cache keeps
-# nothing alive; documents are never mutated.
-_FRAGMENTS: dict[int, tuple[weakref.ref[PolicyDocument], dict[PartName, _Fragment | None]]] = {}
+class FragmentCache:
+    """Each document's compiled parts, for compiling it into many bundles (the operator).
 
+    By document object (a new generation, or a re-parse, is a new document): an
+    entry leaves with its document, so the cache keeps nothing alive; documents
+    are never mutated. `compile_bundle` without one builds every fragment afresh.
+    """
 
-def _forget(key: int, ref: weakref.ref[PolicyDocument]) -> None:
-    entry = _FRAGMENTS.get(key)
-    if entry is not None and entry[0] is ref:
-        del _FRAGMENTS[key]
+    def __init__(self) -> None:
+        # id(document) → (weak reference to it, {part: fragment})
+        self._entries: dict[
+            int, tuple[weakref.ref[PolicyDocument], dict[PartName, _Fragment | None]]
+        ] = {}
 
+    def __len__(self) -> int:
+        return len(self._entries)
 
-def _fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
-    key = id(doc)
-    entry = _FRAGMENTS.get(key)
-    if entry is None or entry[0]() is not doc:
-        entry = (weakref.ref(doc, lambda ref: _forget(key, ref)), {})
-        _FRAGMENTS[key] = entry
-    parts = entry[1]
-    if part_name not in parts:
-        parts[part_name] = _build_fragment(doc, part_name)
-    return parts[part_name]
+    def fragment(self, doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
+        key = id(doc)
+        entry = self._entries.get(key)
+        if entry is None or entry[0]() is not doc:
+            entry = (weakref.ref(doc, lambda ref: self._forget(key, ref)), {})
+            self._entries[key] = entry
+        parts = entry[1]
+        if part_name not in parts:
+            parts[part_name] = _build_fragment(doc, part_name)
+        return parts[part_name]
+
+    def _forget(self, key: int, ref: weakref.ref[PolicyDocument]) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._entries[key]
 
 
 def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
@@ -245,8 +255,9 @@ def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | Non
 class _PartCompiler:
     """Assigns bits to one part's selectors across policies and builds its tables."""
 
-    def __init__(self, part: PartName) -> None:
+    def __init__(self, part: PartName, cache: FragmentCache) -> None:
         self.part = part
+        self.cache = cache
         self.selectors: list[dict[str, Any]] = []
         self.operations: dict[str, set[int]] = {op: set() for op in PART_OPERATIONS[part]}
         self.paths: dict[str, dict[str, set[int]]] = {
@@ -263,7 +274,7 @@ class _PartCompiler:
         self.responses: list[dict[str, Any]] = []
 
     def add(self, policy_index: int, doc: PolicyDocument) -> None:
-        fragment = _fragment(doc, self.part)
+        fragment = self.cache.fragment(doc, self.part)
         if fragment is None:
             return
         offset = len(self.selectors)
@@ -335,11 +346,12 @@ def compile_bundle(
     node: str | None = None,
     pods: Iterable[Pod] | None = None,
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    cache: FragmentCache | None = None,
 ) -> Bundle:
     """Compile the documents that apply to at least one of `pods` (all, when None).
 
     `namespace_labels` maps namespace → labels; ClusterContainerPolicies with a
-    namespaceSelector need it.
+    namespaceSelector need it. `cache`: fragments kept from earlier bundles.
     """
     chosen = sorted(documents, key=_sort_key)
     if pods is not None:
@@ -355,7 +367,8 @@ def compile_bundle(
             "two policies share a kind and name: "
             + ", ".join(sorted(f"{k} {n}" for k, n in set(keys) if keys.count((k, n)) > 1))
         )
-    parts = {part: _PartCompiler(part) for part in PART_OPERATIONS}
+    cache = cache if cache is not None else FragmentCache()
+    parts = {part: _PartCompiler(part, cache) for part in PART_OPERATIONS}
     policies = []
     for index, doc in enumerate(chosen):
         policies.append(

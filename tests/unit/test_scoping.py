@@ -7,6 +7,10 @@ operator's planning as empty, so a `NotIn` selector chose differently.
 
 from __future__ import annotations
 
+from typing import Any
+
+from stockade.operator.objects import PodRef, policy_record
+from stockade.operator.targeting import Indexes, Targeting
 from stockade.policy.compiler import Pod, applicable, compile_bundle
 from stockade.policy.document import PolicyDocument
 from stockade.policy.predicates import Workload
@@ -43,3 +47,29 @@ def test_an_unknown_namespace_is_selected_by_no_namespace_selector() -> None:
     assert bundle["policies"][0]["scope"]["namespaces"] == ["known"]
     assert container_masks(bundle, Workload(namespace="known"))["process"] == 1
     assert container_masks(bundle, Workload(namespace="ghost"))["process"] == 0
+
+
+def test_the_operator_decides_as_the_compiler() -> None:
+    body = manifest("ClusterContainerPolicy", NOT_DEV, name="not-dev", namespace=None)
+    body["metadata"].update(uid="u1", generation=1)
+    record = policy_record(body)
+    assert record.document is not None
+    pods = {
+        "ghost-node": {("ghost", "x"): PodRef("ghost", "x", (), "Running")},
+        "known-node": {("known", "y"): PodRef("known", "y", (), "Running")},
+    }
+    stores: dict[str, Any] = {
+        "namespaces": {"known": [{}]},  # kopf's index: a store per key; "ghost" not seen yet
+        "nodes": {"ghost-node": ["uid-g"], "known-node": ["uid-k"]},
+        "policies": {"": [record]},
+        "reports": {},
+    }
+    ix = Indexes(pods=pods, pod_nodes={}, **stores)
+    targeting = Targeting()
+    for node, expected in (("ghost-node", []), ("known-node", [record.key])):
+        inputs = targeting.inputs(ix, node)
+        assert inputs is not None
+        assert [r.key for r in inputs.policies] == expected
+        node_pods = [p.pod() for p in pods[node].values()]
+        compiled = applicable([record.document], node_pods, inputs.labels)
+        assert len(compiled) == len(expected)
