@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 
 from stockade.operator.bundles import MAX_PAYLOAD_BYTES, configmap_name, payload_bytes
-from tests.integration.conftest import force_delete_namespace
+from tests.integration.conftest import fresh_namespace
 
 from .conftest import Cluster, Kubectl, Operator, wait_for
 from .test_operator import _ready, apply, cpol, mine, read_bundle
@@ -75,13 +75,8 @@ def everywhere(name: str, team: str, mode: str = "enforce") -> dict[str, Any]:
 
 @pytest.fixture
 def other_namespace(kubectl: Kubectl, k8s_api: client.ApiClient, namespace: str) -> Iterator[str]:
-    name = f"{namespace}-other"
-    core = client.CoreV1Api(k8s_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
+    with fresh_namespace(kubectl, k8s_api, f"{namespace}-other") as name:
         yield name
-    finally:
-        force_delete_namespace(kubectl, k8s_api, name)
 
 
 def _status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
