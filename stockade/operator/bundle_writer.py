@@ -20,7 +20,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from stockade.operator import metrics
-from stockade.operator.bundles import MAX_PAYLOAD_BYTES, configmap, configmap_name, fit
+from stockade.operator.bundles import configmap, configmap_name, fit
 from stockade.operator.kube import Kube
 from stockade.operator.objects import PolicyKey, PolicyRecord
 from stockade.operator.status import BUNDLE_TOO_LARGE, COMPILING, WRITE_FAILED, NodeProblem
@@ -102,7 +102,7 @@ class BundleWriter:
         self.problems: dict[str, NodeProblem] = {}  # node → why its bundle isn't current
         self.refused: dict[str, dict[PolicyKey, NodeProblem]] = {}  # node → left out
         self.retries: dict[str, _Retry] = {}
-        self.sizes: dict[str, dict[Hashable, int]] = {}  # node → `fit`'s measured sizes
+        self.sizes: dict[str, dict[Hashable, int | str]] = {}  # node → what `fit` measured
 
     async def load(self) -> None:
         """What is stored (the first pass): only what differs gets written."""
@@ -170,18 +170,17 @@ class BundleWriter:
             {
                 r.key: NodeProblem(
                     BUNDLE_TOO_LARGE,
-                    f"left out of its bundle: {with_it} bytes with this policy, {without}"
-                    f" without; a bundle ConfigMap holds at most {MAX_PAYLOAD_BYTES} bytes"
-                    " (room goes to cluster policies first, then the oldest)",
+                    f"left out of its bundle: {why} (room goes to cluster policies first,"
+                    " then the oldest)",
                 )
-                for r, with_it, without in fitted.left_out
+                for r, why in fitted.left_out
             },
             status_keys,
         )
         if fitted.left_out:
             log.warning(
                 "policies left out of a bundle too large",
-                extra={"node": node, "policies": [r.label for r, _, _ in fitted.left_out]},
+                extra={"node": node, "policies": [r.label for r, _ in fitted.left_out]},
             )
         bundle = fitted.bundle
         held = {

@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from stockade.policy.compiler import Bundle, configmap_payload
+from stockade.policy.compiler import Bundle, CompileError, configmap_payload
 
 T = TypeVar("T")
 
@@ -86,59 +86,78 @@ def payload_bytes(body: dict[str, Any]) -> int:
 
 @dataclass
 class Fitted(Generic[T]):
-    """A node's ConfigMap with the policies that fit, and those left out with the sizes."""
+    """A node's ConfigMap with the policies that fit, and those left out with why."""
 
     body: dict[str, Any]
     bundle: Bundle
     bytes: int
-    left_out: list[tuple[T, int, int]]  # (policy, bytes with it, bytes without it)
-    sizes: dict[Hashable, int]  # the payload sizes this fit measured or reused, by key
+    left_out: list[tuple[T, str]]  # (policy, why: the sizes, or what can't be compiled)
+    sizes: dict[Hashable, int | str]  # what this fit measured or reused, by key
 
 
 def fit(
     policies: Sequence[T],
     build: Callable[[Sequence[T]], tuple[Bundle, dict[str, Any]]],
     key: Callable[[Sequence[T]], Hashable],
-    sizes: Mapping[Hashable, int],
+    sizes: Mapping[Hashable, int | str],
     limit: int = MAX_PAYLOAD_BYTES,
 ) -> Fitted[T]:
     """The ConfigMap (from `build`) holding as many of `policies`, in their order, as fit.
 
     All of them when they fit (one build, the usual case); else each in turn
     is kept when the bundle with it still fits, so a policy that doesn't fit
-    never holds back a later, smaller one. The empty bundle always fits.
-    `sizes` (by `key`, from the node's previous fit) spares building again the
-    sets measured before: while policies arrive one by one, only the new ones are.
+    never holds back a later, smaller one. A bundle that `build` can't compile
+    (more selectors or responses than the kernel's tables hold) doesn't fit
+    either. The empty bundle always fits. `sizes` (by `key`, from the node's
+    previous fit: payload bytes, or the compile error) spares building again
+    the sets measured before: while policies arrive one by one, only the new
+    ones are.
     """
-    measured: dict[Hashable, int] = {}
-    latest: tuple[Bundle, dict[str, Any]] | None = None  # built by the last size_of, if it built
+    measured: dict[Hashable, int | str] = {}
+    latest: tuple[Bundle, dict[str, Any]] | None = None  # built by the last measure, if it built
 
-    def size_of(trial: Sequence[T]) -> int:
+    def measure(trial: Sequence[T]) -> int | str:
         nonlocal latest
         k = key(trial)
         latest = None
         if k in sizes:
             measured[k] = sizes[k]
         else:
-            latest = build(trial)
-            measured[k] = payload_bytes(latest[1])
+            try:
+                latest = build(trial)
+                measured[k] = payload_bytes(latest[1])
+            except CompileError as exc:
+                measured[k] = str(exc)
         return measured[k]
 
+    def fits(size: int | str) -> bool:
+        return isinstance(size, int) and size <= limit
+
     kept: list[T] = list(policies)
-    left_out: list[tuple[T, int, int]] = []
+    left_out: list[tuple[T, str]] = []
     # Trying them all at once is only worth it when the last fit didn't overflow (one by
     # one, all of them are kept when all fit: the same result, more builds).
-    overflowed = any(size > limit for size in sizes.values())
-    if overflowed or size_of(kept) > limit:
+    overflowed = not all(fits(size) for size in sizes.values())
+    if overflowed or not fits(measure(kept)):
         kept = []
-        without, kept_build = size_of(kept), latest
+        without, kept_build = measure(kept), latest
+        if not fits(without):
+            raise CompileError(f"even without policies: {without}")
         for policy in policies:
-            size = size_of([*kept, policy])
-            if size <= limit:
+            size = measure([*kept, policy])
+            if fits(size):
                 kept.append(policy)
                 without, kept_build = size, latest
+            elif isinstance(size, int):
+                left_out.append(
+                    (
+                        policy,
+                        f"{size} bytes with this policy, {without} without; a bundle"
+                        f" ConfigMap holds at most {limit} bytes",
+                    )
+                )
             else:
-                left_out.append((policy, size, without))
+                left_out.append((policy, f"with this policy, {size}"))
         latest = kept_build
     bundle, body = latest or build(kept)
     return Fitted(body, bundle, payload_bytes(body), left_out, measured)

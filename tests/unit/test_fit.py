@@ -1,6 +1,6 @@
 """Which policies a node's bundle keeps when they don't all fit in its ConfigMap.
 
-`fit` with a stand-in for the compiler (a policy is its size in bytes); the
+Mostly with a stand-in for the compiler (a policy is its size in bytes); the
 real compiler and apiserver are in tests/operator/test_isolation.py.
 """
 
@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stockade.operator.bundles import fit
+from stockade.operator.bundles import configmap, fit
 from stockade.operator.objects import policy_record
+from stockade.policy.compiler import compile_bundle
+from stockade.policy.document import PolicyDocument
+
+from .test_compiler import many_selector_policy
 
 
 class Builder:
@@ -36,13 +40,34 @@ def test_one_that_does_not_fit_holds_back_no_later_one() -> None:
     fitted = fit([600, 500, 300, 200], build, key=tuple, sizes={}, limit=1000)
     assert fitted.bundle["policies"] == [600, 300]
     assert fitted.bytes == 900
-    assert fitted.left_out == [(500, 1100, 600), (200, 1100, 900)]  # with it, without
+    limit = "a bundle ConfigMap holds at most 1000 bytes"
+    assert fitted.left_out == [
+        (500, f"1100 bytes with this policy, 600 without; {limit}"),
+        (200, f"1100 bytes with this policy, 900 without; {limit}"),
+    ]
 
     # The next pass, one more policy: only the new trial is built, and the result.
     build.builds.clear()
     again = fit([600, 500, 300, 200, 50], build, key=tuple, sizes=fitted.sizes, limit=1000)
     assert again.bundle["policies"] == [600, 300, 50]
     assert build.builds == [(600, 300, 50)]
+
+
+def test_a_bundle_the_kernel_cant_hold_does_not_fit_either() -> None:
+    """Five policies of 256 file selectors: a bundle holds 1024 per part, so the fifth is
+    left out (real compiler), instead of the node keeping its previous bundle."""
+    docs = [many_selector_policy(f"p{i}", 256, offset=256 * i) for i in range(5)]
+
+    def build(chosen: Sequence[PolicyDocument]) -> tuple[dict[str, Any], dict[str, Any]]:
+        bundle = compile_bundle(chosen, node="n")
+        return bundle, configmap(bundle, "n", "uid", "stockade-system", "")
+
+    fitted = fit(docs, build, key=lambda chosen: tuple(d.name for d in chosen), sizes={})
+    assert [p["name"] for p in fitted.bundle["policies"]] == ["p0", "p1", "p2", "p3"]
+    assert [(d.name, why) for d, why in fitted.left_out] == [
+        ("p4", "with this policy, 1280 file selectors on one node; a bundle holds at most 1024"
+         " per part")
+    ]  # fmt: skip
 
 
 def test_the_order_cluster_policies_then_the_oldest() -> None:
