@@ -101,6 +101,7 @@ class BundleWriter:
         self.written: dict[str, Written] = {}
         self.problems: dict[str, NodeProblem] = {}  # node → why its bundle isn't current
         self.refused: dict[str, dict[PolicyKey, NodeProblem]] = {}  # node → left out
+        self._left_out = 0  # Σ len(refused.values())
         self.retries: dict[str, _Retry] = {}
         self.sizes: dict[str, dict[Hashable, int | str]] = {}  # node → what `fit` measured
 
@@ -235,6 +236,9 @@ class BundleWriter:
             self.refused[node] = refused
         else:
             self.refused.pop(node, None)
+        if len(refused) != len(before):
+            self._left_out += len(refused) - len(before)
+            metrics.LEFT_OUT.set(self._left_out)
 
     def _waiting(self, node: str) -> bool:
         """Whether the node's bundle write failed and its back-off isn't over yet."""

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 BIG = 8
 BUNDLE_ERRORS = 'stockade_operator_errors_total{op="bundle"}'
 BUNDLE_WRITES = 'stockade_operator_bundle_writes_total{op="write"}'
+LEFT_OUT = "stockade_operator_policies_left_out"
 
 
 def big_policy(name: str, namespace: str, seed: int) -> dict[str, Any]:
@@ -175,10 +176,16 @@ def test_oversized_policies_are_left_out_alone(
     assert operator.metrics()[BUNDLE_WRITES] == writes
     assert operator.metrics().get(BUNDLE_ERRORS, 0.0) == errors_before
 
+    assert operator.metrics().get(LEFT_OUT) == 2 * (BIG - 1)
+
+    # Deleted, they leave the bundles and the count.
     for name in names:
         custom.delete_namespaced_custom_object(
             "stockade.dev", "v1alpha1", namespace, "containerpolicies", name
         )
+    wait_for("nothing left out", lambda: operator.metrics().get(LEFT_OUT) == 0)
+    for node in (a, b):
+        wait_for(f"{wide} alone on {node}", holds(core, operator, node, {f"{wide}@2"}, wide, *bigs))
     kubectl("delete", "ccpol", wide)
 
 
