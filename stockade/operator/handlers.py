@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from stockade.operator.objects import PolicyRecord, node_report, policy_record
 from stockade.operator.pods import PodIndex
-from stockade.operator.reconciler import Indexes, Reconciler
+from stockade.operator.reconciler import Reconciler
+from stockade.operator.targeting import Indexes
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import GROUP
 

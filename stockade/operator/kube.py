@@ -14,12 +14,8 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from stockade.operator.bundles import (
-    CLUSTER_ANNOTATION,
-    HASH_ANNOTATION,
-    NODE_ANNOTATION,
-    SELECTOR,
-)
+from stockade.operator.bundles import CLUSTER_ANNOTATION, NODE_ANNOTATION, SELECTOR
+from stockade.policy.bundle import HASH_ANNOTATION
 from stockade.policy.resources import GROUP, VERSION
 
 T = TypeVar("T")

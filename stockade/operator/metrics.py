@@ -23,6 +23,10 @@ COMPILE_SECONDS = Histogram(
     "Time to compile one node's bundle",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
 )
+LEFT_OUT = Gauge(
+    "stockade_operator_policies_left_out",
+    "Policies left out of a node's bundle that can't hold them (per node: BundleTooLarge)",
+)
 STATUS_WRITES = Counter("stockade_operator_status_writes", "Policy status writes")
 ERRORS = Counter("stockade_operator_errors", "Failed writes (retried)", ["op"])
 SYNCED = Gauge("stockade_operator_synced", "1 once the first full reconcile finished")

@@ -53,10 +53,21 @@ class PolicyRecord:
     document: PolicyDocument | None  # None when invalid
     errors: tuple[str, ...]  # "field.path: message", when invalid
     status: PolicyStatus | None  # as stored on the object
+    created: str = ""  # metadata.creationTimestamp (RFC 3339, UTC: sorts as time)
 
     @property
     def key(self) -> PolicyKey:
         return (self.kind, self.namespace, self.name)
+
+    @property
+    def fit_order(self) -> tuple[bool, str, str, str]:
+        """The order in which policies get room in a bundle that can't hold them all.
+
+        Cluster policies first (a namespace's policies must never crowd out a
+        cluster-wide one), then the oldest (a new policy never displaces one
+        already in force), then by namespace and name.
+        """
+        return (bool(self.namespace), self.created, self.namespace, self.name)
 
     @property
     def label(self) -> str:
@@ -97,6 +108,7 @@ def policy_record(body: Mapping[str, Any]) -> PolicyRecord:
         document=loaded.document if loaded.valid else None,
         errors=errors or (() if loaded.valid else ("spec: not a valid policy",)),
         status=status,
+        created=str(meta.get("creationTimestamp") or ""),
     )
 
 

@@ -1,12 +1,11 @@
 """The reconciler: kopf's indexes in, bundle ConfigMaps and policy statuses out.
 
 Watch handlers only mark what changed (nodes, policies, reports) and wake the
-loop; the loop waits until changes pause for `quiet` seconds (at most
-`max_delay` after the first), then handles the whole batch: a rollout of 500
-pods on a node is one compile and at most one write. Nothing is written that
-equals what is stored (bundle hash, owner, status), so a restart or a repeated
-pass writes nothing. A node whose bundle can't be compiled keeps its previous
-one; an invalid policy is left out of every bundle.
+loop; the loop waits until changes pause (`Debouncer`), then handles the
+whole batch: which policies each node needs (`Targeting`), its bundle
+(`BundleWriter`), the statuses of the policies concerned (`StatusWriter`).
+Nothing is written that equals what is stored, so a restart or a repeated
+pass writes nothing.
 """
 
 from __future__ import annotations
@@ -14,50 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import kopf
-from kubernetes.client.exceptions import ApiException
 
 from stockade.operator import metrics
-from stockade.operator.bundles import configmap, configmap_name
+from stockade.operator.bundle_writer import BundleWriter, Plan
+from stockade.operator.debounce import Debouncer
 from stockade.operator.kube import Kube
-from stockade.operator.objects import PodRef, PolicyKey, PolicyRecord
-from stockade.operator.status import READY, policy_status, update_ledger
-from stockade.policy.compiler import BUNDLE_KEY, CompileError, compile_bundle, encode
-from stockade.policy.document import PolicyDocument
-from stockade.policy.predicates import Workload
-from stockade.policy.reports import NodePolicyReport
-from stockade.policy.resources import CounterLedger, PolicyStatus
+from stockade.operator.objects import PolicyKey
+from stockade.operator.status_writer import StatusWriter
+from stockade.operator.targeting import Indexes, Targeting, first
 
 log = logging.getLogger("stockade.operator")
-
-
-@dataclass
-class Indexes:
-    """kopf's indexes (kopf updates these objects in place), and the pods (`pods.PodIndex`)."""
-
-    pods: Mapping[str, Mapping[tuple[str, str], PodRef]]  # node → its pods (bound, not finished)
-    pod_nodes: Mapping[str, Mapping[str, int]]  # namespace → nodes with its pods (and how many)
-    namespaces: kopf.Index[str, dict[str, str]]  # name → labels
-    nodes: kopf.Index[str, str]  # name → uid
-    policies: kopf.Index[str, PolicyRecord]  # namespace ("" = cluster-scoped) → policies
-    reports: kopf.Index[str, NodePolicyReport]  # node → its sensor's report
-
-
-@dataclass(frozen=True)
-class Written:
-    """A node's bundle as stored: `policies` is None when only read back (not compiled)."""
-
-    name: str
-    hash: str
-    owner_uid: str
-    cluster: str
-    policies: Mapping[PolicyKey, tuple[str, int]] | None = None  # key → (uid, generation)
 
 
 @dataclass
@@ -73,23 +40,6 @@ class Options:
     component: str = "stockade-operator"
 
 
-def _first(stores: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    store = stores.get(key)
-    return next(iter(store), default) if store is not None else default
-
-
-@dataclass
-class _Plan:
-    """One pass's work on a node, decided synchronously before the writes run."""
-
-    node: str
-    write: dict[str, Any] | None = None
-    written: Written | None = None
-    delete: str | None = None
-    bytes: int = 0
-    exists: bool = False  # a bundle is stored for the node already
-
-
 @dataclass
 class Reconciler:
     kube: Kube
@@ -100,16 +50,24 @@ class Reconciler:
     dirty_nodes: set[str] = field(default_factory=set)
     dirty_policies: set[PolicyKey] = field(default_factory=set)
     dirty_reports: set[str] = field(default_factory=set)
-    targets: dict[str, frozenset[PolicyKey]] = field(default_factory=dict)
-    policy_nodes: dict[PolicyKey, set[str]] = field(default_factory=lambda: defaultdict(set))
-    inputs: dict[str, Hashable] = field(default_factory=dict)
-    written: dict[str, Written] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
     handled: dict[PolicyKey, tuple[str, int]] = field(default_factory=dict)
-    statuses: dict[str, PolicyStatus] = field(default_factory=dict)  # by policy uid
     pods_listed: bool = False  # the pod watch's first list is in (`pods_changed`)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    targeting: Targeting = field(default_factory=Targeting)
+    bundles: BundleWriter = field(init=False)
+    status: StatusWriter = field(init=False)
+    debounce: Debouncer = field(init=False)
     _leader_checked: tuple[float, bool] = (0.0, False)
+
+    def __post_init__(self) -> None:
+        self.bundles = BundleWriter(
+            self.kube,
+            self.options.namespace,
+            self.options.cluster,
+            targets=self.targeting.of_node,
+            retry=self.node_changed,
+        )
+        self.status = StatusWriter(self.kube, self.options.component, retry=self._status_failed)
+        self.debounce = Debouncer(self.options.quiet, self.options.max_delay)
 
     # --- called by the watch handlers: cheap, no I/O --------------------------
 
@@ -118,29 +76,34 @@ class Reconciler:
 
     def node_changed(self, node: str) -> None:
         self.dirty_nodes.add(node)
-        self._wake.set()
+        self.debounce.wake()
 
     def pods_changed(self, nodes: set[str], listed: bool = False) -> None:
         """From the pod watch: these nodes' pods changed; `listed`: a full list is in."""
         self.dirty_nodes |= nodes
         if listed and not self.pods_listed:
             self.pods_listed = True
-        self._wake.set()
+        self.debounce.wake()
 
     def namespace_changed(self, namespace: str) -> None:
         if self.ix is not None:
             self.dirty_nodes.update(self.ix.pod_nodes.get(namespace, {}))
-            self._wake.set()
+            self.debounce.wake()
 
     def policy_changed(self, key: PolicyKey, uid: str, generation: int, deleted: bool) -> None:
         """Only a new generation matters: the operator's own status writes don't bump it."""
         if deleted or self.handled.get(key) != (uid, generation):
             self.dirty_policies.add(key)
-            self._wake.set()
+            self.debounce.wake()
 
     def report_changed(self, node: str) -> None:
         self.dirty_reports.add(node)
-        self._wake.set()
+        self.debounce.wake()
+
+    def _status_failed(self, key: PolicyKey) -> None:
+        self.dirty_policies.add(key)
+        self.handled.pop(key, None)
+        self.debounce.later(2.0)
 
     # --- the loop --------------------------------------------------------------
 
@@ -149,20 +112,8 @@ class Reconciler:
         loop = asyncio.get_running_loop()
         resync_at = loop.time() + self.options.resync
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, resync_at - loop.time()))
-            except TimeoutError:
+            if not await self.debounce.settle(max(0.0, resync_at - loop.time())):
                 self.full = True
-            first = loop.time()
-            while True:
-                self._wake.clear()
-                left = first + self.options.max_delay - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self._wake.wait(), min(self.options.quiet, left))
-                except TimeoutError:
-                    break
             if self.ix is None or not self.pods_listed:  # kopf or the pod list not ready yet
                 continue
             if self.full:
@@ -173,10 +124,7 @@ class Reconciler:
                 log.exception("reconcile failed; retrying everything in 5 s")
                 metrics.ERRORS.labels(op="reconcile").inc()
                 self.full = True
-                self._later(5.0)
-
-    def _later(self, seconds: float) -> None:
-        asyncio.get_running_loop().call_later(seconds, self._wake.set)
+                self.debounce.later(5.0)
 
     async def is_leader(self) -> bool:
         """kopf's own rule, checked before writing: no live peer has a priority >= ours.
@@ -208,7 +156,7 @@ class Reconciler:
         if not await self.is_leader():
             log.info("not the leader: writing nothing", extra={"peering": self.options.peering})
             self.full = True
-            self._later(5.0)
+            self.debounce.later(5.0)
             return
         started = time.monotonic()
         metrics.RECONCILES.inc()
@@ -219,20 +167,21 @@ class Reconciler:
 
         records = {r.key: r for store in ix.policies.values() for r in store}
         by_uid = {r.uid: r.key for r in records.values()}
+        targeting = self.targeting
         if full:
             if not self.synced:
-                stored = await self.kube.bundle_hashes()
-                self.written = {n: Written(*stored[n]) for n in stored}
-            nodes = set(ix.nodes) | set(ix.pods) | set(self.written) | set(self.targets)
+                await self.bundles.load()
+            nodes = set(ix.nodes) | set(ix.pods) | set(self.bundles.written)
+            nodes |= set(targeting.targets)
             status_keys = set(records) | dirty_policies
         else:
             nodes = set(dirty_nodes)
             for key in dirty_policies:
-                nodes |= self._candidate_nodes(key) | self.policy_nodes.get(key, set())
+                nodes |= targeting.candidate_nodes(ix, key) | targeting.nodes_of(key)
             status_keys = set(dirty_policies)
             for node in dirty_reports:
-                status_keys |= self.targets.get(node, frozenset())
-                report = _first(ix.reports, node)
+                status_keys |= targeting.of_node(node)
+                report = first(ix.reports, node)
                 for counters in report.policies if report else []:
                     if counters.uid in by_uid:
                         status_keys.add(by_uid[counters.uid])
@@ -244,17 +193,23 @@ class Reconciler:
 
         # Writes start while later nodes are still compiled (the client runs them in
         # threads); yielding every few nodes lets them, and kopf's watches, make progress.
-        plans: list[_Plan] = []
+        plans: list[Plan] = []
         writes: list[asyncio.Task[None]] = []
         for count, node in enumerate(sorted(nodes), 1):
-            plan = self._plan(node, status_keys)
+            inputs = targeting.inputs(ix, node)
+            status_keys |= targeting.assign(
+                node, frozenset(r.key for r in inputs.policies) if inputs else frozenset()
+            )
+            if inputs is None:  # the node is gone: its counts move to `retired`
+                status_keys |= self.status.counting(ix, node)
+            plan = self.bundles.plan(node, inputs, status_keys)
             plans.append(plan)
-            if plan.write is not None or plan.delete is not None:
-                writes.append(asyncio.create_task(self._apply(plan, status_keys)))
+            if plan.writes:
+                writes.append(asyncio.create_task(self.bundles.apply(plan, status_keys)))
             if count % 16 == 0:
                 await asyncio.sleep(0)
         await asyncio.gather(*writes)
-        await self._statuses(status_keys, records)
+        await self.status.write(status_keys, records, ix, targeting, self.bundles)
         if not self.synced:
             self.synced = True
             metrics.SYNCED.set(1)
@@ -263,250 +218,8 @@ class Reconciler:
             extra={
                 "full": full,
                 "nodes": len(nodes),
-                "writes": sum(1 for p in plans if p.write or p.delete),
+                "writes": sum(1 for p in plans if p.writes),
                 "statuses": len(status_keys),
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
-
-    def _candidate_nodes(self, key: PolicyKey) -> set[str]:
-        """Nodes where a policy could apply: where its namespace has pods, or all."""
-        assert self.ix is not None
-        namespace = key[1]
-        if namespace:
-            return set(self.ix.pod_nodes.get(namespace, {}))
-        return set(self.ix.pods)
-
-    # --- bundles ----------------------------------------------------------------
-
-    def _set_targets(
-        self, node: str, targets: frozenset[PolicyKey], status_keys: set[PolicyKey]
-    ) -> None:
-        before = self.targets.get(node, frozenset())
-        for key in before - targets:
-            self.policy_nodes[key].discard(node)
-            if not self.policy_nodes[key]:
-                del self.policy_nodes[key]
-        for key in targets - before:
-            self.policy_nodes[key].add(node)
-        status_keys |= before ^ targets
-        if targets:
-            self.targets[node] = targets
-        else:
-            self.targets.pop(node, None)
-
-    def _plan(self, node: str, status_keys: set[PolicyKey]) -> _Plan:
-        assert self.ix is not None
-        plan = _Plan(node)
-        node_uid = _first(self.ix.nodes, node)
-        if node_uid is None:  # the node is gone: so is its bundle
-            self._set_targets(node, frozenset(), status_keys)
-            self.inputs.pop(node, None)
-            self.problems.pop(node, None)
-            gone = self.written.pop(node, None)
-            if gone is not None:
-                plan.delete = gone.name
-                status_keys |= set(gone.policies or ())
-            status_keys |= {
-                key
-                for key, s in self._stored_statuses().items()
-                if s.ledger and node in s.ledger.nodes
-            }
-            return plan
-        pods = [p.pod() for p in self.ix.pods.get(node, {}).values()]
-        namespaces = sorted({p.namespace for p in pods})
-        labels = {ns: dict(_first(self.ix.namespaces, ns, {})) for ns in namespaces}
-        # One Workload per pod (not per policy and pod), grouped by namespace: a
-        # ContainerPolicy can only select pods of its own namespace.
-        by_namespace: dict[str, list[Workload]] = defaultdict(list)
-        for p in pods:
-            by_namespace[p.namespace].append(
-                Workload(
-                    namespace=p.namespace,
-                    pod_name=p.name,
-                    pod_labels=dict(p.labels),
-                    namespace_labels=labels[p.namespace],
-                )
-            )
-        everyone = [w for ws in by_namespace.values() for w in ws]
-        chosen: list[PolicyDocument] = [
-            r.document
-            for ns in ["", *namespaces]
-            for r in self.ix.policies.get(ns, ())
-            if r.document is not None
-            and any(r.document.scope.holds(w) for w in (by_namespace[ns] if ns else everyone))
-        ]
-        self._set_targets(
-            node, frozenset((d.kind, d.namespace or "", d.name) for d in chosen), status_keys
-        )
-        resolves_namespaces = any(d.scope.namespace_selector is not None for d in chosen)
-        memo: Hashable = (
-            node_uid,
-            tuple(sorted((d.kind, d.namespace or "", d.name, d.uid, d.generation) for d in chosen)),
-            tuple((ns, tuple(sorted(labels[ns].items()))) for ns in namespaces)
-            if resolves_namespaces
-            else None,
-        )
-        if self.inputs.get(node) == memo and node not in self.problems:
-            return plan
-        self.inputs[node] = memo
-        compile_started = time.perf_counter()
-        try:
-            # `chosen` and `labels` are already the node's: no need to pass (and re-check) pods.
-            bundle = compile_bundle(chosen, node=node, namespace_labels=labels)
-        except CompileError as exc:
-            self.problems[node] = f"its bundle can't be compiled: {exc}"
-            log.warning("bundle not compiled", extra={"node": node, "error": str(exc)})
-            status_keys |= self.targets.get(node, frozenset())
-            return plan
-        metrics.COMPILE_SECONDS.observe(time.perf_counter() - compile_started)
-        if self.problems.pop(node, None) is not None:
-            status_keys |= self.targets.get(node, frozenset())
-        held = {
-            (p["kind"], p["namespace"] or "", p["name"]): (p["uid"], p["generation"])
-            for p in bundle["policies"]
-        }
-        cluster = self.options.cluster
-        written = Written(configmap_name(node), bundle["hash"], node_uid, cluster, held)
-        before = self.written.get(node)
-        if before is not None and (before.hash, before.owner_uid, before.cluster) == (
-            written.hash,
-            written.owner_uid,
-            written.cluster,
-        ):
-            self.written[node] = written
-            if before.policies is None:
-                status_keys |= set(held)
-            return plan
-        status_keys |= set(held) | set(before.policies or ()) if before else set(held)
-        plan.write = configmap(bundle, node, node_uid, self.options.namespace, cluster)
-        plan.written = written
-        plan.exists = before is not None
-        plain = plan.write["data"].get(BUNDLE_KEY)  # the canonical JSON, when not gzipped
-        plan.bytes = len(plain.encode()) if plain is not None else len(encode(bundle))
-        return plan
-
-    async def _apply(self, plan: _Plan, status_keys: set[PolicyKey]) -> None:
-        try:
-            if plan.delete is not None:
-                await self.kube.delete_configmap(plan.delete)
-                metrics.BUNDLE_WRITES.labels(op="delete").inc()
-                log.info("bundle deleted", extra={"node": plan.node, "configmap": plan.delete})
-            elif plan.write is not None and plan.written is not None:
-                await self.kube.put_configmap(plan.write, exists=plan.exists)
-                self.written[plan.node] = plan.written
-                metrics.BUNDLE_WRITES.labels(op="write").inc()
-                metrics.BUNDLE_BYTES.observe(plan.bytes)
-                log.info(
-                    "bundle written",
-                    extra={"node": plan.node, "hash": plan.written.hash, "bytes": plan.bytes},
-                )
-        except ApiException as exc:
-            metrics.ERRORS.labels(op="bundle").inc()
-            log.warning("bundle write failed", extra={"node": plan.node, "error": str(exc)})
-            self.problems[plan.node] = f"writing its bundle failed ({exc.status} {exc.reason})"
-            self.inputs.pop(plan.node, None)
-            status_keys |= self.targets.get(plan.node, frozenset())
-            self.dirty_nodes.add(plan.node)
-            self._later(2.0)
-
-    # --- statuses -----------------------------------------------------------------
-
-    def _stored_statuses(self) -> dict[PolicyKey, PolicyStatus]:
-        assert self.ix is not None
-        out = {}
-        for store in self.ix.policies.values():
-            for r in store:
-                status = self.statuses.get(r.uid, r.status)
-                if status is not None:
-                    out[r.key] = status
-        return out
-
-    async def _statuses(
-        self, keys: Iterable[PolicyKey], records: Mapping[PolicyKey, PolicyRecord]
-    ) -> None:
-        assert self.ix is not None
-        reports: dict[str, NodePolicyReport] = {}
-        for node, store in self.ix.reports.items():
-            report = next(iter(store), None)
-            if report is not None and node in self.ix.nodes:
-                reports[node] = report
-        existing = set(self.ix.nodes)
-        now = datetime.now(UTC).replace(microsecond=0)
-        writes = []
-        for key in sorted(keys):
-            record = records.get(key)
-            if record is None:
-                continue
-            previous = self.statuses.get(record.uid, record.status)
-            targeted = sorted(self.policy_nodes.get(key, ()))
-            bundled = {
-                n
-                for n in targeted
-                if (w := self.written.get(n)) is not None
-                and w.policies is not None
-                and w.policies.get(key) == (record.uid, record.generation)
-            }
-            ledger = update_ledger(
-                previous.ledger if previous and previous.ledger else CounterLedger(),
-                record.uid,
-                reports,
-                existing,
-            )
-            status = policy_status(
-                record,
-                targeted=targeted,
-                bundled=bundled,
-                node_problems={n: self.problems[n] for n in targeted if n in self.problems},
-                reports=reports,
-                ledger=ledger,
-                previous=previous,
-                now=now,
-            )
-            if previous is not None and _dump(previous) == _dump(status):
-                self.statuses[record.uid] = previous
-                continue
-            writes.append(self._write_status(record, status, previous))
-        await asyncio.gather(*writes)
-
-    async def _write_status(
-        self, record: PolicyRecord, status: PolicyStatus, previous: PolicyStatus | None
-    ) -> None:
-        try:
-            await self.kube.put_policy_status(
-                record.kind, record.namespace, record.name, _dump(status)
-            )
-        except ApiException as exc:
-            if exc.status == 404:  # deleted meanwhile
-                return
-            metrics.ERRORS.labels(op="status").inc()
-            log.warning("status write failed", extra={"policy": record.label, "error": str(exc)})
-            self.dirty_policies.add(record.key)
-            self.handled.pop(record.key, None)
-            self._later(2.0)
-            return
-        self.statuses[record.uid] = status
-        metrics.STATUS_WRITES.inc()
-        ready = _ready(status)
-        before = _ready(previous) if previous else None
-        if (
-            ready is not None
-            and ready.reason in ("Invalid", "NodeErrors")
-            and (before is None or (before.reason, before.message) != (ready.reason, ready.message))
-        ):
-            try:
-                await self.kube.event(
-                    record.kind, record.namespace, record.name, record.uid,
-                    ready.reason, ready.message, self.options.component,
-                )  # fmt: skip
-            except ApiException as exc:
-                log.warning("event not posted", extra={"policy": record.label, "error": str(exc)})
-
-
-def _dump(status: PolicyStatus) -> dict[str, Any]:
-    dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    return dumped
-
-
-def _ready(status: PolicyStatus) -> Any:
-    return next((c for c in status.conditions or [] if c.type == READY), None)

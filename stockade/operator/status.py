@@ -8,6 +8,7 @@ what is stored). Messages carry no timestamps for the same reason.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from stockade.operator.objects import PolicyRecord
@@ -25,6 +26,24 @@ from stockade.policy.resources import (
 
 READY = "Ready"
 LISTED = 5  # nodes named in a message before "and N more"
+BUNDLE_TOO_LARGE = "BundleTooLarge"
+COMPILING = "Compiling"
+WRITE_FAILED = "WriteFailed"
+# The reason shown when a policy's nodes have problems of several kinds: the first.
+PROBLEM_ORDER = (BUNDLE_TOO_LARGE, COMPILING, WRITE_FAILED)
+AFTERWORD = {
+    BUNDLE_TOO_LARGE: "the other policies there are in their bundles",
+    COMPILING: "those nodes keep their previous bundle",
+    WRITE_FAILED: "those nodes keep their previous bundle; retried with backoff",
+}
+
+
+@dataclass(frozen=True)
+class NodeProblem:
+    """Why a targeted node's bundle doesn't hold a policy's generation (a PROBLEM_ORDER reason)."""
+
+    reason: str
+    detail: str
 
 
 def _add(a: CountsStatus, b: CountsStatus) -> CountsStatus:
@@ -153,7 +172,7 @@ def policy_status(
     *,
     targeted: Sequence[str],
     bundled: set[str],
-    node_problems: Mapping[str, str],
+    node_problems: Mapping[str, NodeProblem],
     reports: Mapping[str, NodePolicyReport],
     ledger: CounterLedger,
     previous: PolicyStatus | None,
@@ -162,8 +181,8 @@ def policy_status(
     """The status of a policy.
 
     `targeted`: nodes with a pod in its scope; `bundled`: those whose written
-    bundle holds this generation; `node_problems`: nodes whose bundle can't be
-    compiled or written, with why; `reports`: the NodePolicyReports by node.
+    bundle holds this generation; `node_problems`: nodes whose bundle can't hold
+    it, can't be compiled or written, with why; `reports`: the NodePolicyReports by node.
     """
 
     def ready(status: ConditionStatus, reason: str, message: str) -> Condition:
@@ -209,16 +228,19 @@ def policy_status(
         )
         return PolicyStatus(**common, conditions=[condition])
 
-    problems = sorted(n for n in targeted if n in node_problems)
+    problems = sorted(
+        (PROBLEM_ORDER.index(p.reason), n) for n in targeted if (p := node_problems.get(n))
+    )
     unbundled = sorted(n for n in targeted if n not in bundled and n not in node_problems)
     if problems or unbundled:
-        parts = [f"{n}: {node_problems[n]}" for n in problems[:LISTED]]
+        reason = PROBLEM_ORDER[problems[0][0]] if problems else COMPILING
+        parts = [f"{n}: {node_problems[n].detail}" for _, n in problems[:LISTED]]
+        if len(problems) > LISTED:
+            parts.append(f"and {len(problems) - LISTED} more nodes")
         if unbundled:
             parts.append(f"not yet in the bundle of {_names(unbundled)}")
         condition = ready(
-            ConditionStatus.FALSE,
-            "Compiling",
-            "; ".join(parts) + " (those nodes keep their previous bundle)",
+            ConditionStatus.FALSE, reason, "; ".join(parts) + f" ({AFTERWORD[reason]})"
         )
         return PolicyStatus(**common, conditions=[condition])
 

@@ -90,18 +90,6 @@ class _Frozen(BaseModel):
     )
 
 
-class _ByKey(_Frozen):
-    """`bundle["policies"]`, `policy["kind"]`: the dict reads the operator still makes.
-
-    Only until `stockade/operator/` reads attributes (issue 11); nothing else may use it.
-    """
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in type(self).model_fields:
-            raise KeyError(key)
-        return getattr(self, key)
-
-
 class PolicyScope(_Frozen):
     namespaces: tuple[str, ...] | None = Field(
         description="the namespaces it applies in (a namespaceSelector already resolved); null: all"
@@ -115,7 +103,7 @@ class PolicyScope(_Frozen):
         return selector.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class PolicyEntry(_ByKey):
+class PolicyEntry(_Frozen):
     kind: PolicyKind
     namespace: str | None = Field(description="null for cluster-scoped and bare policies")
     name: str
@@ -208,7 +196,7 @@ class FileTableSet(_TableSet):
         ]
 
 
-class Bundle(_ByKey):
+class Bundle(_Frozen):
     """One node's compiled policies: the operator → sensor contract (docs/contracts.md)."""
 
     model_config = ConfigDict(title="Stockade bundle")

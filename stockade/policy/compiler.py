@@ -20,10 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# The operator's imports of the codec from here, until it imports `bundle` (issue 11).
-from stockade.policy.bundle import BUNDLE_KEY as BUNDLE_KEY
-from stockade.policy.bundle import Bundle as Bundle
 from stockade.policy.bundle import (
+    Bundle,
     FileTableSet,
     InteractiveMasks,
     NameMasks,
@@ -35,8 +33,6 @@ from stockade.policy.bundle import (
     SelectorEntry,
     VolumeMasks,
 )
-from stockade.policy.bundle import configmap_payload as configmap_payload
-from stockade.policy.bundle import encode as encode
 from stockade.policy.document import PolicyDocument
 from stockade.policy.model import ContainerCondition, FileSelector, PartName
 from stockade.policy.predicates import PathPattern, Workload
@@ -108,17 +104,40 @@ def _scope(
     )
 
 
-def applies_to_pod(
-    doc: PolicyDocument, pod: Pod, namespace_labels: Mapping[str, Mapping[str, str]]
-) -> bool:
-    labels = namespace_labels.get(pod.namespace)
-    workload = Workload(
-        namespace=pod.namespace,
-        pod_name=pod.name,
-        pod_labels=dict(pod.labels),
-        namespace_labels=dict(labels) if labels is not None else None,
-    )
-    return doc.scope.holds(workload)
+def applicable(
+    documents: Iterable[PolicyDocument],
+    pods: Iterable[Pod],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> list[PolicyDocument]:
+    """The documents whose scope selects at least one of `pods`, in their order.
+
+    The one scoping rule, for `compile --pods` and the operator alike. A
+    namespace missing from `namespace_labels` is unknown, and a
+    namespaceSelector never selects an unknown namespace, not even with
+    `NotIn` or `DoesNotExist` (an unknown fact that is needed fails, as in
+    `Scope.holds`; the bundle's scope, from the same labels, agrees). A
+    ContainerPolicy is checked only against the pods of its own namespace.
+    """
+    by_namespace: dict[str, list[Workload]] = defaultdict(list)
+    for pod in pods:
+        labels = namespace_labels.get(pod.namespace)
+        by_namespace[pod.namespace].append(
+            Workload(
+                namespace=pod.namespace,
+                pod_name=pod.name,
+                pod_labels=dict(pod.labels),
+                namespace_labels=dict(labels) if labels is not None else None,
+            )
+        )
+    everyone = [w for ws in by_namespace.values() for w in ws]
+    return [
+        d
+        for d in documents
+        if any(
+            d.scope.holds(w)
+            for w in (everyone if d.scope.namespace is None else by_namespace[d.scope.namespace])
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -142,28 +161,38 @@ class _Fragment:
     responses: tuple[tuple[int, int, tuple[str, ...]], ...]  # match, exclude, actions
 
 
-# id(document) → (weak reference to it, {part: fragment}). An entry leaves with its
-# document (a new generation, or a re-parse, is a new document), so the cache keeps
-# nothing alive; documents are never mutated.
-_FRAGMENTS: dict[int, tuple[weakref.ref[PolicyDocument], dict[PartName, _Fragment | None]]] = {}
+class FragmentCache:
+    """Each document's compiled parts, for compiling it into many bundles (the operator).
 
+    By document object (a new generation, or a re-parse, is a new document): an
+    entry leaves with its document, so the cache keeps nothing alive; documents
+    are never mutated. `compile_bundle` without one builds every fragment afresh.
+    """
 
-def _forget(key: int, ref: weakref.ref[PolicyDocument]) -> None:
-    entry = _FRAGMENTS.get(key)
-    if entry is not None and entry[0] is ref:
-        del _FRAGMENTS[key]
+    def __init__(self) -> None:
+        # id(document) → (weak reference to it, {part: fragment})
+        self._entries: dict[
+            int, tuple[weakref.ref[PolicyDocument], dict[PartName, _Fragment | None]]
+        ] = {}
 
+    def __len__(self) -> int:
+        return len(self._entries)
 
-def _fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
-    key = id(doc)
-    entry = _FRAGMENTS.get(key)
-    if entry is None or entry[0]() is not doc:
-        entry = (weakref.ref(doc, lambda ref: _forget(key, ref)), {})
-        _FRAGMENTS[key] = entry
-    parts = entry[1]
-    if part_name not in parts:
-        parts[part_name] = _build_fragment(doc, part_name)
-    return parts[part_name]
+    def fragment(self, doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
+        key = id(doc)
+        entry = self._entries.get(key)
+        if entry is None or entry[0]() is not doc:
+            entry = (weakref.ref(doc, lambda ref: self._forget(key, ref)), {})
+            self._entries[key] = entry
+        parts = entry[1]
+        if part_name not in parts:
+            parts[part_name] = _build_fragment(doc, part_name)
+        return parts[part_name]
+
+    def _forget(self, key: int, ref: weakref.ref[PolicyDocument]) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._entries[key]
 
 
 def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
@@ -233,8 +262,9 @@ def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | Non
 class _PartCompiler:
     """Assigns bits to one part's selectors across policies and builds its tables."""
 
-    def __init__(self, part: PartName) -> None:
+    def __init__(self, part: PartName, cache: FragmentCache) -> None:
         self.part = part
+        self.cache = cache
         self.selectors: list[SelectorEntry] = []
         self.operations: dict[str, set[int]] = {op: set() for op in PART_OPERATIONS[part]}
         self.paths: dict[str, dict[str, set[int]]] = {
@@ -251,7 +281,7 @@ class _PartCompiler:
         self.responses: list[ResponseEntry] = []
 
     def add(self, policy_index: int, doc: PolicyDocument) -> None:
-        fragment = _fragment(doc, self.part)
+        fragment = self.cache.fragment(doc, self.part)
         if fragment is None:
             return
         offset = len(self.selectors)
@@ -327,17 +357,17 @@ def compile_bundle(
     node: str | None = None,
     pods: Iterable[Pod] | None = None,
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    cache: FragmentCache | None = None,
 ) -> Bundle:
     """Compile the documents that apply to at least one of `pods` (all, when None).
 
     `namespace_labels` maps namespace → labels; ClusterContainerPolicies with a
-    namespaceSelector need it.
+    namespaceSelector need it. `cache`: fragments kept from earlier bundles.
     """
     chosen = sorted(documents, key=_sort_key)
     if pods is not None:
         pod_list = list(pods)
-        labels = namespace_labels or {}
-        chosen = [d for d in chosen if any(applies_to_pod(d, p, labels) for p in pod_list)]
+        chosen = applicable(chosen, pod_list, namespace_labels or {})
         # Only the namespaces of the node's pods can matter to its bundle.
         if namespace_labels is not None:
             on_node = {p.namespace for p in pod_list}
@@ -348,7 +378,8 @@ def compile_bundle(
             "two policies share a kind and name: "
             + ", ".join(sorted(f"{k} {n}" for k, n in set(keys) if keys.count((k, n)) > 1))
         )
-    process, file = _PartCompiler("process"), _PartCompiler("file")
+    cache = cache if cache is not None else FragmentCache()
+    process, file = _PartCompiler("process", cache), _PartCompiler("file", cache)
     policies = []
     for index, doc in enumerate(chosen):
         policies.append(

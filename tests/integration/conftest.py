@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -174,13 +175,19 @@ def force_delete_namespace(kubectl: Kubectl, k8s_api: k8s_client.ApiClient, name
             raise
 
 
-@pytest.fixture
-def namespace(kubectl: Kubectl, k8s_api: k8s_client.ApiClient, unique: str) -> Iterator[str]:
-    """A fresh namespace ``stockade-test-<random>``, removed after the test."""
-    name = f"stockade-test-{unique}"
+@contextmanager
+def fresh_namespace(kubectl: Kubectl, k8s_api: k8s_client.ApiClient, name: str) -> Iterator[str]:
+    """The namespace `name`, created now and removed (with all in it) at the end."""
     core = k8s_client.CoreV1Api(k8s_api)
     core.create_namespace(k8s_client.V1Namespace(metadata=k8s_client.V1ObjectMeta(name=name)))
     try:
         yield name
     finally:
         force_delete_namespace(kubectl, k8s_api, name)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, k8s_api: k8s_client.ApiClient, unique: str) -> Iterator[str]:
+    """A fresh namespace ``stockade-test-<random>``, removed after the test."""
+    with fresh_namespace(kubectl, k8s_api, f"stockade-test-{unique}") as name:
+        yield name

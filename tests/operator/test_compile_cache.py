@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from stockade.operator.objects import policy_record
-from stockade.policy import compiler
 from stockade.policy.bundle import configmap_payload, encode
-from stockade.policy.compiler import compile_bundle
+from stockade.policy.compiler import FragmentCache, compile_bundle
 from stockade.policy.document import PolicyDocument
 from stockade.policy.loader import load_file
 
@@ -83,15 +82,18 @@ def test_fragments_compile_the_same_bytes() -> None:
     labels = {f"ns{i}": {"env": "prod" if i % 2 else "dev"} for i in range(4)}
     rng = random.Random(5)
     subsets = [rng.sample(docs, rng.randint(1, len(docs))) for _ in range(30)] + [docs]
+    cache = FragmentCache()
     cached = [
-        compile_bundle(s, node=f"n{i}", namespace_labels=labels) for i, s in enumerate(subsets)
+        compile_bundle(s, node=f"n{i}", namespace_labels=labels, cache=cache)
+        for i, s in enumerate(subsets)
     ]
+    assert len(cache) == len(docs)
     # again, now that every fragment is cached (other offsets, other indexes)
     again = [
-        compile_bundle(s, node=f"n{i}", namespace_labels=labels) for i, s in enumerate(subsets)
+        compile_bundle(s, node=f"n{i}", namespace_labels=labels, cache=cache)
+        for i, s in enumerate(subsets)
     ]
-    compiler._FRAGMENTS.clear()
-    # cold again: every fragment rebuilt
+    # without a cache: every fragment built afresh
     reference = [
         compile_bundle(s, node=f"n{i}", namespace_labels=labels) for i, s in enumerate(subsets)
     ]

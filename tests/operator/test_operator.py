@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from stockade.operator.bundles import HASH_ANNOTATION, POLICIES_ANNOTATION, configmap_name
-from stockade.policy.bundle import from_configmap
+from stockade.operator.bundles import POLICIES_ANNOTATION, configmap_name
+from stockade.policy.bundle import HASH_ANNOTATION, from_configmap
 from tests.integration.test_crds import POLICY_COLUMNS
 
 from .conftest import Cluster, Kubectl, Operator, wait_for
