@@ -17,7 +17,14 @@ from stockade.policy.evaluator import Event, evaluate
 from stockade.policy.loader import iter_policies, load_file
 from stockade.policy.model import Action
 from stockade.policy.rules import Severity
-from stockade.policy.source import SourceError, YamlDocument, format_path, read_json, read_yaml
+from stockade.policy.source import (
+    SourceError,
+    YamlDocument,
+    format_path,
+    read_json,
+    read_yaml,
+    shown,
+)
 from stockade.sensor import cli as sensor_cli
 
 
@@ -95,7 +102,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Object(BaseModel):
+class KubernetesObject(BaseModel):
     """The fields of a Pod, Namespace or List that `compile --pods` reads; others pass."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -113,7 +120,7 @@ class _Object(BaseModel):
     kind: str
     metadata: Metadata | None = None
     spec: Spec | None = None
-    items: list[_Object] | None = None
+    items: list[KubernetesObject] | None = None
 
 
 def _pods_and_namespaces(
@@ -123,16 +130,18 @@ def _pods_and_namespaces(
     pods: list[Pod] = []
     namespaces: dict[str, dict[str, str]] = {}
 
-    def visit(obj: _Object, source: Path, doc: YamlDocument, loc: tuple[str | int, ...]) -> None:
+    def visit(
+        obj: KubernetesObject, source: Path, doc: YamlDocument, loc: tuple[str | int, ...]
+    ) -> None:
         where = f"{source}: {format_path(loc) or 'document'}"
         meta = obj.metadata
         if obj.kind.endswith("List"):
             for index, item in enumerate(obj.items or []):
                 visit(item, source, doc, (*loc, "items", index))
         elif obj.kind not in ("Pod", "Namespace"):
+            kind = shown(obj.kind) if obj.kind else "an object without kind"
             raise UsageError(
-                f"{where}: {obj.kind or 'an object without kind'} is neither a Pod nor a "
-                f"Namespace (line {doc.line_of(loc)})"
+                f"{where}: {kind} is neither a Pod nor a Namespace (line {doc.line_of(loc)})"
             )
         elif meta is None:
             raise UsageError(
@@ -146,7 +155,7 @@ def _pods_and_namespaces(
     for path in paths:
         for doc in read_yaml(path):
             try:
-                obj = _Object.model_validate(doc.data)
+                obj = KubernetesObject.model_validate(doc.data)
             except ValidationError as exc:
                 raise _first_error(exc, path, doc, "document") from None
             visit(obj, path, doc, ())

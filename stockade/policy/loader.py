@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from stockade.policy import model, resources
 from stockade.policy.document import PolicyDocument
 from stockade.policy.rules import Finding, check
-from stockade.policy.source import Loc, SourceError, YamlDocument, format_path, read_yaml
+from stockade.policy.source import Loc, SourceError, YamlDocument, format_path, read_yaml, shown
 
 __all__ = [
     "LoadedDocument",
@@ -125,7 +125,9 @@ def load_document(doc: YamlDocument, source: str) -> LoadedDocument:
     if manifest_class is None:
         meta = data.get("metadata")
         name = meta.get("name", "?") if isinstance(meta, dict) else "?"
-        loaded.skipped = f"{kind} {name}: not a ContainerPolicy or ClusterContainerPolicy"
+        loaded.skipped = (
+            f"{shown(kind)} {shown(name)}: not a ContainerPolicy or ClusterContainerPolicy"
+        )
         return loaded
     try:
         manifest = manifest_class.model_validate(data)

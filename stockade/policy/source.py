@@ -79,10 +79,17 @@ class YamlDocument:
         return self.line
 
 
+def shown(text: object) -> str:
+    """Text from a file as a message shows it: quoted if it would break the line."""
+    out = str(text)
+    return out if out.isprintable() else repr(out)
+
+
 def format_path(loc: Loc) -> str:
+    """`a.b[0].c`, with keys `shown`."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{shown(part)}" if out else shown(part))
     return out
 
 
