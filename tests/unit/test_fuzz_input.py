@@ -152,7 +152,7 @@ def workdir() -> Iterator[Path]:
 
 
 @settings(
-    max_examples=1500,
+    max_examples=2000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
