@@ -287,7 +287,9 @@ class _Builder:
             if isinstance(event, ev.ScalarEvent):
                 count(1, mark)
                 value = self.scalar(event)
-                merge = not self.json and event.tag is None and event.value == "<<"
+                merge = (
+                    not self.json and event.tag is None and not event.style and event.value == "<<"
+                )
                 key_or_place(value, mark, merge)
                 if event.anchor is not None:
                     anchors[event.anchor] = _Anchor(value, 1, 0)
