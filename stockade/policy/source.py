@@ -36,7 +36,7 @@ Loc = tuple[str | int, ...]
 # The Kubernetes apiserver refuses a request body above 3 MiB, so no policy manifest is
 # larger; the same bound holds for every file Stockade reads (pod lists may be split).
 MAX_FILE_BYTES = 3 * 1024 * 1024
-# Values in one file, aliases counted as expanded: what a file of MAX_FILE_BYTES can
+# Values in one file, aliases counted as expanded: about what a file of MAX_FILE_BYTES can
 # hold without aliases, so aliases never make a file worth more than its size allows.
 MAX_NODES = 2**21
 # Collections inside collections; a manifest needs about ten, a Pod about twenty.
@@ -162,7 +162,8 @@ class _Collection:
         self.merges: list[tuple[Any, int]] = []  # `<<` values, merged at the end
 
 
-_NO_KEY = object()
+_NO_KEY = object()  # a mapping waits for a key
+_MERGE_KEY = object()  # a mapping's `<<` waits for what it merges
 
 
 @dataclass(frozen=True)
@@ -375,9 +376,9 @@ class _Builder:
                 except ValueError as exc:
                     raise self.fail(f"{text!r} is not a valid int: {exc}", mark) from None
         if value is None or value.bit_length() > MAX_INT_BITS:
-            shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
+            number = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
             raise self.fail(
-                f"the number {shown} is out of range: integers are limited to {MAX_INT_BITS} bits",
+                f"the number {number} is out of range: integers are limited to {MAX_INT_BITS} bits",
                 mark,
             )
         return value
@@ -400,6 +401,3 @@ class _Builder:
                     raise self.fail("<< merges a mapping or a list of mappings", line=line)
                 for key, item in source.items():
                     mapping.setdefault(key, item)
-
-
-_MERGE_KEY = object()
