@@ -9,22 +9,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockade.policy.bundle import encode, render_json_schema
 from stockade.policy.compiler import CompileError, Pod, compile_bundle
 from stockade.policy.crd import all_crds, write_crds
 from stockade.policy.evaluator import Event, evaluate
-from stockade.policy.loader import (
+from stockade.policy.loader import iter_policies, load_file
+from stockade.policy.model import Action
+from stockade.policy.rules import Severity
+from stockade.policy.source import (
     SourceError,
     YamlDocument,
     format_path,
-    iter_policies,
-    load_file,
+    read_json,
     read_yaml,
+    shown,
 )
-from stockade.policy.model import Action
-from stockade.policy.rules import Severity
 from stockade.sensor import cli as sensor_cli
 
 
@@ -62,26 +63,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _first_error(exc: ValidationError, source: Path, doc: YamlDocument, what: str) -> UsageError:
+    """`FILE: field.path: message (line N)` for the first problem pydantic found."""
+    error = exc.errors()[0]
+    loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    return UsageError(f"{source}: {format_path(loc) or what}: {message} (line {doc.line_of(loc)})")
+
+
 def _read_event(path: Path) -> Event:
+    doc = read_json(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: can't read: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{path}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
-        ) from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text") from None
-    try:
-        return Event.model_validate(data)
+        return Event.model_validate(doc.data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = format_path(tuple(error["loc"])) or "event"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        raise UsageError(f"{path}: {where}: {message}") from None
+        raise _first_error(exc, path, doc, "event") from None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -106,6 +103,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+class KubernetesObject(BaseModel):
+    """The fields of a Pod, Namespace or List that `compile --pods` reads; others pass."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    class Metadata(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        name: str = Field(min_length=1)
+        namespace: str = "default"
+        labels: dict[str, str] | None = None
+
+    class Spec(BaseModel):
+        model_config = ConfigDict(extra="ignore", populate_by_name=True)
+        node_name: str | None = Field(default=None, alias="nodeName")
+
+    kind: str
+    metadata: Metadata | None = None
+    spec: Spec | None = None
+    items: list[KubernetesObject] | None = None
+
+
 def _pods_and_namespaces(
     paths: Sequence[Path], node: str | None
 ) -> tuple[list[Pod], dict[str, dict[str, str]]]:
@@ -113,30 +131,35 @@ def _pods_and_namespaces(
     pods: list[Pod] = []
     namespaces: dict[str, dict[str, str]] = {}
 
-    def visit(obj: Any, source: Path, doc: YamlDocument) -> None:
-        if not isinstance(obj, dict):
-            raise UsageError(f"{source}: line {doc.line}: expected a Kubernetes object")
-        kind = obj.get("kind", "")
-        meta = obj.get("metadata") or {}
-        if kind.endswith("List"):
-            for item in obj.get("items") or []:
-                visit(item, source, doc)
-        elif kind == "Pod":
-            if node is None or (obj.get("spec") or {}).get("nodeName") == node:
-                pods.append(
-                    Pod(meta.get("namespace", "default"), meta["name"], meta.get("labels") or {})
-                )
-        elif kind == "Namespace":
-            namespaces[meta["name"]] = meta.get("labels") or {}
-        else:
+    def visit(
+        obj: KubernetesObject, source: Path, doc: YamlDocument, loc: tuple[str | int, ...]
+    ) -> None:
+        where = f"{source}: {format_path(loc) or 'document'}"
+        meta = obj.metadata
+        if obj.kind.endswith("List"):
+            for index, item in enumerate(obj.items or []):
+                visit(item, source, doc, (*loc, "items", index))
+        elif obj.kind not in ("Pod", "Namespace"):
+            kind = shown(obj.kind) if obj.kind else "an object without kind"
             raise UsageError(
-                f"{source}: line {doc.line}: {kind or 'an object without kind'} "
-                "is neither a Pod nor a Namespace"
+                f"{where}: {kind} is neither a Pod nor a Namespace (line {doc.line_of(loc)})"
             )
+        elif meta is None:
+            raise UsageError(
+                f"{where}.metadata: required field is missing (line {doc.line_of(loc)})"
+            )
+        elif obj.kind == "Namespace":
+            namespaces[meta.name] = meta.labels or {}
+        elif node is None or (obj.spec is not None and obj.spec.node_name == node):
+            pods.append(Pod(meta.namespace, meta.name, meta.labels or {}))
 
     for path in paths:
         for doc in read_yaml(path):
-            visit(doc.data, path, doc)
+            try:
+                obj = KubernetesObject.model_validate(doc.data)
+            except ValidationError as exc:
+                raise _first_error(exc, path, doc, "document") from None
+            visit(obj, path, doc, ())
     return pods, namespaces
 
 

@@ -1,9 +1,10 @@
 """Reading policy files: bare policies (the seed's format) and Kubernetes manifests.
 
 Every problem becomes a `Finding` with the field path and, where the YAML
-told us, the line; a file that can't be read or parsed raises `SourceError`
-with a one-line message naming the file and position. Nothing is dropped
-silently: documents of other kinds are reported as skipped.
+told us, the line; a file that can't be read, parsed or is refused by the
+limits of `source.py` raises `SourceError` with a one-line message naming the
+file and position. Nothing is dropped silently: documents of other kinds are
+reported as skipped.
 """
 
 from __future__ import annotations
@@ -14,32 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from stockade.policy import model, resources
 from stockade.policy.document import PolicyDocument
 from stockade.policy.rules import Finding, check
+from stockade.policy.source import Loc, SourceError, YamlDocument, format_path, read_yaml, shown
 
-Loc = tuple[str | int, ...]
-
-
-class SourceError(Exception):
-    """A file that can't be read or isn't YAML; the message is one line."""
-
-
-@dataclass
-class YamlDocument:
-    data: Any
-    line: int  # where the document starts (1-based)
-    lines: dict[Loc, int] = field(default_factory=dict)  # field path → line
-
-    def line_of(self, loc: Loc) -> int | None:
-        while loc:
-            if loc in self.lines:
-                return self.lines[loc]
-            loc = loc[:-1]
-        return self.line
+__all__ = [
+    "LoadedDocument",
+    "SourceError",
+    "YamlDocument",
+    "iter_policies",
+    "load_document",
+    "load_file",
+]
 
 
 @dataclass
@@ -53,58 +43,6 @@ class LoadedDocument:
     @property
     def valid(self) -> bool:
         return self.skipped is None and not any(f.severity == "error" for f in self.findings)
-
-
-def read_yaml(path: Path) -> list[YamlDocument]:
-    """Every non-empty document of a YAML file, with the line of every field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{path}: can't read: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse_yaml(text, str(path))
-
-
-def parse_yaml(text: str, source: str) -> list[YamlDocument]:
-    loader = yaml.SafeLoader(text)
-    documents = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            doc = YamlDocument(loader.construct_document(node), node.start_mark.line + 1)
-            _record_lines(node, (), doc.lines)
-            if doc.data is not None:
-                documents.append(doc)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        raise SourceError(f"{source}: {where}not valid YAML: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SourceError(f"{source}: not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    return documents
-
-
-def _record_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                child: Loc = (*loc, key.value)
-                lines[child] = key.start_mark.line + 1
-                _record_lines(value, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[(*loc, index)] = item.start_mark.line + 1
-            _record_lines(item, (*loc, index), lines)
-
-
-def format_path(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _known_fields() -> list[str]:
@@ -123,6 +61,8 @@ def _known_fields() -> list[str]:
 
 
 KNOWN_FIELDS = _known_fields()
+# Problems reported per document: enough to fix a file, bounded for a hostile one.
+MAX_FINDINGS = 100
 
 
 def _message(error: Any) -> str:
@@ -139,12 +79,16 @@ def _message(error: Any) -> str:
 
 
 def validation_findings(exc: ValidationError, doc: YamlDocument) -> list[Finding]:
+    errors = exc.errors()
     findings = []
-    for error in exc.errors():
+    for error in errors[:MAX_FINDINGS]:
         loc: Loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
         findings.append(
             Finding(format_path(loc) or "document", _message(error), line=doc.line_of(loc))
         )
+    if len(errors) > MAX_FINDINGS:
+        more = len(errors) - MAX_FINDINGS
+        findings.append(Finding("document", f"{more} more problems not shown", line=doc.line))
     return findings
 
 
@@ -179,8 +123,11 @@ def load_document(doc: YamlDocument, source: str) -> LoadedDocument:
         return loaded
     manifest_class = resources.MANIFEST_KINDS.get(str(kind))
     if manifest_class is None:
-        name = (data.get("metadata") or {}).get("name", "?")
-        loaded.skipped = f"{kind} {name}: not a ContainerPolicy or ClusterContainerPolicy"
+        meta = data.get("metadata")
+        name = meta.get("name", "?") if isinstance(meta, dict) else "?"
+        loaded.skipped = (
+            f"{shown(kind)} {shown(name)}: not a ContainerPolicy or ClusterContainerPolicy"
+        )
         return loaded
     try:
         manifest = manifest_class.model_validate(data)

@@ -34,8 +34,13 @@ MAX_PATH_BYTES = 255
 MAX_PROCESS_NAME_BYTES = 15  # TASK_COMM_LEN - 1: what the kernel keeps of a name
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
-# Absolute, no empty component, a wildcard only as the whole last component.
-PATH_PATTERN = r"^/$|^(/[^/*]+)*/([^/*]+|\*|\*\*)$"
+# Absolute, no empty component, a wildcard only as the whole last component, no NUL
+# (no path holds one). Other control characters can be in a file's name, so they can match.
+PATH_PATTERN = r"^/$|^(/[^/*\x00]+)*/([^/*\x00]+|\*|\*\*)$"
+# A name the kernel can give a task: no '/' and no NUL (comm is a C string).
+PROCESS_NAME_PATTERN = r"^[^/\x00]+$"
+# A cluster's name or id as the operator is told it: no control characters.
+CLUSTER_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 IMAGE_NAME_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*$"
 # Registry host (optional :port), then one or more path components (the
 # distribution reference grammar, lowercase).
@@ -90,6 +95,8 @@ class Text(_Checked):
         what, limit = self.what, self.max_bytes or self.max_length
         if value == "":
             raise _fail("empty", f"{what} must not be empty")
+        if "\0" in value:  # every pattern refuses it too, so the CRD agrees
+            raise _fail("nul", f"{value!r} is not a valid {what}: it contains a NUL byte")
         size = len(value.encode())
         if self.max_bytes is not None and size > self.max_bytes:
             raise _fail("too_long", f"{what} is {size} bytes long; at most {limit} allowed")
@@ -146,8 +153,6 @@ def _path_problem(value: str) -> str | None:
     parts = value.split("/")[1:]
     if any(part in (".", "..") for part in parts):
         return "'.' and '..' are not allowed; write the path as the kernel resolves it"
-    if "\0" in value:
-        return "it contains a NUL byte"
     return None
 
 
@@ -176,7 +181,7 @@ ProcessName = Annotated[
     Text(
         "process name",
         hint="the executable's basename, without '/'",
-        pattern=r"^[^/]+$",
+        pattern=PROCESS_NAME_PATTERN,
         max_bytes=MAX_PROCESS_NAME_BYTES,
     ),
 ]
@@ -208,8 +213,24 @@ ImageTag = Annotated[
         max_length=128,
     ),
 ]
-ClusterId = Annotated[str, Text("cluster id", max_length=128)]
-ClusterName = Annotated[str, Text("cluster name", max_length=253)]
+ClusterId = Annotated[
+    str,
+    Text(
+        "cluster id",
+        pattern=CLUSTER_VALUE_PATTERN,
+        hint="no control characters",
+        max_length=128,
+    ),
+]
+ClusterName = Annotated[
+    str,
+    Text(
+        "cluster name",
+        pattern=CLUSTER_VALUE_PATTERN,
+        hint="no control characters",
+        max_length=253,
+    ),
+]
 Namespace = Annotated[
     str,
     Text(

@@ -13,7 +13,6 @@ below a listed one are covered by the kernel, which looks up the deepest listed 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stockade.policy.evaluator import ContainerFacts, Event, KubernetesFacts
-from stockade.policy.loader import format_path
 from stockade.policy.predicates import Workload
+from stockade.policy.source import SourceError, format_path, read_json
 
 __all__ = ["Container", "ContainersError", "load_containers", "namespace_labels"]
 
@@ -60,15 +59,10 @@ class Container:
 def load_containers(path: Path) -> dict[int, Container]:
     """cgroup id → container; raises ContainersError on any problem (nothing half-read)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ContainersError(f"{path}: can't read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ContainersError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ContainersError(
-            f"{path}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
-        ) from None
+        doc = read_json(path)
+    except SourceError as exc:
+        raise ContainersError(str(exc)) from None
+    data = doc.data
     if not isinstance(data, dict):
         raise ContainersError(f"{path}: must be a JSON object of cgroup directory → container")
     out: dict[int, Container] = {}
@@ -77,9 +71,11 @@ def load_containers(path: Path) -> dict[int, Container]:
             entry = _Entry.model_validate(value)
         except ValidationError as exc:
             error = exc.errors()[0]
-            where = format_path((cgroup, *(p for p in error["loc"] if isinstance(p, str | int))))
+            loc = (cgroup, *(p for p in error["loc"] if isinstance(p, str | int)))
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-            raise ContainersError(f"{path}: {where}: {message}") from None
+            raise ContainersError(
+                f"{path}: {format_path(loc)}: {message} (line {doc.line_of(loc)})"
+            ) from None
         directory = Path(cgroup)
         # cgroup.controllers exists only in cgroup v2 directories
         if not directory.is_absolute() or not (directory / "cgroup.controllers").is_file():

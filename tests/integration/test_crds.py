@@ -128,6 +128,33 @@ def test_the_apiserver_refuses_invalid_policies(
     assert listed == ""
 
 
+@pytest.mark.parametrize(
+    ("part", "condition", "value", "shown"),
+    [
+        ("process", "processName", "ba\0sh", "processName[0]"),
+        ("process", "processExecutable", "/bin/ba\0sh", "processExecutable[0]"),
+        ("file", "targetFilePath", "/etc/\0", "targetFilePath[0]"),
+        ("file", "kubernetesClusterName", "prod\0", "kubernetesClusterName[0]"),
+        ("file", "kubernetesClusterId", "id\x01", "kubernetesClusterId[0]"),
+    ],
+)
+def test_the_apiserver_refuses_values_that_can_never_match(
+    crds: None, kubectl: Kubectl, namespace: str, part: str, condition: str, value: str, shown: str
+) -> None:
+    """The same values the model refuses (tests/unit/test_model.py) by the CRD's patterns."""
+    obj = in_namespace(CLUSTER if part == "process" else DRIFT, namespace)
+    obj["kind"] = "ContainerPolicy"
+    obj["spec"].pop("namespaceSelector", None)
+    selector = obj["spec"][part]["selectors"][0]
+    for other in ("processExecutable", "processName"):
+        selector.pop(other, None)
+    selector[condition] = [value]
+    result = apply(kubectl, obj, check=False)
+    assert result.returncode != 0
+    assert f"spec.{part}.selectors[0].{shown}: Invalid value" in result.stderr, result.stderr
+    assert kubectl("get", "cpol", "-n", namespace, "-o", "name").stdout == ""
+
+
 def test_process_part_rule_in_the_apiserver(crds: None, kubectl: Kubectl) -> None:
     obj = copy.deepcopy(CLUSTER)
     obj["spec"]["process"]["selectors"][0]["processExecutable"] = ["/bin/bash"]

@@ -147,10 +147,15 @@ def test_cli_reloads_refuses_bad_input_and_reports(
 
         policy.write_text("process: [unclosed")
         refused = _wait_for(lines, "refused:")
-        assert "p.yaml: line 1 column 19: not valid YAML" in refused
+        assert (
+            "p.yaml: not valid YAML: did not find expected ',' or ']' (line 1, column 19)"
+            in refused
+        )
         assert refused.endswith("; generation 1 stays in force")
         containers.write_text("{")
-        assert "c.json: line 1 column 2: not valid JSON" in _wait_for(lines, "refused:")
+        assert "c.json: not valid JSON: did not find expected node content (line 1, column 2)" in (
+            _wait_for(lines, "refused:")
+        )
         assert run_tiny() == 0
         assert last_doc()["cloud_defend"]["bundle_generation"] == 1  # type: ignore[index]
         containers.write_text(json.dumps({"/nonexistent": {}}))

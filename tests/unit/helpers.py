@@ -8,7 +8,8 @@ import yaml
 
 from stockade.policy.document import PolicyDocument
 from stockade.policy.evaluator import Event
-from stockade.policy.loader import LoadedDocument, YamlDocument, load_document, parse_yaml
+from stockade.policy.loader import LoadedDocument, YamlDocument, load_document
+from stockade.policy.source import parse_yaml
 
 # The spec's response example: alert and block drift under /usr/bin and /etc, but not for nginx.
 SPEC_RESPONSES_EXAMPLE = """

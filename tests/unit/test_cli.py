@@ -78,7 +78,10 @@ file:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("file:\n  selectors: [\n", "line 3 column 1: not valid YAML"),
+        (
+            "file:\n  selectors: [\n",
+            "not valid YAML: did not find expected node content (line 3, column 1)",
+        ),
         (
             "process:\n  selectors:\n    - name: x\n      operation: fork\n"
             "  responses: [{match: [x], actions: [log]}]\n",
@@ -195,7 +198,10 @@ def test_explain_in_audit_mode(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("event_text", "expected"),
     [
-        ('{"part": "file"', "event.json: line 1 column 16: not valid JSON"),
+        (
+            '{"part": "file"',
+            "event.json: not valid JSON: did not find expected ',' or '}' (line 1, column 16)",
+        ),
         (
             '{"part": "file", "operation": "exec"}',
             "event.json: event: operation ['exec'] is not a file operation",

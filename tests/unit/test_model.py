@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
+from stockade.policy.crd import structural
 from stockade.policy.model import MAX_SELECTORS_PER_PART
+from stockade.policy.resources import ContainerPolicySpec
 
 from .helpers import SPEC_RESPONSES_EXAMPLE, errors, load, manifest, policy
 
@@ -211,6 +214,70 @@ def test_process_name(name: str, ok: bool) -> None:
 def test_container_condition_values(condition: str, value: str, ok: bool) -> None:
     data = file_policy([{"name": "x", condition: [value]}])
     assert (errors(data) == []) == ok, errors(data)
+
+
+# A valid value for every string condition of a selector, by part.
+STRING_CONDITIONS = {
+    ("file", "targetFilePath"): "/etc/passwd",
+    ("process", "processExecutable"): "/usr/bin/wget",
+    ("process", "processName"): "wget",
+    **{
+        (part, condition): value
+        for part in ("file", "process")
+        for condition, value in {
+            "containerImageFullName": "docker.io/library/nginx",
+            "containerImageName": "nginx",
+            "containerImageTag": "latest",
+            "kubernetesClusterId": "b2f8c7a0",
+            "kubernetesClusterName": "staging",
+            "kubernetesNamespace": "shop",
+            "kubernetesPodName": "web-1",
+            "kubernetesPodLabel": "app:web",
+        }.items()
+    },
+}
+
+
+def crd_selector_schema(part: str) -> dict[str, Any]:
+    spec = structural(ContainerPolicySpec)
+    items: dict[str, Any] = spec["properties"][part]["properties"]["selectors"]["items"]
+    return items
+
+
+def test_the_table_covers_every_string_condition() -> None:
+    for part in ("file", "process"):
+        fields = crd_selector_schema(part)["properties"]
+        strings = {
+            name
+            for name, schema in fields.items()
+            if schema.get("type") == "array" and schema["items"].get("type") == "string"
+            and "enum" not in schema["items"]
+        }  # fmt: skip
+        assert strings == {c for p, c in STRING_CONDITIONS if p == part}
+
+
+@pytest.mark.parametrize(("part", "condition"), sorted(STRING_CONDITIONS))
+@pytest.mark.parametrize("bad", ["\0", "\x01", "\x1f", "\x7f"])
+def test_values_that_can_never_match_are_refused_by_model_and_crd(
+    part: str, condition: str, bad: str
+) -> None:
+    """NUL can't be in any value the kernel or Kubernetes gives; control characters can't
+    be in anything but a file's name (so a path or a process name may hold them)."""
+    good = STRING_CONDITIONS[(part, condition)]
+    value = good[:2] + bad + good[2:]
+    may_hold = bad != "\0" and condition in ("targetFilePath", "processExecutable", "processName")
+    selector: dict[str, Any] = {"name": "x", condition: [value]}
+    data = file_policy([selector]) if part == "file" else process_policy([selector])
+    found = errors(data)
+    pattern = crd_selector_schema(part)["properties"][condition]["items"]["pattern"]
+    assert re.search(pattern, good)
+    if may_hold:
+        assert found == []
+        assert re.search(pattern, value)
+    else:
+        assert len(found) == 1 and found[0].startswith(f"{part}.selectors[0].{condition}[0]: ")
+        assert ("NUL byte" in found[0]) == (bad == "\0"), found
+        assert not re.search(pattern, value)
 
 
 @pytest.mark.parametrize(
