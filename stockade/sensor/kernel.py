@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from stockade.policy.bundle import Bundle as PolicyBundle
@@ -37,7 +36,7 @@ from stockade.sensor.abi import (
     PathTable,
     Stat,
 )
-from stockade.sensor.libbpf import BpfObject, Link, Map, RingBuffer
+from stockade.sensor.libbpf import BpfObject, Closing, Link, Map, RingBuffer
 from stockade.sensor.paths import ensure_fs, object_path
 
 __all__ = [
@@ -138,7 +137,7 @@ def _head_keys(heads: Mapping[str, PathTable]) -> dict[tuple[int, bytes], int]:
     return keys
 
 
-class KillSensor:
+class KillSensor(Closing):
     """The loaded stockade.bpf.o: attach, fill maps, read records."""
 
     OBJECT: str = "stockade.bpf.o"
@@ -200,17 +199,6 @@ class KillSensor:
             link.destroy()
         self.links.clear()
         self.obj.close()
-
-    def __enter__(self) -> KillSensor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- bundles ----------------------------------------------------------------
 

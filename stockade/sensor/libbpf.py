@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, Self
 
 __all__ = [
     "BPF_ANY",
@@ -117,6 +117,24 @@ _lib.libbpf_set_print(_print_cb)
 def libbpf_log(last: int = 60) -> list[str]:
     """The last lines libbpf printed (verifier logs on load failures)."""
     return list(_LOG)[-last:]
+
+
+class Closing:
+    """`with X() as x:` closes x at the end; subclasses define `close`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class BpfError(OSError):
@@ -315,7 +333,7 @@ class Map:
         _check(_lib.bpf_map__unpin(self._ptr, str(path).encode()), f"unpin {self.name}")
 
 
-class BpfObject:
+class BpfObject(Closing):
     """An opened (then loaded) BPF ELF object."""
 
     def __init__(self, path: str | Path) -> None:
@@ -353,17 +371,6 @@ class BpfObject:
             _lib.bpf_object__close(self._ptr)
             self._ptr = None
 
-    def __enter__(self) -> BpfObject:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 class _BtfType(ctypes.Structure):
     _fields_ = [("name_off", _u32), ("info", _u32), ("size", _u32)]  # struct btf_type
@@ -381,7 +388,7 @@ _BTF_KIND_STRUCT: Final = 4
 _BTF_KIND_ENUM: Final = 6
 
 
-class Btf:
+class Btf(Closing):
     """The BTF of an object file (or a raw BTF file): its named enums and structs."""
 
     def __init__(self, path: str | Path) -> None:
@@ -421,17 +428,6 @@ class Btf:
         if self._ptr:
             _lib.btf__free(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> Btf:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class RingBuffer:
