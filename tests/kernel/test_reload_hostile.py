@@ -48,10 +48,11 @@ def large_policy(binary: Path) -> str:
 
 
 def metadata_list(binary: Path) -> str:
+    """A good policy, then a document of another kind whose metadata is a list."""
     good = json.dumps({"apiVersion": "stockade.dev/v1alpha1", "kind": "ContainerPolicy",
                        "metadata": {"name": "ok", "namespace": "shop"},
                        "spec": json.loads(tiny_policy(binary, ["log"]))})  # fmt: skip
-    return good + "\n---\napiVersion: stockade.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: [a]\n"
+    return good + "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: [a]\n"
 
 
 HOSTILE: dict[str, Callable[[Path], str]] = {
