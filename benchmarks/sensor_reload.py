@@ -14,7 +14,8 @@ a C loop opens a file or fork+execs a tiny static binary:
    longest stall; sampled every 20 ms).
 2. **Restart after kill -9**: the sensor blocks the binary (kill mode: SIGKILL); it is killed
    with SIGKILL and started again at once. Reported: the execs that ran to completion from
-   the restart on, and the time from the restart to the last of them (the gap).
+   the restart on, and the time from the restart to the last of them (the gap); once with a
+   policy of that one selector, once with the large policy of 1.
 """
 
 from __future__ import annotations
@@ -202,12 +203,15 @@ def reload_large(d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse
           f"written {stats['written']}; longest stall of the output {stall:.2f} s")  # fmt: skip
 
 
-def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse.Namespace) -> None:
-    (d / "p.yaml").write_text(policy(binary, ["alert", "block"], d / "target"))
-    state = d / "state-restart"
+def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, seconds: float, size: str) -> None:
+    """kill -9 and restart a sensor enforcing `size` ("small": the binary's selector only,
+    else SELECTORSxVALUES more file selectors, as for the reload)."""
+    many = (0, 0) if size == "small" else tuple(int(n) for n in size.split("x"))
+    (d / "p.yaml").write_text(policy(binary, ["alert", "block"], d / "target", *many))
+    state = d / f"state-restart-{size}"
     first = Sensor(d, state)
     first.wait_for("applied generation 1")
-    runner = start_loop(loop, args.seconds + 2, "exec", binary, cgroup)
+    runner = start_loop(loop, seconds + 2, "exec", binary, cgroup)
     time.sleep(1)
     first.proc.kill()  # kill -9
     first.proc.wait()
@@ -217,10 +221,10 @@ def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse.
            if status == "0" and int(t) / 1e9 >= second.started]  # fmt: skip
     gap = (max(ran) - second.started) if ran else 0.0
     second.stop()
-    print(f"restart after kill -9: {len(ran)} blocked execs ran; last {gap:.2f} s after the "
-          f"restart; sensor said: "
-          + "; ".join(f"{at - second.started:.2f} s {line.removeprefix('stockade sensor: ')}"
-                      for at, line in second.lines[:4]))  # fmt: skip
+    print(f"restart after kill -9 ({size} policy): {len(ran)} blocked execs ran, the last "
+          f"{gap:.2f} s after the restart; the sensor said: "
+          + "; ".join(f"{at - second.started:.2f} s {line.removeprefix('stockade sensor: ')[:45]}"
+                      for at, line in second.lines[:3]))  # fmt: skip
 
 
 def main() -> None:
@@ -241,7 +245,8 @@ def main() -> None:
                         str(d / "tiny.c")], check=True)  # fmt: skip
         (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "b"}}}))
         reload_large(d, cgroup, loop, binary, args)
-        restart_gap(d, cgroup, loop, binary, args)
+        restart_gap(d, cgroup, loop, binary, args.seconds, "small")
+        restart_gap(d, cgroup, loop, binary, args.seconds, f"{args.selectors}x{args.values}")
     finally:
         cgroup.rmdir()
         shutil.rmtree(d, ignore_errors=True)

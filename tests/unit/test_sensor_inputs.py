@@ -84,9 +84,10 @@ def test_memory_beyond_the_limit_is_a_refusal(inputs: tuple[Path, Path]) -> None
 def test_a_cached_document_is_checked(inputs: tuple[Path, Path]) -> None:
     policy, containers = inputs
     raw = encode_applied(read_inputs(policy, containers))
-    data = json.loads(raw)
-    data["bundle"]["process"]["responses"][0]["actions"] = ["alert"]
-    with pytest.raises(InputError, match=r"cache: corrupt \(its hash does not match"):
-        decode_applied(json.dumps(data).encode(), Path("cache"))
-    with pytest.raises(InputError, match=r"^cache: not an applied bundle \(JSONDecodeError\)$"):
+    assert decode_applied(raw, Path("cache")).bundle == read_inputs(policy, containers).bundle
+    with pytest.raises(InputError, match=r"^cache: corrupt \(its sha256 does not match"):
+        decode_applied(raw.replace(b'["log"]', b'["alert"]'), Path("cache"))
+    with pytest.raises(InputError, match=r"^cache: corrupt"):
         decode_applied(raw[:-1], Path("cache"))
+    with pytest.raises(InputError, match=r"^cache: not an applied bundle \(no "):
+        decode_applied(raw.partition(b"\n")[2], Path("cache"))
