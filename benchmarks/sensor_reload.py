@@ -1,6 +1,6 @@
 """What a reload and a restart cost enforcement (root; not a test).
 
-    .venv/bin/python benchmarks/sensor_reload.py [--selectors 255] [--values 256] [--seconds 3]
+    .venv/bin/python benchmarks/sensor_reload.py [--selectors 255] [--values 256]
 
 Two measurements of the real `stockade sensor --standalone` process, in a test cgroup where
 a C loop opens a file or fork+execs a tiny static binary:
@@ -71,6 +71,7 @@ int main(int argc, char **argv) {
         if (!p) { execv(argv[3], args); _exit(127); }
         int st; waitpid(p, &st, 0);
         printf("%lld %d\n", now(), WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+        fflush(stdout);
     }
     return 0;
 }
@@ -203,7 +204,7 @@ def reload_large(d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse
           f"written {stats['written']}; longest stall of the output {stall:.2f} s")  # fmt: skip
 
 
-def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, seconds: float, size: str) -> None:
+def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> None:
     """kill -9 and restart a sensor enforcing `size` ("small": the binary's selector only,
     else SELECTORSxVALUES more file selectors, as for the reload)."""
     many = (0, 0) if size == "small" else tuple(int(n) for n in size.split("x"))
@@ -211,11 +212,14 @@ def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, seconds: float,
     state = d / f"state-restart-{size}"
     first = Sensor(d, state)
     first.wait_for("applied generation 1")
-    runner = start_loop(loop, seconds + 2, "exec", binary, cgroup)
+    runner = start_loop(loop, 3600, "exec", binary, cgroup)
     time.sleep(1)
     first.proc.kill()  # kill -9
     first.proc.wait()
     second = Sensor(d, state)
+    second.wait_for("applied generation 1")
+    time.sleep(1)
+    runner.kill()
     out, _ = runner.communicate()
     ran = [int(t) / 1e9 for t, status in (line.split() for line in out.splitlines())
            if status == "0" and int(t) / 1e9 >= second.started]  # fmt: skip
@@ -231,7 +235,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--selectors", type=int, default=255, help="256 with the target's: the most")
     ap.add_argument("--values", type=int, default=256)
-    ap.add_argument("--seconds", type=float, default=3.0, help="the loop's time after restart")
     args = ap.parse_args()
     subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
     d = Path(tempfile.mkdtemp(prefix="stk-bench-", dir="/var/tmp"))
@@ -245,8 +248,8 @@ def main() -> None:
                         str(d / "tiny.c")], check=True)  # fmt: skip
         (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "b"}}}))
         reload_large(d, cgroup, loop, binary, args)
-        restart_gap(d, cgroup, loop, binary, args.seconds, "small")
-        restart_gap(d, cgroup, loop, binary, args.seconds, f"{args.selectors}x{args.values}")
+        restart_gap(d, cgroup, loop, binary, "small")
+        restart_gap(d, cgroup, loop, binary, f"{args.selectors}x{args.values}")
     finally:
         cgroup.rmdir()
         shutil.rmtree(d, ignore_errors=True)
