@@ -147,17 +147,14 @@ class Sensor:
 
 
 def start_loop(
-    loop: Path, seconds: float, what: str, target: Path, cgroup: Path
-) -> subprocess.Popen[str]:
+    loop: Path, seconds: float, what: str, target: Path, cgroup: Path, stdout: Path | None = None
+) -> subprocess.Popen[bytes]:
     def join() -> None:
         (cgroup / "cgroup.procs").write_text("0")
 
-    return subprocess.Popen(
-        [str(loop), str(seconds), what, str(target), str(OPENS_PER_S)],
-        preexec_fn=join,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    with open(stdout or os.devnull, "wb") as out:
+        argv = [str(loop), str(seconds), what, str(target), str(OPENS_PER_S)]
+        return subprocess.Popen(argv, preexec_fn=join, stdout=out)
 
 
 def reload_large(d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse.Namespace) -> None:
@@ -212,7 +209,7 @@ def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> N
     state = d / f"state-restart-{size}"
     first = Sensor(d, state)
     first.wait_for("applied generation 1")
-    runner = start_loop(loop, 3600, "exec", binary, cgroup)
+    runner = start_loop(loop, 3600, "exec", binary, cgroup, stdout=d / "execs")
     time.sleep(1)
     first.proc.kill()  # kill -9
     first.proc.wait()
@@ -220,7 +217,8 @@ def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> N
     second.wait_for("applied generation 1")
     time.sleep(1)
     runner.kill()
-    out, _ = runner.communicate()
+    runner.wait()
+    out = (d / "execs").read_text()
     ran = [int(t) / 1e9 for t, status in (line.split() for line in out.splitlines())
            if status == "0" and int(t) / 1e9 >= second.started]  # fmt: skip
     gap = (max(ran) - second.started) if ran else 0.0
