@@ -35,6 +35,8 @@ __all__ = ["Standalone"]
 
 KEEP_GENERATIONS = 16  # far more than can be in the ring buffer at once (0.2 s grace per flip)
 BUSY_POLL_MS = 20  # the loop's poll timeout while a reload is on its way
+DRAIN_RECORDS = 1 << 15  # more than the 4 MiB ring buffer holds (records are >= 232 bytes)
+POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGTERM get a turn
 
 Signature = tuple[int, int, int] | None
 
@@ -209,14 +211,14 @@ class Standalone:
 
     def pump(self, timeout_ms: int) -> int:
         """Wait up to timeout_ms for records and write them; returns how many."""
-        n = self._ring.poll(timeout_ms)
+        n = self._ring.poll(timeout_ms, POLL_RECORDS)
         if n:
             self.output.flush()
         return n
 
     def drain(self) -> None:
-        """Write whatever is in the ring buffer now."""
-        if self._ring.consume():
+        """Write what is in the ring buffer now (at most what it can hold: a flood goes on)."""
+        if self._ring.consume(DRAIN_RECORDS):
             self.output.flush()
 
     def stats(self) -> dict[str, int]:

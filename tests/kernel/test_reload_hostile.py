@@ -232,3 +232,38 @@ def test_corrupt_cache_is_refused_and_the_inputs_read(
         assert subprocess.run([str(binary)], preexec_fn=cgroup.join(), check=False).returncode == -9
     finally:
         second.stop()
+
+
+def test_a_record_flood_leaves_room_for_reloads_and_sigterm(
+    setup: tuple[Path, Path], cgroup: Cgroup
+) -> None:
+    """Write-opens logged as fast as a container can make them: far more records than the
+    sensor can write. Reading them must not keep the loop from reloading or stopping."""
+    workdir, binary = setup
+    target = workdir / "target"
+    target.write_text("")
+    doc = json.loads(tiny_policy(binary, ["alert", "block"]))
+    doc["file"] = {
+        "selectors": [{"name": "t", "operation": ["modifyFile"], "targetFilePath": [str(target)]}],
+        "responses": [{"match": ["t"], "actions": ["log"]}],
+    }
+    (workdir / "p.yaml").write_text(json.dumps(doc))
+    sensor = Sensor(workdir)
+    flood = None
+    try:
+        sensor.wait_for("applied generation 1")
+        flood = subprocess.Popen(
+            [sys.executable, "-c", f"import os\nwhile True: os.close(os.open({str(target)!r}, 1))"],
+            preexec_fn=cgroup.join(),
+        )  # fmt: skip
+        time.sleep(1)
+        doc["file"]["responses"][0]["actions"] = ["log", "alert"]
+        sensor.write_policy(json.dumps(doc))
+        sensor.wait_for("applied generation 2", timeout=30)
+        sensor.proc.send_signal(signal.SIGTERM)
+        assert sensor.proc.wait(timeout=30) == 0
+    finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
+        sensor.stop()
