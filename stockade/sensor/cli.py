@@ -36,7 +36,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
     from stockade.sensor.inputs import Limits
     from stockade.sensor.kernel import open_sensor
     from stockade.sensor.libbpf import BpfError
-    from stockade.sensor.probe import probe_mode
+    from stockade.sensor.probe import Mode, probe_mode
     from stockade.sensor.standalone import Standalone
     from stockade.sensor.state import StateDir
 
@@ -46,9 +46,16 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         print(f"stockade sensor: {args.state_dir}: can't use as the state directory: "
               f"{exc.strerror}", file=sys.stderr)  # fmt: skip
         return 1
-    probe = probe_mode()
-    mode = str(probe.mode)  # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
-    print(f"stockade sensor: mode {mode} ({probe.reason})", file=sys.stderr, flush=True)
+    probed = state.probed()  # restarted in this boot: the kernel can do what it could
+    if probed is None:
+        probe = probe_mode()
+        mode, reason = str(probe.mode), probe.reason
+        if probe.mode != Mode.OBSERVE:  # a failed probe may have been bad luck: probe again
+            state.remember_probe(mode, reason)
+    else:
+        mode, reason = probed[0], f"{probed[1]}; probed earlier in this boot"
+    # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
+    print(f"stockade sensor: mode {mode} ({reason})", file=sys.stderr, flush=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -78,6 +85,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
                 sa.close()
     except BpfError as exc:
         print(f"stockade sensor: can't load the BPF programs: {exc}", file=sys.stderr)
+        state.forget_probe()
         return 1
     finally:
         if out is not sys.stdout:

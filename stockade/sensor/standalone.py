@@ -109,12 +109,15 @@ class Standalone:
             Bundle.from_policy(applied.bundle, containers, self.generation + 1)
         )
 
-    def _activate(self, applied: Applied, slot: int, how: str) -> None:
-        """Flip to the prepared slot: its generation is in force from now on."""
+    def _activate(self, applied: Applied, slot: int, how: str, commit: bool = False) -> None:
+        """Flip to the prepared slot: its generation is in force from now on; `commit`: the
+        pending document becomes the cached one (before the line that says it's applied)."""
         generation = self.generation + 1
         self.applied[generation] = Applied(generation, applied.bundle, applied.containers)
         self.sensor.activate(slot)
         self.generation = generation
+        if commit:
+            self.state.commit()
         while len(self.applied) > KEEP_GENERATIONS:
             self.applied.popitem(last=False)
         self._say(
@@ -171,8 +174,7 @@ class Standalone:
         if written is None:
             self._say(f"inputs unchanged: generation {self.generation} stays in force")
             return
-        self._activate(*written, f" (read in {self._read_s:.1f} s)")
-        self.state.commit()
+        self._activate(*written, f" (read in {self._read_s:.1f} s)", commit=True)
 
     def apply(self) -> bool:
         """Read, compile and load the inputs and wait until that is done; False if refused."""

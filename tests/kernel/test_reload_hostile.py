@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Cgroup
-from .test_reload import _lines, _wait_for, tiny_policy
+from .test_reload import _wait_for, tiny_policy
 
 pytestmark = pytest.mark.kernel
 
@@ -76,7 +76,14 @@ class Sensor:
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=_lines, args=(self.proc.stderr, self.lines), daemon=True).start()
+        self.seen: list[str] = []  # every line, for failures
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.seen.append(line.rstrip("\n"))
+            self.lines.put(self.seen[-1])
 
     def wait_for(self, text: str, timeout: float = 90.0) -> str:
         """The next stderr line with `text`; fails at once when the sensor has died."""
@@ -85,7 +92,9 @@ class Sensor:
             try:
                 return _wait_for(self.lines, text, 0.5)
             except queue.Empty:
-                assert self.proc.poll() is None, f"the sensor died (exit {self.proc.returncode})"
+                if self.proc.poll() is not None:
+                    time.sleep(0.2)  # the reader thread's last lines
+                    pytest.fail(f"the sensor died (exit {self.proc.returncode}): {self.seen}")
                 assert time.monotonic() < deadline, f"no {text!r} in {timeout} s"
 
     def write_policy(self, text: str) -> None:
@@ -198,6 +207,7 @@ def test_restart_enforces_the_cache_before_reading(
     first.write_policy(alias_bomb())  # what the restarted sensor reads: slow, then refused
     second = Sensor(workdir)
     try:
+        assert second.wait_for("mode ").endswith("; probed earlier in this boot)")
         assert "applied generation 1 from the cache" in second.wait_for("applied generation")
         res = subprocess.run([str(binary)], preexec_fn=cgroup.join(), check=False)
         line = second.wait_for("refused:")  # the inputs were read after that exec was killed
