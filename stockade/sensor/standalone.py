@@ -109,15 +109,12 @@ class Standalone:
             Bundle.from_policy(applied.bundle, containers, self.generation + 1)
         )
 
-    def _activate(self, applied: Applied, slot: int, how: str, commit: bool = False) -> None:
-        """Flip to the prepared slot: its generation is in force from now on; `commit`: the
-        pending document becomes the cached one (before the line that says it's applied)."""
+    def _activate(self, applied: Applied, slot: int, how: str) -> None:
+        """Flip to the prepared slot: its generation is in force from now on."""
         generation = self.generation + 1
         self.applied[generation] = Applied(generation, applied.bundle, applied.containers)
         self.sensor.activate(slot)
         self.generation = generation
-        if commit:
-            self.state.commit()
         while len(self.applied) > KEEP_GENERATIONS:
             self.applied.popitem(last=False)
         self._say(
@@ -146,13 +143,17 @@ class Standalone:
         self._reading = Reading(self.policy, self.containers, self.state.pending, self.limits)
 
     def _write_pending(self) -> tuple[Applied, int] | None:
-        """In the worker thread: the child's result into the inactive slot (None: it is what
-        is in force already)."""
+        """In the worker thread: the child's result into the inactive slot, then the cached
+        one (the loop flips to it next: caching it first means an applied generation is
+        always cached, and the loop never waits for an fsync); None: it is what is in force
+        already."""
         raw = self.state.pending.read_bytes()
         if self.generation and raw == self.state.cached():
             return None
         applied = decode_applied(raw, self.state.pending)
-        return applied, self._prepare(applied)
+        slot = self._prepare(applied)
+        self.state.commit()
+        return applied, slot
 
     def advance(self) -> None:
         """Move a reload on: a finished reading to the worker, a written slot into force."""
@@ -174,7 +175,7 @@ class Standalone:
         if written is None:
             self._say(f"inputs unchanged: generation {self.generation} stays in force")
             return
-        self._activate(*written, f" (read in {self._read_s:.1f} s)", commit=True)
+        self._activate(*written, f" (read in {self._read_s:.1f} s)")
 
     def apply(self) -> bool:
         """Read, compile and load the inputs and wait until that is done; False if refused."""

@@ -188,7 +188,8 @@ def test_reload_keeps_enforcing_and_recording(
             statuses = loop.stop()
         stall = loop.longest_stall(started, done)
         took = done - started
-        assert stall < 1.0, f"no record written for {stall:.1f} s of the {took:.1f} s reload"
+        # before the reader was a child process: 10.7 s of an 11.3 s reload (large policy)
+        assert stall < 2.0, f"no record written for {stall:.1f} s of the {took:.1f} s reload"
         assert len(statuses) > 20 and set(statuses) == {137}  # every run killed, throughout
         assert subprocess.run([str(binary)], preexec_fn=cgroup.join(), check=False).returncode == -9
         assert '"refused_inputs": ' + ("1" if case in HOSTILE else "0") in sensor.wait_for("stats")
