@@ -140,9 +140,11 @@ class Sensor:
     """`stockade sensor --standalone` in the background, until stopped."""
 
     def __init__(self, policy: Path, containers: Path, out: Path) -> None:
+        state = tempfile.mkdtemp(prefix="state-", dir=out.parent)  # no cached bundle: a cold start
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stockade.sensor.cli", "--standalone", "--policy",
-             str(policy), "--containers", str(containers), "--output", f"jsonl:{out}"],
+             str(policy), "--containers", str(containers), "--output", f"jsonl:{out}",
+             "--state-dir", state],
             stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         assert self.proc.stderr is not None

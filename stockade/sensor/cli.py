@@ -15,6 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from stockade.sensor.state import DEFAULT_STATE_DIR
+
 
 def _output(spec: str) -> Path | None:
     kind, _, target = spec.partition(":")
@@ -31,14 +33,29 @@ def cmd_sensor(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from stockade.sensor.inputs import Limits
     from stockade.sensor.kernel import open_sensor
     from stockade.sensor.libbpf import BpfError
-    from stockade.sensor.probe import probe_mode
+    from stockade.sensor.probe import Mode, probe_mode
     from stockade.sensor.standalone import Standalone
+    from stockade.sensor.state import StateDir
 
-    probe = probe_mode()
-    mode = str(probe.mode)  # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
-    print(f"stockade sensor: mode {mode} ({probe.reason})", file=sys.stderr, flush=True)
+    try:
+        state = StateDir(args.state_dir)
+    except OSError as exc:
+        print(f"stockade sensor: {args.state_dir}: can't use as the state directory: "
+              f"{exc.strerror}", file=sys.stderr)  # fmt: skip
+        return 1
+    probed = state.probed()  # restarted in this boot: the kernel can do what it could
+    if probed is None:
+        probe = probe_mode()
+        mode, reason = str(probe.mode), probe.reason
+        if probe.mode != Mode.OBSERVE:  # a failed probe may have been bad luck: probe again
+            state.remember_probe(mode, reason)
+    else:
+        mode, reason = probed[0], f"{probed[1]}; probed earlier in this boot"
+    # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
+    print(f"stockade sensor: mode {mode} ({reason})", file=sys.stderr, flush=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -47,12 +64,20 @@ def cmd_sensor(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     out: TextIO = sys.stdout if args.output is None else args.output.open("a", encoding="utf-8")
+    limits = Limits(memory_mib=args.read_memory, seconds=args.read_timeout)
     try:
         with open_sensor(mode) as sensor:
-            sensor.attach()
-            sa = Standalone(sensor, args.policy, args.containers, out, mode)
+            sa = Standalone(
+                sensor, args.policy, args.containers, out, mode, state=state, limits=limits
+            )
             try:
-                if not sa.apply():
+                # the cached bundle is in the maps before the programs attach: enforced from
+                # their first event; the inputs are read while they run
+                cached = sa.apply_cached()
+                sensor.attach()
+                if cached:
+                    sa.start_reading()
+                elif not sa.apply():
                     return 1
                 sa.run(lambda: bool(stopping), stats_s=args.stats_interval)
                 sa.report()
@@ -60,6 +85,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
                 sa.close()
     except BpfError as exc:
         print(f"stockade sensor: can't load the BPF programs: {exc}", file=sys.stderr)
+        state.forget_probe()
         return 1
     finally:
         if out is not sys.stdout:
@@ -87,6 +113,25 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--stats-interval", type=float, default=60.0, metavar="SECONDS",
         help="how often a stats line (records, drops) goes to stderr; also on exit",
+    )  # fmt: skip
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help="where the last applied bundle is kept; a restarted sensor enforces it before "
+        f"it reads anything (default {DEFAULT_STATE_DIR})",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a policy and containers file not read and compiled in this time is refused",
+    )
+    p.add_argument(
+        "--read-memory", type=int, default=1024, metavar="MiB",
+        help="the address space the reading of the inputs may use before they are refused",
     )  # fmt: skip
     p.set_defaults(run=cmd_sensor)
 

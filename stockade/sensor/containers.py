@@ -24,7 +24,14 @@ from stockade.policy.evaluator import ContainerFacts, Event, KubernetesFacts
 from stockade.policy.predicates import Workload
 from stockade.policy.source import SourceError, format_path, read_json
 
-__all__ = ["Container", "ContainersError", "load_containers", "namespace_labels"]
+__all__ = [
+    "Container",
+    "ContainersError",
+    "dump_containers",
+    "load_containers",
+    "namespace_labels",
+    "restore_containers",
+]
 
 
 class ContainersError(Exception):
@@ -95,3 +102,29 @@ def namespace_labels(containers: Mapping[int, Container]) -> dict[str, dict[str,
         if k.namespace is not None and k.namespace_labels is not None:
             labels[k.namespace] = dict(k.namespace_labels)
     return labels
+
+
+def dump_containers(containers: Mapping[int, Container]) -> dict[str, dict[str, object]]:
+    """The containers as JSON data, keyed by cgroup id (as applied: ids are not looked up
+    again), for `restore_containers`."""
+    return {
+        str(cgid): {
+            "cgroup": c.cgroup_path,
+            "container": c.container.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "kubernetes": c.kubernetes.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+        for cgid, c in containers.items()
+    }
+
+
+def restore_containers(data: Mapping[str, Mapping[str, object]]) -> dict[int, Container]:
+    """What `dump_containers` wrote (ValueError, KeyError or TypeError if it isn't)."""
+    return {
+        int(cgid): Container(
+            str(entry["cgroup"]),
+            int(cgid),
+            ContainerFacts.model_validate(entry["container"]),
+            KubernetesFacts.model_validate(entry["kubernetes"]),
+        )
+        for cgid, entry in data.items()
+    }

@@ -319,13 +319,19 @@ class KillSensor(Closing):
         self._write_control(slot, gens, counts)
         self._last_flip = time.monotonic()
 
-    def reload(self, bundle: Bundle) -> int:
-        """Write the inactive slot (after the grace delay since the last flip), then flip."""
+    def prepare(self, bundle: Bundle) -> int:
+        """Write the inactive slot (after the grace delay since the last flip); returns it,
+        for `activate`. Programs go on reading the active slot meanwhile."""
         wait = self._last_flip + self.grace_s - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         slot = 1 - self.active_slot
         self.write_slot(slot, bundle)
+        return slot
+
+    def reload(self, bundle: Bundle) -> int:
+        """Write the inactive slot, then flip to it."""
+        slot = self.prepare(bundle)
         self.activate(slot)
         return slot
 

@@ -32,6 +32,7 @@ from stockade.sensor.abi import ActionBits
 from stockade.sensor.ecs import Applied
 from stockade.sensor.kernel import KillSensor
 from stockade.sensor.standalone import Standalone
+from stockade.sensor.state import StateDir
 
 from .conftest import Cgroup
 
@@ -204,8 +205,9 @@ class Harness:
         self.containers.write_text(json.dumps({str(cg.path): v for cg, v in containers.items()}))
         if self.sa is None:
             self.sa = Standalone(
-                self.sensor, self.policy, self.containers, self.out, self.mode, self.log
-            )
+                self.sensor, self.policy, self.containers, self.out, self.mode,
+                state=StateDir(self.directory / "state"), log=self.log,
+            )  # fmt: skip
         assert self.sa.apply(), self.log.getvalue()
         return self.sa.applied[self.sa.generation]
 
