@@ -192,6 +192,7 @@ class _Builder:
             where = f" (line {line})"
         else:
             where = ""
+        problem = " ".join(problem.split())  # one line, whatever a library's message held
         return SourceError(f"{self.source}: {problem}{where}")
 
     def documents(self) -> Iterator[YamlDocument]:
@@ -362,7 +363,8 @@ class _Builder:
             return construct(_CONSTRUCTOR, node)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
             short = tag.rsplit(":", 1)[-1]
-            raise self.fail(f"{event.value[:40]!r} is not a valid {short}: {exc}", mark) from None
+            why = getattr(exc, "problem", None) or exc  # a YAML error's own marks: not ours
+            raise self.fail(f"{event.value[:40]!r} is not a valid {short}: {why}", mark) from None
 
     def integer(self, text: str, mark: Any) -> int:
         """An integer within MAX_INT_BITS; longer text is refused before it is converted."""

@@ -84,10 +84,16 @@ def load_containers(path: Path) -> dict[int, Container]:
                 f"{path}: {format_path(loc)}: {message} (line {doc.line_of(loc)})"
             ) from None
         directory = Path(cgroup)
-        # cgroup.controllers exists only in cgroup v2 directories
-        if not directory.is_absolute() or not (directory / "cgroup.controllers").is_file():
-            raise ContainersError(f"{path}: {cgroup}: not a cgroup v2 directory")
-        cgroup_id = os.stat(directory).st_ino
+        try:
+            # cgroup.controllers exists only in cgroup v2 directories
+            if not directory.is_absolute() or not (directory / "cgroup.controllers").is_file():
+                raise ContainersError(f"{path}: {cgroup!r}: not a cgroup v2 directory")
+            cgroup_id = os.stat(directory).st_ino
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, ...
+            why = getattr(exc, "strerror", None) or exc
+            raise ContainersError(
+                f"{path}: {cgroup!r}: not a cgroup v2 directory ({why})"
+            ) from None
         if cgroup_id in out:
             raise ContainersError(f"{path}: {cgroup}: same cgroup as {out[cgroup_id].cgroup_path}")
         out[cgroup_id] = Container(cgroup, cgroup_id, entry.container, entry.kubernetes)
