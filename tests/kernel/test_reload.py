@@ -192,4 +192,4 @@ def test_cli_refuses_bad_containers_at_start(workdir: Path, _built: None) -> Non
         capture_output=True, text=True, check=False, env={**os.environ},
     )  # fmt: skip
     assert res.returncode == 1
-    assert "c.json: /tmp: not a cgroup v2 directory; no policy stays in force" in res.stderr
+    assert "c.json: '/tmp': not a cgroup v2 directory; no policy stays in force" in res.stderr

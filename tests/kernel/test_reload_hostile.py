@@ -33,13 +33,14 @@ def alias_bomb() -> str:
 
 
 def large_policy(binary: Path) -> str:
-    """A valid policy of 6.6 MB that still blocks `binary`: 255 more file selectors of 128
-    paths each (half the path table, so that a bundle like it can be written next to it)."""
+    """A valid policy of 2.7 MB (the reader takes at most 3 MiB) that still blocks `binary`:
+    255 more file selectors of 128 paths each (half the path table, so that a bundle like it
+    can be written next to it)."""
     doc = json.loads(tiny_policy(binary, ["alert", "block"]))
     doc["file"] = {
         "selectors": [
             {"name": f"f{i}", "operation": ["createFile"],
-             "targetFilePath": [f"/var/lib/d{i:03d}/{'x' * 160}/{j:03d}/**" for j in range(128)]}
+             "targetFilePath": [f"/var/lib/d{i:03d}/{'x' * 50}/{j:03d}/**" for j in range(128)]}
             for i in range(255)
         ],
         "responses": [{"match": ["f0"], "actions": ["log"]}],
@@ -48,11 +49,12 @@ def large_policy(binary: Path) -> str:
 
 
 def metadata_list(binary: Path) -> str:
-    """A good policy, then a document of another kind whose metadata is a list."""
+    """A good policy, then a policy whose metadata is a list (it crashed the old loader)."""
     good = json.dumps({"apiVersion": "stockade.dev/v1alpha1", "kind": "ContainerPolicy",
                        "metadata": {"name": "ok", "namespace": "shop"},
                        "spec": json.loads(tiny_policy(binary, ["log"]))})  # fmt: skip
-    return good + "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: [a]\n"
+    bad = "apiVersion: stockade.dev/v1alpha1\nkind: ContainerPolicy\nmetadata: [a]\nspec: {}\n"
+    return good + "\n---\n" + bad
 
 
 HOSTILE: dict[str, Callable[[Path], str]] = {
