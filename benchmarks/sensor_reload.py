@@ -1,14 +1,14 @@
 """What a reload and a restart cost enforcement (root; not a test).
 
-    .venv/bin/python benchmarks/sensor_reload.py [--selectors 255] [--values 256]
+    .venv/bin/python benchmarks/sensor_reload.py [--selectors 255] [--values 56]
 
 Two measurements of the real `stockade sensor --standalone` process, in a test cgroup where
 a C loop opens a file or fork+execs a tiny static binary:
 
 1. **Reload of a large valid policy**: the sensor logs every write-open of a file, which the
    loop opens 5,000 times a second; the policy file is replaced by one with `--selectors`
-   more file selectors of `--values` 190-byte paths each (255 x 256: 13 MB; with the
-   target's, 256 selectors, the most a part may have) that still logs the opens. Reported:
+   more file selectors of `--values` 190-byte paths each (255 x 56: 2.9 MB, near the
+   reader's 3 MiB file limit; with the target's, 256 selectors, the most a part may have) that still logs the opens. Reported:
    the seconds until the new generation is applied, the records dropped meanwhile (the stats
    line's `dropped`), and the longest time the output file did not grow (the record loop's
    longest stall; sampled every 20 ms).
@@ -232,7 +232,7 @@ def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> N
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--selectors", type=int, default=255, help="256 with the target's: the most")
-    ap.add_argument("--values", type=int, default=256)
+    ap.add_argument("--values", type=int, default=56, help="56: just under the 3 MiB limit")
     args = ap.parse_args()
     subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
     d = Path(tempfile.mkdtemp(prefix="stk-bench-", dir="/var/tmp"))
