@@ -13,14 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
-
-def _output(spec: str) -> Path | None:
-    kind, _, target = spec.partition(":")
-    if kind != "jsonl" or not target:
-        raise argparse.ArgumentTypeError(f"{spec!r}: want jsonl:PATH (or jsonl:- for stdout)")
-    return None if target == "-" else Path(target)
+from stockade.sensor import output
 
 
 def cmd_sensor(args: argparse.Namespace) -> int:
@@ -31,10 +26,18 @@ def cmd_sensor(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from stockade.sensor.elastic.config import ConfigError
     from stockade.sensor.kernel import open_sensor
     from stockade.sensor.libbpf import BpfError
+    from stockade.sensor.output import open_output
     from stockade.sensor.probe import probe_mode
     from stockade.sensor.standalone import Standalone
+
+    try:
+        out = open_output(args)
+    except (ConfigError, OSError) as exc:
+        print(f"stockade sensor: --output: {exc}", file=sys.stderr)
+        return 2
 
     probe = probe_mode()
     mode = str(probe.mode)  # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
@@ -46,7 +49,6 @@ def cmd_sensor(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    out: TextIO = sys.stdout if args.output is None else args.output.open("a", encoding="utf-8")
     try:
         with open_sensor(mode) as sensor:
             sensor.attach()
@@ -62,8 +64,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         print(f"stockade sensor: can't load the BPF programs: {exc}", file=sys.stderr)
         return 1
     finally:
-        if out is not sys.stdout:
-            out.close()
+        out.close()
     return 0
 
 
@@ -83,7 +84,7 @@ def register(subparsers: Any) -> None:
         metavar="FILE.json",
         help="cgroup v2 directory → {container, kubernetes} facts",
     )
-    p.add_argument("--output", required=True, type=_output, metavar="jsonl:PATH")
+    output.add_arguments(p)
     p.add_argument(
         "--stats-interval", type=float, default=60.0, metavar="SECONDS",
         help="how often a stats line (records, drops) goes to stderr; also on exit",

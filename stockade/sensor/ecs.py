@@ -21,9 +21,9 @@ from stockade.policy.compiler import Bundle as PolicyBundle
 from stockade.policy.model import PartName
 from stockade.policy.tables import ActionBits
 from stockade.sensor.containers import Container
-from stockade.sensor.records import HOOKS, KIND_EXIT, FileRecord, ProcessRecord
+from stockade.sensor.records import HOOKS, KIND_EXIT, FileRecord, Header, ProcessRecord
 
-__all__ = ["Applied", "Host", "document"]
+__all__ = ["Applied", "Document", "Host", "document"]
 
 Document = dict[str, Any]
 
@@ -71,6 +71,11 @@ class Host:
         wall = self.boot_wall_ns + ktime_ns
         seconds, ns = divmod(wall, 1_000_000_000)
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
+
+    def event_id(self, h: Header) -> str:
+        """Deterministic per record (the `_id` that makes retries idempotent)."""
+        key = f"{self.id}:{self.boot_id}:{h.ktime_ns}:{h.pid}:{h.kind}:{h.hook}".encode()
+        return hashlib.sha256(key).hexdigest()[:32]
 
     def entity_id(self, pid: int, start_time_ns: int) -> str:
         """Stable for a process's life, unique across hosts (machine id) and reboots (boot id)."""
@@ -234,6 +239,7 @@ def document(
     doc: Document = {
         "@timestamp": host.timestamp(h.ktime_ns),
         "event": {
+            "id": host.event_id(h),
             "kind": "alert" if "alert" in actions else "event",
             "category": [part],
             "action": action,

@@ -1,4 +1,4 @@
-"""Standalone mode: a policy file and a containers file in, JSON lines out, hot reload.
+"""Standalone mode: a policy file and a containers file in, documents out, hot reload.
 
 For hosts without Kubernetes and as the harness the kernel tests drive. Each applied
 (policy, containers) pair becomes one kernel generation written through the slot flip
@@ -24,6 +24,7 @@ from stockade.sensor.containers import ContainersError, load_containers, namespa
 from stockade.sensor.ecs import Applied, Host, document
 from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.libbpf import BpfError
+from stockade.sensor.output import Output
 from stockade.sensor.records import decode
 
 __all__ = ["InputError", "Standalone", "read_inputs"]
@@ -61,14 +62,14 @@ def _signature(path: Path) -> Signature:
 
 
 class Standalone:
-    """Applies the input files to a loaded sensor and writes one JSON line per record."""
+    """Applies the input files to a loaded sensor and writes one document per record."""
 
     def __init__(
         self,
         sensor: KillSensor,
         policy: Path,
         containers: Path,
-        output: TextIO,
+        output: Output,
         mode: str,
         log: TextIO = sys.stderr,
     ) -> None:
@@ -143,7 +144,7 @@ class Standalone:
         if applied is None:
             self.counts["unknown_generation"] += 1
         doc = document(rec, applied, self.mode, self.host)
-        self.output.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        self.output.write(doc)
         self.counts["written"] += 1
 
     def pump(self, timeout_ms: int) -> int:
@@ -169,6 +170,7 @@ class Standalone:
             "unknown_generation": self.counts["unknown_generation"],
             "refused_inputs": self.counts["refused"],
             "generation": self.generation,
+            **self.output.stats(),
         }
 
     def report(self) -> None:

@@ -31,6 +31,7 @@ from stockade.policy.tables import (
 )
 from stockade.sensor.ecs import Applied
 from stockade.sensor.kernel import KillSensor
+from stockade.sensor.output import JsonlOutput
 from stockade.sensor.standalone import Standalone
 
 from .conftest import Cgroup
@@ -204,7 +205,12 @@ class Harness:
         self.containers.write_text(json.dumps({str(cg.path): v for cg, v in containers.items()}))
         if self.sa is None:
             self.sa = Standalone(
-                self.sensor, self.policy, self.containers, self.out, self.mode, self.log
+                self.sensor,
+                self.policy,
+                self.containers,
+                JsonlOutput(self.out),
+                self.mode,
+                self.log,
             )
         assert self.sa.apply(), self.log.getvalue()
         return self.sa.applied[self.sa.generation]
