@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,18 @@ class ConfigError(Exception):
     """Settings that can't work; the message names the setting and what is wrong."""
 
 
-def _secret(flag_file: Path | None, env: Mapping[str, str], name: str) -> str | None:
-    path = flag_file or (Path(env[f"{name}_FILE"]) if env.get(f"{name}_FILE") else None)
-    if path is not None:
-        try:
-            value = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{path}: can't read {name.lower()}: {exc.strerror}") from None
-        if not value:
-            raise ConfigError(f"{path}: empty {name.lower()}")
-        return value
-    return env.get(name) or None
+def _secret_file(flag_file: Path | None, env: Mapping[str, str], name: str) -> Path | None:
+    return flag_file or (Path(env[f"{name}_FILE"]) if env.get(f"{name}_FILE") else None)
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: can't read the {what}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{path}: empty {what}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class ElasticConfig:
     username: str | None = None
     password: str | None = None
     ca_certs: Path | None = None
+    api_key_file: Path | None = None  # read again after an authentication failure
+    password_file: Path | None = None
     request_timeout: float = 10.0
 
     @classmethod
@@ -55,9 +58,17 @@ class ElasticConfig:
             raise ConfigError("no Elasticsearch URL: give elasticsearch:URL or ELASTICSEARCH_URL")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{url!r}: an Elasticsearch URL starts with http:// or https://")
-        api_key = _secret(args.es_api_key_file, env, "ELASTICSEARCH_API_KEY")
+        key_file = _secret_file(args.es_api_key_file, env, "ELASTICSEARCH_API_KEY")
+        api_key = (
+            _read_secret(key_file, "API key") if key_file else env.get("ELASTICSEARCH_API_KEY")
+        )
         username = args.es_username or env.get("ELASTICSEARCH_USERNAME") or None
-        password = _secret(args.es_password_file, env, "ELASTICSEARCH_PASSWORD")
+        password_file = _secret_file(args.es_password_file, env, "ELASTICSEARCH_PASSWORD")
+        password = (
+            _read_secret(password_file, "password")
+            if password_file
+            else env.get("ELASTICSEARCH_PASSWORD")
+        )
         if api_key and username:
             raise ConfigError("both an API key and a username given: use one")
         if bool(username) != bool(password):
@@ -71,7 +82,21 @@ class ElasticConfig:
             namespace = check_namespace(args.es_namespace)
         except NamespaceError as exc:
             raise ConfigError(f"--es-namespace {exc}") from None
-        return cls(url, namespace, api_key, username, password, ca)
+        return cls(url, namespace, api_key or None, username, password or None, ca,
+                   key_file, password_file)  # fmt: skip
+
+    def reread_secrets(self) -> ElasticConfig:
+        """The same settings with the secret files read again (a rotated Secret)."""
+        try:
+            return replace(
+                self,
+                api_key=_read_secret(self.api_key_file, "API key")
+                if self.api_key_file else self.api_key,
+                password=_read_secret(self.password_file, "password")
+                if self.password_file else self.password,
+            )  # fmt: skip
+        except ConfigError:
+            return self
 
     def client(self) -> Any:
         """A client that does not retry by itself: the writer owns retries and backoff."""

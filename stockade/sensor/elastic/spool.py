@@ -22,7 +22,7 @@ from pathlib import Path
 __all__ = ["LANES", "Item", "Spool"]
 
 LANES = ("alerts", "logs")
-SEGMENT_BYTES = 1 << 20
+SEGMENT_BYTES = 1 << 20  # at most; a small spool gets ~16 segments per lane to evict from
 _FIRST = 10**12  # segment numbers start here so that front segments stay positive
 
 
@@ -56,6 +56,7 @@ class _Lane:
     directory: Path
     segments: list[_Segment] = field(default_factory=list)
     head: list[Item] | None = None  # the head segment's items, read when first needed
+    segment_bytes: int = SEGMENT_BYTES
     tail_open: bool = False  # may the last segment still be appended to
 
     def __post_init__(self) -> None:
@@ -83,7 +84,7 @@ class _Lane:
 
     def append(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
-        if not (self.tail_open and self.segments[-1].bytes < SEGMENT_BYTES):
+        if not (self.tail_open and self.segments[-1].bytes < self.segment_bytes):
             number = self.segments[-1].number + 1 if self.segments else _FIRST
             self.segments.append(_Segment(number, 0, 0))
             self.tail_open = True
@@ -135,7 +136,8 @@ class Spool:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.lanes = {name: _Lane(directory / name) for name in LANES}
+        segment = max(4096, min(SEGMENT_BYTES, max_bytes // 16))
+        self.lanes = {name: _Lane(directory / name, segment_bytes=segment) for name in LANES}
         self.dropped: Counter[str] = Counter()  # per lane
 
     @property

@@ -128,6 +128,8 @@ class ElasticOutput:
 
     def close(self) -> None:
         """Deliver what is queued for up to drain_s, spool the rest, stop the thread."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join()
         self.client.close()
@@ -197,6 +199,8 @@ class ElasticOutput:
             response = self.client.bulk(operations=[body])  # bytes pass through as NDJSON
         except Exception as exc:  # every failure of the request is retried
             self._failed(_describe(exc, self.config.url))
+            if getattr(getattr(exc, "meta", None), "status", None) in (401, 403):
+                self._reread_secrets()
             return items
         again: list[Item] = []
         refused: list[str] = []
@@ -218,6 +222,15 @@ class ElasticOutput:
         else:
             self._recovered()
         return again
+
+    def _reread_secrets(self) -> None:
+        """After an authentication failure: a rotated Secret file is used from the next try."""
+        fresh = self.config.reread_secrets()
+        if fresh != self.config:
+            self._say("the credentials changed on disk; using them")
+            self.config = fresh
+            self.client.close()
+            self.client = fresh.client()
 
     def _install_templates(self) -> None:
         from elasticsearch import AuthorizationException
