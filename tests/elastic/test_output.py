@@ -136,20 +136,21 @@ def test_elasticsearch_down_during_a_burst_loses_and_duplicates_nothing(
 
 
 def test_full_spool_drops_logs_before_alerts_and_counts_both(
-    es: Elasticsearch, output: OutputFactory, namespace: str
+    es: Elasticsearch, services_env: dict[str, str], output: OutputFactory, namespace: str
 ) -> None:
     logs, alerts = docs(300), docs(150, alert=True, start=300)
     room = 200 * (len(json.dumps(alerts[0], separators=(",", ":"))) + 120)  # ~200 documents
-    down = output(url="http://127.0.0.1:9", spool_max_bytes=room, drain_s=0.5)  # nobody there
+    nobody = services_env["ELASTICSEARCH_URL"].split(":")[0] + "://127.0.0.1:9"  # refused
+    down = output(url=nobody, spool_max_bytes=room, drain_s=0.5)
     for d in logs + alerts:
         down.write(d)
     down.close()
     s = down.stats()
     assert s["es_dropped_logs"] > 100 and s["es_dropped_alerts"] == 0, s
     assert s["es_spooled"] == 450 - s["es_dropped_logs"]
-    assert "can't connect to http://127.0.0.1:9" in logged(down)
+    assert f"can't connect to {nobody}" in logged(down)
     more = docs(100, alert=True, start=450)  # no room left for logs to give: alerts dropped
-    down = output(url="http://127.0.0.1:9", spool_max_bytes=room, drain_s=0.5)
+    down = output(url=nobody, spool_max_bytes=room, drain_s=0.5)
     for d in more:
         down.write(d)
     down.close()

@@ -154,6 +154,8 @@ def args(**kw: Any) -> argparse.Namespace:
          "both an API key and a username given: use one"),
         ("http://h", {"es_ca_certs": Path("/nonexistent.pem")}, {},
          "/nonexistent.pem: CA bundle not found"),
+        ("http://h", {"es_ca_certs": Path("/etc/hostname")}, {},
+         "http://h: a CA bundle is for TLS: use an https:// URL"),
     ],
 )  # fmt: skip
 def test_settings_errors_are_one_line(

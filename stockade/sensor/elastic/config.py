@@ -78,6 +78,8 @@ class ElasticConfig:
         )
         if ca is not None and not ca.is_file():
             raise ConfigError(f"{ca}: CA bundle not found")
+        if ca is not None and not url.startswith("https://"):
+            raise ConfigError(f"{url}: a CA bundle is for TLS: use an https:// URL")
         try:
             namespace = check_namespace(args.es_namespace)
         except NamespaceError as exc:
