@@ -4,6 +4,7 @@ outages without loss or duplicates, dead letters, a full spool."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -118,21 +119,24 @@ def test_elasticsearch_down_during_a_burst_loses_and_duplicates_nothing(
         while out.stats()["es_spooled"] == 0:
             assert time.monotonic() < deadline, out.stats()
             time.sleep(0.1)
+        said = ""
         if restart:
             out.close()  # the sensor stops while Elasticsearch is down: all of it spooled
-            spooled = out.stats()["es_spooled"]
-            assert spooled > 0 and out.stats()["es_queued"] == 0
-            out = output()
-            assert f"{spooled} documents spooled from before" in logged(out)
+            assert out.stats()["es_spooled"] > 0 and out.stats()["es_queued"] == 0
+            said = logged(out)
+            out = output()  # a head batch committed in part is replayed whole: >= spooled
+            assert re.search(r"\d+ documents spooled from before; draining", logged(out))
     finally:
         start_elasticsearch()
     s = wait_delivered(out, 1 if restart else 2000)
     assert s["es_dropped_alerts"] == s["es_dropped_logs"] == s["es_dead_letter"] == 0
-    log = logged(out)
-    if not restart:
-        assert "spooling to" in log and "delivering again" in log, log
-    index = f"logs-cloud_defend.alerts-{namespace}"
-    assert seqs_in_index_order(es, index) == list(range(2000))
+    said += logged(out)
+    assert "spooling to" in said and "delivering again" in said, said
+    seqs = seqs_in_index_order(es, f"logs-cloud_defend.alerts-{namespace}")
+    assert sorted(seqs) == list(range(2000))  # each alert exactly once
+    # in order, unless a bulk request was refused in part as Elasticsearch went down (the
+    # refused documents are retried first, after those of the same request it took)
+    assert seqs == list(range(2000)) or "documents (" in said, said
 
 
 def test_full_spool_drops_logs_before_alerts_and_counts_both(

@@ -1,0 +1,129 @@
+"""The Elasticsearch output's two rates (not a test):
+
+    .venv/bin/python benchmarks/es_output.py enrich [--records 200000]
+    eval "$(services/up)"; .venv/bin/python benchmarks/es_output.py index [--docs 100000]
+
+`enrich`: ring-buffer record bytes → decode → ECS document → JSON (what the writer thread
+sends), with a null sink, on one core: records/s per record kind and for the default
+policy's mix (target: >= 50,000/s, issue 14). `index`: documents through `ElasticOutput`
+(bulk create, 1,000 per request) into this machine's Elasticsearch: documents/s from the
+first write until Elasticsearch holds the last one. Data streams of the namespace `bench`
+are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stockade.policy.compiler import compile_bundle
+from stockade.policy.evaluator import ContainerFacts, KubernetesFacts
+from stockade.policy.loader import iter_policies
+from stockade.sensor.containers import Container
+from stockade.sensor.ecs import Applied, Host, document
+from stockade.sensor.records import KIND_EXIT, KIND_FILE, KIND_PROCESS, decode
+
+REPO = Path(__file__).resolve().parents[1]
+_HDR = struct.Struct("<HHHBBIIQQQIIIIII128s")  # bpf/stockade.h, as stockade/sensor/records.py
+_PROC = struct.Struct("<QQIIIII4B16sHHHH")
+_FILE = struct.Struct("<IIIIBBHI16s")
+CGROUP = 77
+
+
+def raw_record(kind: int, seq: int) -> bytes:
+    """A record as the kernel writes it: selector bit 0 matched, in the listed cgroup."""
+    hook = {KIND_PROCESS: 1, KIND_EXIT: 3, KIND_FILE: 11}[kind]
+    actions = 2 if kind == KIND_FILE else 1
+    hdr = _HDR.pack(1, kind, hook, 0, 0, 0, actions, 10**12 + seq, CGROUP, 1, 4026531840,
+                    4242, 4242, 1, 0, 0, (1).to_bytes(128, "little"))  # fmt: skip
+    if kind == KIND_FILE:
+        path = f"/var/www/html/uploads/file-{seq}.php".encode()
+        return hdr + _FILE.pack(4, 0o101, 0o100755, 0, 0, 0, len(path), 0, b"php-fpm") + path
+    exe, cwd = b"/usr/sbin/nginx", b"/"
+    args = b"nginx\0-g\0daemon off;\0"
+    return hdr + _PROC.pack(10**11, 1, 1, 4242, 0, 0, 0, 0, 0, 0, 0, b"nginx", len(exe),
+                            len(cwd), len(args), 0) + exe + cwd + args  # fmt: skip
+
+
+def applied() -> Applied:
+    bundle = compile_bundle(list(iter_policies([REPO / "examples/policies/default.yaml"])))
+    container = Container(
+        "/sys/fs/cgroup/c", CGROUP,
+        ContainerFacts(image_full_name="docker.io/library/nginx", image_tag="1.27"),
+        KubernetesFacts(cluster_id="c1", cluster_name="prod", namespace="shop",
+                        pod_name="web-1", pod_labels={"app": "web", "tier": "front"}),
+    )  # fmt: skip
+    return Applied(1, bundle, {CGROUP: container})
+
+
+def enrich(n: int) -> None:
+    host, app = Host.detect(), applied()
+    mixes = {
+        "exec": [KIND_PROCESS], "exit": [KIND_EXIT], "file": [KIND_FILE],
+        "mix (2 exec : 2 exit : 1 file)": [KIND_PROCESS, KIND_EXIT] * 2 + [KIND_FILE],
+    }  # fmt: skip
+    for name, kinds in mixes.items():
+        raws = [raw_record(kinds[i % len(kinds)], i) for i in range(n)]
+        t0 = time.process_time()
+        docs = [document(decode(raw), app, "kill", host) for raw in raws]  # the reader's part
+        t1 = time.process_time()
+        size = sum(len(json.dumps(doc, separators=(",", ":"))) for doc in docs)  # the writer's
+        t2 = time.process_time()
+        print(
+            f"enrich {name}: {n / (t1 - t0):,.0f} records/s to documents, "
+            f"{n / (t2 - t0):,.0f}/s with JSON ({size / n:.0f} bytes each), one core"
+        )
+
+
+def index(n: int) -> None:
+    from stockade.sensor.elastic.config import ElasticConfig
+    from stockade.sensor.elastic.writer import ElasticOutput
+
+    env = os.environ
+    ca = env.get("ELASTICSEARCH_CA_CERTS")
+    cfg = ElasticConfig(env["ELASTICSEARCH_URL"], "bench", username=env.get(
+        "ELASTICSEARCH_USERNAME"), password=env.get("ELASTICSEARCH_PASSWORD"),
+        ca_certs=Path(ca) if ca else None)  # fmt: skip
+    host, app = Host.detect(), applied()
+    docs = [document(decode(raw_record(KIND_PROCESS, i)), app, "kill", host) for i in range(n)]
+    spool = Path(tempfile.mkdtemp(prefix="stk-bench-spool-"))
+    out = ElasticOutput(cfg, spool, queue_max=n + 1, log=io.StringIO())
+    try:
+        t0 = time.monotonic()
+        for d in docs:
+            out.write(d)
+        while (s := out.stats())["es_delivered"] + s["es_dead_letter"] < n:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        print(
+            f"index: {n:,} documents in {elapsed:.1f} s = {n / elapsed:,.0f} documents/s "
+            f"({s['es_failed_requests']} failed requests, {s['es_spooled']} spooled)"
+        )
+    finally:
+        out.close()
+        out.client.options(ignore_status=404).indices.delete_data_stream(
+            name="logs-cloud_defend.*-bench"
+        )
+        shutil.rmtree(spool)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    sub.add_parser("enrich").add_argument("--records", type=int, default=200_000)
+    sub.add_parser("index").add_argument("--docs", type=int, default=100_000)
+    args = p.parse_args()
+    enrich(args.records) if args.what == "enrich" else index(args.docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
