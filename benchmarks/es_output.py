@@ -6,7 +6,7 @@
 `enrich`: ring-buffer record bytes → decode → ECS document → JSON (what the writer thread
 sends), with a null sink, on one core: records/s per record kind and for the default
 policy's mix (target: >= 50,000/s, issue 14). `index`: documents through `ElasticOutput`
-(bulk create, 1,000 per request) into this machine's Elasticsearch: documents/s from the
+(bulk create, `--batch` per request) into this machine's Elasticsearch: documents/s from the
 first write until Elasticsearch holds the last one. Data streams of the namespace `bench`
 are deleted afterwards.
 """
@@ -83,7 +83,7 @@ def enrich(n: int) -> None:
         )
 
 
-def index(n: int) -> None:
+def index(n: int, batch: int) -> None:
     from stockade.sensor.elastic.config import ElasticConfig
     from stockade.sensor.elastic.writer import ElasticOutput
 
@@ -95,7 +95,7 @@ def index(n: int) -> None:
     host, app = Host.detect(), applied()
     docs = [document(decode(raw_record(KIND_PROCESS, i)), app, "kill", host) for i in range(n)]
     spool = Path(tempfile.mkdtemp(prefix="stk-bench-spool-"))
-    out = ElasticOutput(cfg, spool, queue_max=n + 1, log=io.StringIO())
+    out = ElasticOutput(cfg, spool, queue_max=n + 1, batch_docs=batch, log=io.StringIO())
     try:
         t0 = time.monotonic()
         for d in docs:
@@ -104,14 +104,17 @@ def index(n: int) -> None:
             time.sleep(0.05)
         elapsed = time.monotonic() - t0
         print(
-            f"index: {n:,} documents in {elapsed:.1f} s = {n / elapsed:,.0f} documents/s "
+            f"index ({batch} per bulk): {n:,} documents in {elapsed:.1f} s = "
+            f"{n / elapsed:,.0f} documents/s "
             f"({s['es_failed_requests']} failed requests, {s['es_spooled']} spooled)"
         )
     finally:
         out.close()
-        out.client.options(ignore_status=404).indices.delete_data_stream(
+        client = cfg.client()
+        client.options(ignore_status=404).indices.delete_data_stream(
             name="logs-cloud_defend.*-bench"
         )
+        client.close()
         shutil.rmtree(spool)
 
 
@@ -119,9 +122,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("enrich").add_argument("--records", type=int, default=200_000)
-    sub.add_parser("index").add_argument("--docs", type=int, default=100_000)
+    p_index = sub.add_parser("index")
+    p_index.add_argument("--docs", type=int, default=100_000)
+    p_index.add_argument("--batch", type=int, default=1000, help="documents per bulk request")
     args = p.parse_args()
-    enrich(args.records) if args.what == "enrich" else index(args.docs)
+    if args.what == "enrich":
+        enrich(args.records)
+    else:
+        index(args.docs, args.batch)
     return 0
 
 

@@ -57,6 +57,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
                 if not sa.apply():
                     return 1
                 sa.run(lambda: bool(stopping), stats_s=args.stats_interval)
+                out.close()  # delivered or spooled before the last stats line
                 sa.report()
             finally:
                 sa.close()

@@ -41,6 +41,8 @@ class JsonlOutput:
         return {}
 
     def close(self) -> None:
+        if self.stream.closed:
+            return
         self.stream.flush()
         if self.owned:
             self.stream.close()

@@ -73,7 +73,8 @@ def test_exec_and_drift_alert_land_in_their_data_streams(
          "--containers", str(containers), "--output", "elasticsearch",
          "--es-namespace", ns, "--spool-dir", str(workdir / "spool")],
         stderr=subprocess.PIPE, text=True,
-        env={"ELASTICSEARCH_URL": services_env["ELASTICSEARCH_URL"], "PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin",  # URL, and credentials and CA when security is on
+             **{k: v for k, v in services_env.items() if k.startswith("ELASTICSEARCH_")}},
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
