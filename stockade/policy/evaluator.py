@@ -43,6 +43,8 @@ class _Facts(BaseModel):
 
 
 class ContainerFacts(_Facts):
+    id: str | None = None  # written into documents (`container.id`); no condition reads it
+    name: str | None = None
     image_full_name: str | None = None
     image_name: str | None = None
     image_tag: str | None = None

@@ -15,7 +15,11 @@ from stockade.sensor.records import (
     ProcessRecord,
 )
 
-HOST = Host("node-1", "m" * 32, "b" * 36, "x86_64", "6.1.0", 1_700_000_000 * 10**9)
+HOST = Host(
+    "node-1", "m" * 32, "b" * 36, "x86_64", "6.1.0", 1_700_000_000 * 10**9,
+    os_release={"name": "Debian GNU/Linux", "version": "12 (bookworm)", "family": "debian"},
+    ips=("192.0.2.2", "fd00::2"), macs=("02-FC-00-00-00-01",), pid_ns_ino=4026531836,
+)  # fmt: skip
 
 
 def header(seq: int, kind: int, hook: int, actions: int, pid: int = 4242) -> Header:

@@ -26,8 +26,8 @@ from .scenario import driver_argv
 pytestmark = [pytest.mark.kernel, pytest.mark.integration]
 
 WEB = {
-    "container": {"imageFullName": "docker.io/library/nginx", "imageName": "nginx",
-                  "imageTag": "1.27"},
+    "container": {"id": "c0ffee42", "name": "nginx", "imageFullName": "docker.io/library/nginx",
+                  "imageName": "nginx", "imageTag": "1.27"},
     "kubernetes": {"namespace": "shop", "podName": "web-1", "podLabels": {"app": "web"}},
 }  # fmt: skip
 
@@ -104,7 +104,10 @@ def test_exec_and_drift_alert_land_in_their_data_streams(
     assert e["process"]["args"] == [str(exe)]
     assert e["process"]["parent"]["pid"] > 1 and e["process"]["parent"]["entity_id"]
     assert e["process"]["session_leader"]["pid"] == e["process"]["group_leader"]["pid"]
-    assert e["container"]["image"] == {"name": "docker.io/library/nginx", "tag": ["1.27"]}
+    assert e["container"] == {"id": "c0ffee42", "name": "nginx",
+                              "image": {"name": "nginx", "tag": ["1.27"]}}  # fmt: skip
+    assert e["user"]["id"] == e["process"]["user"]["id"] == "0"
+    assert e["host"]["boot"]["id"] and e["ecs"]["version"] and e["agent"]["type"] == "stockade"
     assert e["orchestrator"]["namespace"] == "shop"
     assert e["orchestrator"]["resource"] == {"type": "pod", "name": "web-1", "label": ["app:web"]}
     assert e["cloud_defend"]["matched_selectors"] == ["allProcesses"]

@@ -108,7 +108,8 @@ def test_every_field_written_is_mapped(tmp_path: Path) -> None:
     bundle = compile_bundle(list(iter_policies([tmp_path / "p.yaml"])))
     container = Container(
         "/sys/fs/cgroup/c", 77,
-        ContainerFacts(image_full_name="docker.io/library/nginx", image_tag="1.27"),
+        ContainerFacts(id="c0ffee", name="web", image_full_name="docker.io/library/nginx",
+                       image_name="nginx", image_tag="1.27"),
         KubernetesFacts(cluster_id="c1", cluster_name="prod", namespace="shop",
                         pod_name="web-1", pod_labels={"app": "web"}),
     )  # fmt: skip
@@ -123,7 +124,15 @@ def test_every_field_written_is_mapped(tmp_path: Path) -> None:
         doc = document(matched, applied, "kill", HOST)
         templates.route(doc, "default")
         written |= leaves(doc)
-    assert {"cloud_defend.policies.uid", "orchestrator.resource.label", "file.path"} <= written
+    assert {
+        "cloud_defend.policies.uid",
+        "orchestrator.resource.label",
+        "file.path",
+        "container.id",
+        "host.ip",
+        "process.end",
+        "event.created",
+    } <= written
     assert written - templates.FIELDS.keys() == set()
 
 
