@@ -25,6 +25,7 @@ from stockade.sensor.ecs import Applied, Host, document
 from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.libbpf import BpfError
 from stockade.sensor.output import Output
+from stockade.sensor.processes import ProcessCache
 from stockade.sensor.records import decode
 
 __all__ = ["InputError", "Standalone", "read_inputs"]
@@ -80,6 +81,7 @@ class Standalone:
         self.mode = mode
         self.log = log
         self.host = Host.detect()
+        self.processes = ProcessCache()
         self.applied: OrderedDict[int, Applied] = OrderedDict()
         self.generation = 0  # the generation in force (0: none yet)
         self.counts: Counter[str] = Counter()
@@ -144,6 +146,7 @@ class Standalone:
         if applied is None:
             self.counts["unknown_generation"] += 1
         doc = document(rec, applied, self.mode, self.host)
+        self.processes.enrich(doc, rec)
         self.output.write(doc)
         self.counts["written"] += 1
 

@@ -21,7 +21,7 @@ from elasticsearch import Elasticsearch
 from tests.integration.conftest import es, services_env  # noqa: F401 (fixtures)
 
 from .conftest import REPO, Cgroup
-from .scenario import driver_argv
+from .scenario import PY, driver_argv
 
 pytestmark = [pytest.mark.kernel, pytest.mark.integration]
 
@@ -115,6 +115,9 @@ def test_exec_and_drift_alert_land_in_their_data_streams(
     a = alerts[0]
     assert a["event"]["kind"] == "alert" and a["event"]["category"] == ["file"]
     assert a["cloud_defend"]["matched_selectors"] == ["executableChanges"]
+    # the process cache ties the file alert and the exec to the driver's own exec
+    assert a["process"]["executable"] == e["process"]["parent"]["executable"] == PY
+    assert a["process"]["entity_id"] == e["process"]["parent"]["entity_id"]
     same = _find(es, "logs-cloud_defend.*-" + ns,
                  {"term": {"process.entity_id": e["process"]["entity_id"]}}, n=3)  # fmt: skip
     # one process: its fork, exec and end (@timestamp is a millisecond `date`: ties)
