@@ -20,6 +20,7 @@ from stockade.sensor.elastic import templates
 from stockade.sensor.elastic.config import ConfigError, ElasticConfig
 from stockade.sensor.elastic.spool import Item, Spool
 from stockade.sensor.output import OutputSpec
+from stockade.sensor.processes import ProcessCache
 from stockade.sensor.records import KIND_EXIT, FileRecord, ProcessRecord
 
 from ..elastic.records import HOST, file_record, process_record
@@ -119,9 +120,11 @@ def test_every_field_written_is_mapped(tmp_path: Path) -> None:
         process_record(4, kind=KIND_EXIT),
     ]  # fmt: skip
     written: set[str] = set()
+    cache = ProcessCache()
     for rec in records:
         matched = replace(rec, header=replace(rec.header, matched=1))  # selector bit 0
         doc = document(matched, applied, "kill", HOST)
+        cache.enrich(doc, matched)  # what the standalone sensor adds: relatives' fields
         templates.route(doc, "default")
         written |= leaves(doc)
     assert {
