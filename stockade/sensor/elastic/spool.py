@@ -144,9 +144,8 @@ class Spool:
     def size(self) -> int:
         return sum(lane.size for lane in self.lanes.values())
 
-    def count(self, lane: str | None = None) -> int:
-        lanes = [self.lanes[lane]] if lane else self.lanes.values()
-        return sum(la.count for la in lanes)
+    def count(self) -> int:
+        return sum(lane.count for lane in self.lanes.values())
 
     def __bool__(self) -> bool:
         return any(lane.segments for lane in self.lanes.values())

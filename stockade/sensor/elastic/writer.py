@@ -36,10 +36,6 @@ def _lane(doc: Document) -> str:
     return "alerts" if doc["event"]["kind"] == "alert" else "logs"
 
 
-class Failure(Exception):
-    """The whole request failed; the message says why in one line."""
-
-
 def _describe(exc: Exception, url: str) -> str:
     from elastic_transport import ConnectionError, ConnectionTimeout, TransportError
     from elasticsearch import ApiError
