@@ -235,12 +235,18 @@ def _container(container: Container | None) -> Document:
         }
     if k.namespace:
         orch["namespace"] = k.namespace
-    if k.pod_name or k.pod_labels:
+    if k.pod_name or k.pod_labels or k.pod_annotations or k.pod_ip or k.pod_owner_kind:
         resource: Document = {"type": "pod"}
         if k.pod_name:
             resource["name"] = k.pod_name
         if k.pod_labels:
             resource["label"] = [f"{key}:{v}" for key, v in sorted(k.pod_labels.items())]
+        if k.pod_annotations:
+            resource["annotation"] = [f"{key}:{v}" for key, v in sorted(k.pod_annotations.items())]
+        if k.pod_ip:
+            resource["ip"] = [k.pod_ip]
+        if k.pod_owner_kind:
+            resource["parent"] = {"type": k.pod_owner_kind}
         orch["resource"] = resource
     if orch:
         orch["type"] = "kubernetes"

@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.integration]
 WEB = {
     "container": {"id": "c0ffee42", "name": "nginx", "imageFullName": "docker.io/library/nginx",
                   "imageName": "nginx", "imageTag": "1.27"},
-    "kubernetes": {"namespace": "shop", "podName": "web-1", "podLabels": {"app": "web"}},
+    "kubernetes": {"namespace": "shop", "podName": "web-1", "podLabels": {"app": "web"},
+                   "podAnnotations": {"team": "shop"}, "podIp": "10.0.0.7",
+                   "podOwnerKind": "ReplicaSet"},
 }  # fmt: skip
 
 
@@ -109,7 +111,9 @@ def test_exec_and_drift_alert_land_in_their_data_streams(
     assert e["user"]["id"] == e["process"]["user"]["id"] == "0"
     assert e["host"]["boot"]["id"] and e["ecs"]["version"] and e["agent"]["type"] == "stockade"
     assert e["orchestrator"]["namespace"] == "shop"
-    assert e["orchestrator"]["resource"] == {"type": "pod", "name": "web-1", "label": ["app:web"]}
+    assert e["orchestrator"]["resource"] == {
+        "type": "pod", "name": "web-1", "label": ["app:web"], "annotation": ["team:shop"],
+        "ip": ["10.0.0.7"], "parent": {"type": "ReplicaSet"}}  # fmt: skip
     assert e["cloud_defend"]["matched_selectors"] == ["allProcesses"]
     assert len(alerts) == 1, tail
     a = alerts[0]

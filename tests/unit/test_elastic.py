@@ -112,7 +112,9 @@ def test_every_field_written_is_mapped(tmp_path: Path) -> None:
         ContainerFacts(id="c0ffee", name="web", image_full_name="docker.io/library/nginx",
                        image_name="nginx", image_tag="1.27"),
         KubernetesFacts(cluster_id="c1", cluster_name="prod", namespace="shop",
-                        pod_name="web-1", pod_labels={"app": "web"}),
+                        pod_name="web-1", pod_labels={"app": "web"},
+                        pod_annotations={"team": "shop"}, pod_ip="10.0.0.7",
+                        pod_owner_kind="ReplicaSet"),
     )  # fmt: skip
     applied = Applied(1, bundle, {77: container})
     records: list[ProcessRecord | FileRecord] = [
