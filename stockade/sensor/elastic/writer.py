@@ -156,18 +156,31 @@ class ElasticOutput:
     def _to_spool(self, batch: list[tuple[str, Item]]) -> None:
         for lane in ("alerts", "logs"):
             items = [item for la, item in batch if la == lane]
-            if items:
+            if not items:
+                continue
+            try:
                 self.spool.append(lane, items)
+            except OSError as exc:  # a full or read-only disk: counted drops, said once
+                self.spool.dropped[lane] += len(items)
+                if self.counts["spool_errors"] == 0:
+                    self._say(f"can't write the spool ({exc}); dropping what can't be sent")
+                self.counts["spool_errors"] += 1
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # a bug: say so rather than die silently; the queue then fills
+            self._say(f"the writer stopped ({exc!r}); documents are no longer delivered")
+            raise
+
+    def _loop(self) -> None:
         deadline: float | None = None
         while True:
             if self._stop.is_set() and deadline is None:
                 deadline = time.monotonic() + self.drain_s
-            waiting = bool(self.spool) and time.monotonic() < self._retry_at
             batch = self._take(0.05 if self.spool or deadline else self.flush_s)
             if batch:
-                if self.spool or waiting:
+                if self.spool:  # keep order: behind what waits
                     self._to_spool(batch)
                 else:
                     again = {id(i) for i in self._deliver([i for _, i in batch])}
