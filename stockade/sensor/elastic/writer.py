@@ -118,6 +118,7 @@ class ElasticOutput:
             "es_queued": self.queue.qsize(),
             "es_spooled": self.spool.count(),
             "es_spool_bytes": self.spool.size,
+            "es_spool_errors": c["spool_errors"],
             "es_dropped_alerts": self.spool.dropped["alerts"] + self.queue_dropped["alerts"],
             "es_dropped_logs": self.spool.dropped["logs"] + self.queue_dropped["logs"],
         }
