@@ -8,7 +8,8 @@ a C loop opens a file or fork+execs a tiny static binary:
 1. **Reload of a large valid policy**: the sensor logs every write-open of a file, which the
    loop opens 5,000 times a second; the policy file is replaced by one with `--selectors`
    more file selectors of `--values` 190-byte paths each (255 x 56: 2.9 MB, near the
-   reader's 3 MiB file limit; with the target's, 256 selectors, the most a part may have) that still logs the opens. Reported:
+   reader's 3 MiB file limit; with the target's, 256 selectors, the most a part may have)
+   that still logs the opens. Reported:
    the seconds until the new generation is applied, the records dropped meanwhile (the stats
    line's `dropped`), and the longest time the output file did not grow (the record loop's
    longest stall; sampled every 20 ms).

@@ -27,6 +27,7 @@ from stockade.policy.source import (
     shown,
 )
 from stockade.sensor import cli as sensor_cli
+from stockade.sensor.elastic import setup as es_setup
 
 
 class UsageError(Exception):
@@ -279,6 +280,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_operator)
 
     sensor_cli.register(sub)
+    es_setup.register(sub)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(run=cmd_version)

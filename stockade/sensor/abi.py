@@ -241,6 +241,22 @@ class Layout(struct.Struct):
         off, member = self._members[name]
         return member.unpack_from(buffer, off)[0]
 
+    def pack_fields(self, **values: Any) -> bytes:
+        """The struct with the named members set, the others zero (a tuple for a member of
+        several values)."""
+        unknown = values.keys() - {name for name, _ in self.fields}
+        if unknown:
+            raise KeyError(f"{self.c_name} has no member {', '.join(sorted(unknown))}")
+        args: list[Any] = []
+        for (name, code), n in zip(self.fields, self._counts, strict=True):
+            if name not in values:
+                args.extend(struct.unpack("<" + code, bytes(struct.calcsize("<" + code))))
+            elif n == 1:
+                args.append(values[name])
+            else:
+                args.extend(values[name])
+        return self.pack(*args)
+
     def unpack_fields(self, buffer: bytes, offset: int = 0) -> dict[str, Any]:
         """Member name → value (a tuple for a member that unpacks to several values)."""
         values = iter(self.unpack_from(buffer, offset))

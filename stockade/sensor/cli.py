@@ -13,16 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
+from stockade.sensor import output
 from stockade.sensor.state import DEFAULT_STATE_DIR
-
-
-def _output(spec: str) -> Path | None:
-    kind, _, target = spec.partition(":")
-    if kind != "jsonl" or not target:
-        raise argparse.ArgumentTypeError(f"{spec!r}: want jsonl:PATH (or jsonl:- for stdout)")
-    return None if target == "-" else Path(target)
 
 
 def cmd_sensor(args: argparse.Namespace) -> int:
@@ -33,9 +27,11 @@ def cmd_sensor(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from stockade.sensor.elastic.config import ConfigError
     from stockade.sensor.inputs import Limits
     from stockade.sensor.kernel import open_sensor
     from stockade.sensor.libbpf import BpfError
+    from stockade.sensor.output import open_output
     from stockade.sensor.probe import Mode, probe_mode
     from stockade.sensor.standalone import Standalone
     from stockade.sensor.state import StateDir
@@ -46,6 +42,11 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         print(f"stockade sensor: {args.state_dir}: can't use as the state directory: "
               f"{exc.strerror}", file=sys.stderr)  # fmt: skip
         return 1
+    try:
+        out = open_output(args)
+    except (ConfigError, OSError) as exc:
+        print(f"stockade sensor: --output: {exc}", file=sys.stderr)
+        return 2
     probed = state.probed()  # restarted in this boot: the kernel can do what it could
     if probed is None:
         probe = probe_mode()
@@ -63,7 +64,6 @@ def cmd_sensor(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    out: TextIO = sys.stdout if args.output is None else args.output.open("a", encoding="utf-8")
     limits = Limits(memory_mib=args.read_memory, seconds=args.read_timeout)
     try:
         with open_sensor(mode) as sensor:
@@ -80,6 +80,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
                 elif not sa.apply():
                     return 1
                 sa.run(lambda: bool(stopping), stats_s=args.stats_interval)
+                out.close()  # delivered or spooled before the last stats line
                 sa.report()
             finally:
                 sa.close()
@@ -88,8 +89,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         state.forget_probe()
         return 1
     finally:
-        if out is not sys.stdout:
-            out.close()
+        out.close()
     return 0
 
 
@@ -109,7 +109,7 @@ def register(subparsers: Any) -> None:
         metavar="FILE.json",
         help="cgroup v2 directory → {container, kubernetes} facts",
     )
-    p.add_argument("--output", required=True, type=_output, metavar="jsonl:PATH")
+    output.add_arguments(p)
     p.add_argument(
         "--stats-interval", type=float, default=60.0, metavar="SECONDS",
         help="how often a stats line (records, drops) goes to stderr; also on exit",

@@ -6,7 +6,9 @@
     "kubernetes": {"namespace": "shop", "podName": "web-1", "podLabels": {"app": "web"}}}}
 ```
 
-The values are the `container` and `kubernetes` objects of `stockade explain`'s event JSON.
+The values are the `container` and `kubernetes` objects of `stockade explain`'s event JSON;
+for the documents only, `container` also takes `id` and `name`, `kubernetes` takes
+`podAnnotations`, `podIp` and `podOwnerKind` (docs/elasticsearch.md).
 A cgroup's id is its directory's inode (what `bpf_get_current_cgroup_id()` returns). Cgroups
 below a listed one are covered by the kernel, which looks up the deepest listed ancestor.
 """

@@ -1,4 +1,4 @@
-"""Standalone mode: a policy file and a containers file in, JSON lines out, hot reload.
+"""Standalone mode: a policy file and a containers file in, documents out, hot reload.
 
 For hosts without Kubernetes and as the harness the kernel tests drive. Each applied
 (policy, containers) pair becomes one kernel generation written through the slot flip
@@ -28,6 +28,8 @@ from stockade.sensor.ecs import Applied, Host, document
 from stockade.sensor.inputs import InputError, Limits, Reading, decode_applied
 from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.libbpf import BpfError
+from stockade.sensor.output import Output
+from stockade.sensor.processes import ProcessCache
 from stockade.sensor.records import decode
 from stockade.sensor.state import StateDir
 
@@ -50,14 +52,14 @@ def _signature(path: Path) -> Signature:
 
 
 class Standalone:
-    """Applies the input files to a loaded sensor and writes one JSON line per record."""
+    """Applies the input files to a loaded sensor and writes one document per record."""
 
     def __init__(
         self,
         sensor: KillSensor,
         policy: Path,
         containers: Path,
-        output: TextIO,
+        output: Output,
         mode: str,
         *,
         state: StateDir,
@@ -73,6 +75,7 @@ class Standalone:
         self.limits = limits or Limits()
         self.log = log
         self.host = Host.detect()
+        self.processes = ProcessCache()
         self.applied: OrderedDict[int, Applied] = OrderedDict()
         self.generation = 0  # the generation in force (0: none yet)
         self.counts: Counter[str] = Counter()
@@ -209,7 +212,8 @@ class Standalone:
         if applied is None:
             self.counts["unknown_generation"] += 1
         doc = document(rec, applied, self.mode, self.host)
-        self.output.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        self.processes.enrich(doc, rec)
+        self.output.write(doc)
         self.counts["written"] += 1
 
     def pump(self, timeout_ms: int) -> int:
@@ -235,6 +239,7 @@ class Standalone:
             "unknown_generation": self.counts["unknown_generation"],
             "refused_inputs": self.counts["refused"],
             "generation": self.generation,
+            **self.output.stats(),
         }
 
     def report(self) -> None:
