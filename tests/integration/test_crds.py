@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,11 @@ from .conftest import Kubectl
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 DRIFT = yaml.safe_load((ROOT / "examples/policies/drift-prevention.yaml").read_text())
 CLUSTER = yaml.safe_load((ROOT / "examples/policies/cluster-interactive-audit.yaml").read_text())
 
 # What `kubectl get cpol` / `ccpol` print as the header.
 POLICY_COLUMNS = ["NAME", "MODE", "SELECTORS", "NODES", "BLOCKED", "ALERTS", "READY", "AGE"]
-
-
-@pytest.fixture(scope="session")
-def crds(kubectl: Kubectl) -> Iterator[None]:
-    args = [a for f in CRD_FILES for a in ("-f", str(f))]
-    kubectl("apply", "--server-side", *args)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
-    try:
-        yield
-    finally:
-        kubectl("delete", "--ignore-not-found", "--wait=false", *args)
 
 
 def apply(kubectl: Kubectl, obj: dict[str, Any], check: bool = True) -> Any:
