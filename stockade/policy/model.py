@@ -43,9 +43,9 @@ MAX_NAME_LENGTH = 128
 MAX_PATH_BYTES = 255
 MAX_PROCESS_NAME_BYTES = 15
 MAX_VALUE_BYTES = 511
-# processExecutable shares the kernel's path tables with targetFilePath, whose keys hold
-# 255 bytes; see docs/compatibility.md.
-MAX_EXECUTABLE_BYTES = MAX_PATH_BYTES
+# processExecutable: D4C's limit for values other than targetFilePath. The kernel keeps
+# table entries longer than its 255-byte path keys in a table of 511-byte keys.
+MAX_EXECUTABLE_BYTES = MAX_VALUE_BYTES
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
 # Absolute, no empty component, a wildcard only as the whole last component, no NUL

@@ -105,14 +105,13 @@ LIMITS = [
         _value("file", "targetFilePath", lambda n: "/" + "a" * (n - 1)),
         "`targetFilePath` at most 255 bytes",
     ),
-    # The spec says 511 (OTHER_VALUES); the kernel's path keys hold 255 bytes, so this is
-    # the one value limit below Defend for Containers' (docs/compatibility.md).
     Limit(
         "processExecutable",
         (*PSEL, "processExecutable", "[]"),
         "maxLength",
-        255,
+        511,
         _value("process", "processExecutable", lambda n: "/" + "a" * (n - 1)),
+        OTHER_VALUES,
     ),
     Limit(
         "processName",
