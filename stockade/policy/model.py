@@ -43,9 +43,6 @@ MAX_NAME_LENGTH = 128
 MAX_PATH_BYTES = 255
 MAX_PROCESS_NAME_BYTES = 15
 MAX_VALUE_BYTES = 511
-# processExecutable: D4C's limit for values other than targetFilePath. The kernel keeps
-# table entries longer than its 255-byte path keys in a table of 511-byte keys.
-MAX_EXECUTABLE_BYTES = MAX_VALUE_BYTES
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
 # Absolute, no empty component, a wildcard only as the whole last component, no NUL
@@ -56,9 +53,8 @@ PROCESS_NAME_PATTERN = r"^[^/\x00]+$"
 # A cluster's name or id as the operator is told it: no control characters.
 CLUSTER_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 IMAGE_NAME_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*$"
-# Registry host (optional :port), then one or more path components (the
-# distribution reference grammar, lowercase).
-# The host is a DNS name or a bracketed IPv6 address ([fe80::1]:5000/app).
+# Registry host (a DNS name or a bracketed IPv6 address, [fe80::1]), optional :port, then
+# one or more path components (the distribution reference grammar, lowercase).
 IMAGE_FULL_NAME_PATTERN = (
     r"^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:.]+\])(:[0-9]+)?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+$"
@@ -197,8 +193,7 @@ SelectorName = Annotated[
     Text(
         "selector name",
         pattern=NAME_PATTERN,
-        hint="letters, digits, '_' and '-', starting with a letter or digit; unique within "
-        "the part, ignoring case",
+        hint="letters, digits, '_' and '-', starting with a letter or digit",
         max_length=MAX_NAME_LENGTH,
     ),
 ]
@@ -222,7 +217,9 @@ ExecutablePattern = Annotated[
         "executable pattern",
         pattern=PATH_PATTERN,
         hint=_PATH_HINT,
-        max_bytes=MAX_EXECUTABLE_BYTES,
+        # the kernel keeps entries longer than its 255-byte path keys in a table of 511-byte
+        # keys (docs/kernel.md, "Lengths")
+        max_bytes=MAX_VALUE_BYTES,
         check=_path_problem,
     ),
 ]

@@ -171,7 +171,7 @@ def test_every_response_naming_every_selector_is_within_the_cel_budget(
     crds: None, kubectl: Kubectl, namespace: str
 ) -> None:
     """The worst case of the name rules: 256 responses, each matching and excluding all 256
-    selectors (131072 names, 1.3 MB). The apiserver accepted the CRD (its estimated CEL
+    selectors (131072 names, 1.0 MB of JSON). The apiserver accepted the CRD (its estimated CEL
     cost is within budget) and evaluates this within its runtime budget."""
     names = [f"s{i}" for i in range(256)]
     selectors = [
