@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockade.policy.bundle import encode, render_json_schema
 from stockade.policy.compiler import CompileError, Pod, compile_bundle
+from stockade.policy.convert import MAX_OBJECT_NAME, OBJECT_NAME, convert, object_name
 from stockade.policy.crd import all_crds, write_crds
+from stockade.policy.document import BARE_KIND
 from stockade.policy.evaluator import Event, evaluate
 from stockade.policy.loader import iter_policies, load_file
-from stockade.policy.model import Action
+from stockade.policy.model import NAMESPACE_PATTERN, Action
 from stockade.policy.rules import Severity
 from stockade.policy.source import (
     SourceError,
@@ -62,6 +65,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 1 if failed else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    name = args.name or object_name(path.stem)
+    if name is None or not OBJECT_NAME.match(name) or len(name) > MAX_OBJECT_NAME:
+        raise UsageError(
+            f"{path}: {shown(name or path.stem)} is not a Kubernetes object name "
+            "(lowercase letters, digits, '-' and '.'); give one with --name"
+        )
+    if args.namespace is not None and not re.match(NAMESPACE_PATTERN, args.namespace):
+        raise UsageError(f"--namespace {shown(args.namespace)} is not a namespace name")
+    loaded = [doc for doc in load_file(path) if not doc.skipped]
+    if len(loaded) != 1:
+        raise UsageError(f"{path}: convert takes a file with one policy; it holds {len(loaded)}")
+    doc = loaded[0]
+    errors = [f for f in doc.findings if f.severity == Severity.ERROR]
+    if errors:
+        for finding in errors:
+            print(finding.render(str(path)))
+        return 1
+    assert doc.document is not None
+    if doc.document.kind != BARE_KIND:
+        raise UsageError(f"{path}: already a {doc.document.kind}; nothing to convert")
+    print(convert(doc.document.policy, name, str(path), args.namespace), end="")
+    return 0
 
 
 def _first_error(exc: ValidationError, source: Path, doc: YamlDocument, what: str) -> UsageError:
@@ -241,6 +270,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--event", required=True, type=Path, metavar="EVENT.json")
     p.add_argument("--name", help="the policy to use when FILE holds several")
     p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser(
+        "convert", help="a Defend for Containers policy as a ClusterContainerPolicy manifest"
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the bare process:/file: policy")
+    p.add_argument("--name", help="the object's name (default: from the file name)")
+    p.add_argument("--namespace", help="write a ContainerPolicy in this namespace instead")
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("compile", help="print the bundle the sensor of a node would get")
     p.add_argument("policies", nargs="+", type=Path, metavar="POLICY_FILE")

@@ -22,6 +22,7 @@ from stockade.sensor.abi import (
     CGROUP_KEY,
     CONTROL,
     HEAD_KEY,
+    LONG_KEY,
     LPM_KEY,
     NAME_KEY,
     OPERATIONS,
@@ -108,11 +109,16 @@ def mask_bytes(mask: int) -> bytes:
 
 
 def _path_bytes(path: str) -> bytes:
-    """An exact/children table path (zero-padded to the key by the layout)."""
+    """A table path (zero-padded to its key by the layout)."""
     raw = path.encode()
-    if not raw.startswith(b"/") or len(raw) > Const.PATH_KEY - 1 or b"\0" in raw:
-        raise ValueError(f"bad path {path!r} (absolute, at most {Const.PATH_KEY - 1} bytes)")
+    if not raw.startswith(b"/") or len(raw) > Const.LONG_PATH or b"\0" in raw:
+        raise ValueError(f"bad path {path!r} (absolute, at most {Const.LONG_PATH} bytes)")
     return raw
+
+
+def _long_key(slot: int, table: PathTable, part: Part, path: bytes) -> bytes:
+    """A stk_long_paths key: entries longer than the other tables' keys hold."""
+    return LONG_KEY.pack(slot << 4 | int(table) << 1 | part, path)
 
 
 def _blocking(tables: PartTables) -> int:
@@ -156,8 +162,8 @@ class KillSensor(Closing):
             n: self.obj.map(f"stk_{n}")
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
-                "child_paths", "recursive_paths", "path_heads", "names", "responses", "events",
-                "stats",
+                "child_paths", "recursive_paths", "long_paths", "path_heads", "names",
+                "responses", "events", "stats",
             )
         }  # fmt: skip
 
@@ -229,6 +235,7 @@ class KillSensor(Closing):
         self._clear_slot("exact_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("child_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("recursive_paths", slot, lambda k: LPM_KEY.member(k, "tag") >> 4)
+        self._clear_slot("long_paths", slot, lambda k: LONG_KEY.member(k, "tag") >> 4)
         self._clear_slot("path_heads", slot, lambda k: HEAD_KEY.member(k, "tag") >> 8)
         self._clear_slot("names", slot, lambda k: NAME_KEY.member(k, "slot"))
 
@@ -272,18 +279,29 @@ class KillSensor(Closing):
                     for (length, head), bits in _head_keys(heads or {}).items()
                 ]
             )
-            for name, table in (("exact_paths", t.paths.exact), ("child_paths", t.paths.children)):
-                self.maps[name].update_batch(
-                    [(PATH_KEY.pack(tag, _path_bytes(p)), mask_bytes(m)) for p, m in table.items()]
-                )
+            long: list[tuple[bytes, bytes]] = []
+            for name, kind, table in (
+                ("exact_paths", PathTable.EXACT, t.paths.exact),
+                ("child_paths", PathTable.CHILDREN, t.paths.children),
+            ):
+                short: list[tuple[bytes, bytes]] = []
+                for p, m in table.items():
+                    raw = _path_bytes(p)
+                    if len(raw) < Const.PATH_KEY:
+                        short.append((PATH_KEY.pack(tag, raw), mask_bytes(m)))
+                    else:
+                        long.append((_long_key(slot, kind, part, raw), mask_bytes(m)))
+                self.maps[name].update_batch(short)
             lpm = self.maps["recursive_paths"]
             for key, m in t.paths.recursive_lpm.items():
-                prefix = key.encode()
+                prefix = _path_bytes(key)
                 if len(prefix) > Const.LPM_PATH:
-                    raise ValueError(f"recursive prefix too long: {key!r}")
+                    long.append((_long_key(slot, PathTable.RECURSIVE, part, prefix), mask_bytes(m)))
+                    continue
                 lpm.update(
                     LPM_KEY.pack(8 * (1 + len(prefix)), slot << 4 | part, prefix), mask_bytes(m)
                 )
+            self.maps["long_paths"].update_batch(long)
             if len(t.responses) > Const.MAX_RESPONSES:
                 raise ValueError(f"{part.name.lower()}: more than {Const.MAX_RESPONSES} responses")
             base = (slot * 2 + part) * Const.MAX_RESPONSES
