@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 from stockade.operator import metrics
 from stockade.operator.bundle_writer import BundleWriter, Plan
@@ -31,9 +30,6 @@ log = logging.getLogger("stockade.operator")
 class Options:
     namespace: str
     cluster: str = ""
-    peering: str | None = None  # None: standalone, always writes
-    identity: str = ""
-    priority: int = 0
     quiet: float = 0.1
     max_delay: float = 1.0
     resync: float = 300.0
@@ -56,7 +52,6 @@ class Reconciler:
     bundles: BundleWriter = field(init=False)
     status: StatusWriter = field(init=False)
     debounce: Debouncer = field(init=False)
-    _leader_checked: tuple[float, bool] = (0.0, False)
 
     def __post_init__(self) -> None:
         self.bundles = BundleWriter(
@@ -126,38 +121,9 @@ class Reconciler:
                 self.full = True
                 self.debounce.later(5.0)
 
-    async def is_leader(self) -> bool:
-        """kopf's own rule, checked before writing: no live peer has a priority >= ours.
-
-        kopf pauses the watches of a replica that isn't the leader; this also
-        stops its reconciler from flushing what it had queued before the pause.
-        """
-        if self.options.peering is None:
-            return True
-        checked_at, leader = self._leader_checked
-        if time.monotonic() - checked_at < 2.0:
-            return leader
-        now = datetime.now(UTC)
-        leader = True
-        for identity, peer in (await self.kube.peers(self.options.peering)).items():
-            if identity == self.options.identity or not isinstance(peer, dict):
-                continue
-            seen = datetime.fromisoformat(str(peer.get("lastseen")))
-            alive = seen + timedelta(seconds=int(peer.get("lifetime", 60))) > now
-            if alive and int(peer.get("priority", 0)) >= self.options.priority:
-                leader = False
-        self._leader_checked = (time.monotonic(), leader)
-        metrics.LEADER.set(1 if leader else 0)
-        return leader
-
     async def reconcile(self) -> None:
         ix = self.ix
         assert ix is not None
-        if not await self.is_leader():
-            log.info("not the leader: writing nothing", extra={"peering": self.options.peering})
-            self.full = True
-            self.debounce.later(5.0)
-            return
         started = time.monotonic()
         metrics.RECONCILES.inc()
         full, self.full = self.full, False
@@ -169,8 +135,7 @@ class Reconciler:
         by_uid = {r.uid: r.key for r in records.values()}
         targeting = self.targeting
         if full:
-            if not self.synced:
-                await self.bundles.load()
+            await self.bundles.load()
             nodes = set(ix.nodes) | set(ix.pods) | set(self.bundles.written)
             nodes |= set(targeting.targets)
             status_keys = set(records) | dirty_policies

@@ -38,6 +38,8 @@ class StatusWriter:
         self.component = component
         self.retry = retry
         self.statuses: dict[str, PolicyStatus] = {}
+        # uid → (the policy's resourceVersion a write was based on, the one it made)
+        self.versions: dict[str, tuple[str, str]] = {}
 
     def counting(self, ix: Indexes, node: str) -> set[PolicyKey]:
         """The policies whose counts ledger has an entry for `node`."""
@@ -64,6 +66,11 @@ class StatusWriter:
                 reports[node] = report
         existing = set(ix.nodes)
         now = datetime.now(UTC).replace(microsecond=0)
+        live = {r.uid for r in records.values()}
+        for gone in self.statuses.keys() - live:
+            del self.statuses[gone]
+        for gone in self.versions.keys() - live:
+            del self.versions[gone]
         writes = []
         for key in sorted(keys):
             record = records.get(key)
@@ -98,18 +105,23 @@ class StatusWriter:
     async def _write(
         self, record: PolicyRecord, status: PolicyStatus, previous: PolicyStatus | None
     ) -> None:
+        based, made = self.versions.get(record.uid, ("", ""))
+        # The watch may not have brought back this operator's last write yet.
+        version = made if based == record.version else record.version
         try:
-            await self.kube.put_policy_status(
-                record.kind, record.namespace, record.name, _dump(status)
+            made = await self.kube.put_policy_status(
+                record.kind, record.namespace, record.name, _dump(status), version
             )
         except WRITE_ERRORS as exc:
-            if isinstance(exc, ApiException) and exc.status == 404:  # deleted meanwhile
+            if isinstance(exc, ApiException) and exc.status == 404:
+                log.info("policy deleted before its status write", extra={"policy": record.label})
                 return
             metrics.ERRORS.labels(op="status").inc()
             log.warning("status write failed", extra={"policy": record.label, "error": str(exc)})
             self.retry(record.key)
             return
         self.statuses[record.uid] = status
+        self.versions[record.uid] = (record.version, made)
         metrics.STATUS_WRITES.inc()
         ready = _ready(status)
         before = _ready(previous) if previous else None
