@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from stockade.operator import metrics
 from stockade.operator.bundles import configmap, configmap_name, fit
+from stockade.operator.debounce import backoff
 from stockade.operator.election import NotLeading
 from stockade.operator.kube import Kube
 from stockade.operator.objects import PolicyKey, PolicyRecord
@@ -33,14 +33,6 @@ log = logging.getLogger("stockade.operator")
 # What a write can fail with: the apiserver's refusal, no answer from it, or the
 # renew deadline passed (the process exits in a moment).
 WRITE_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, NotLeading)
-BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed bundle write
-BACKOFF_CAP = 30.0
-
-
-def backoff(attempts: int) -> float:
-    """Seconds before retrying after `attempts` failures: doubling up to the cap, with
-    jitter (the upper half of the interval) so many failing nodes don't retry in step."""
-    return min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
 @dataclass(frozen=True)
