@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -101,42 +101,47 @@ class Kube:
 
         return await self._call(guarded)
 
-    async def stored_bundles(self) -> dict[str, Stored]:
-        """node → its bundle ConfigMap as stored, listed in pages; the content is checked
-        against the hash annotation (`from_configmap`), so a tampered one reads as ""."""
-        out: dict[str, Stored] = {}
+    async def configmaps(self, selector: str) -> AsyncIterator[dict[str, Any]]:
+        """The ConfigMaps `selector` selects in the namespace, as JSON, listed in pages
+        (one page in memory at a time: bundles are ~40 KiB each)."""
         token = ""
         while True:
             resp: Any = await self._call(
                 self.core.list_namespaced_config_map, self.namespace,
-                label_selector=SELECTOR, limit=LIST_PAGE, _continue=token or None,
+                label_selector=selector, limit=LIST_PAGE, _continue=token or None,
                 _preload_content=False, _request_timeout=READ_TIMEOUT,
             )  # fmt: skip
             page = json.loads(resp.data)
-            for cm in page.get("items") or []:
-                meta = cm["metadata"]
-                annotations = meta.get("annotations") or {}
-                node = annotations.get(NODE_ANNOTATION)
-                if not node:
-                    continue
-                try:
-                    stored_hash = from_configmap(
-                        cm.get("data"), cm.get("binaryData"), annotations
-                    ).hash
-                except BundleError as exc:
-                    log.warning("stored bundle disputed", extra={"node": node, "error": str(exc)})
-                    stored_hash = ""
-                owners = meta.get("ownerReferences") or []
-                out[node] = Stored(
-                    meta["name"],
-                    stored_hash,
-                    owners[0].get("uid", "") if owners else "",
-                    annotations.get(CLUSTER_ANNOTATION, ""),
-                    meta.get("resourceVersion", ""),
-                )
+            for item in page.get("items") or []:
+                yield item
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
-                return out
+                return
+
+    async def stored_bundles(self) -> dict[str, Stored]:
+        """node → its bundle ConfigMap as stored; the content is checked against the
+        hash annotation (`from_configmap`), so a tampered one reads as ""."""
+        out: dict[str, Stored] = {}
+        async for cm in self.configmaps(SELECTOR):
+            meta = cm["metadata"]
+            annotations = meta.get("annotations") or {}
+            node = annotations.get(NODE_ANNOTATION)
+            if not node:
+                continue
+            try:
+                stored_hash = from_configmap(cm.get("data"), cm.get("binaryData"), annotations).hash
+            except BundleError as exc:
+                log.warning("stored bundle disputed", extra={"node": node, "error": str(exc)})
+                stored_hash = ""
+            owners = meta.get("ownerReferences") or []
+            out[node] = Stored(
+                meta["name"],
+                stored_hash,
+                owners[0].get("uid", "") if owners else "",
+                annotations.get(CLUSTER_ANNOTATION, ""),
+                meta.get("resourceVersion", ""),
+            )
+        return out
 
     async def put_configmap(self, body: dict[str, Any], version: str | None) -> str:
         """Create (`version` None), or replace whole (so a switch to gzip drops the plain

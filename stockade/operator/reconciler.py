@@ -61,7 +61,7 @@ class Reconciler:
             targets=self.targeting.of_node,
             retry=self.node_changed,
         )
-        self.status = StatusWriter(self.kube, self.options.component, retry=self._status_failed)
+        self.status = StatusWriter(self.kube, self.options.component, retry=self._status_later)
         self.debounce = Debouncer(self.options.quiet, self.options.max_delay)
 
     # --- called by the watch handlers: cheap, no I/O --------------------------
@@ -95,10 +95,10 @@ class Reconciler:
         self.dirty_reports.add(node)
         self.debounce.wake()
 
-    def _status_failed(self, key: PolicyKey) -> None:
+    def _status_later(self, key: PolicyKey, seconds: float) -> None:
         self.dirty_policies.add(key)
         self.handled.pop(key, None)
-        self.debounce.later(2.0)
+        self.debounce.later(seconds)
 
     # --- the loop --------------------------------------------------------------
 
@@ -136,6 +136,8 @@ class Reconciler:
         targeting = self.targeting
         if full:
             await self.bundles.load()
+            if not self.synced:
+                await self.status.load()
             nodes = set(ix.nodes) | set(ix.pods) | set(self.bundles.written)
             nodes |= set(targeting.targets)
             status_keys = set(records) | dirty_policies
@@ -165,8 +167,6 @@ class Reconciler:
             status_keys |= targeting.assign(
                 node, frozenset(r.key for r in inputs.policies) if inputs else frozenset()
             )
-            if inputs is None:  # the node is gone: its counts move to `retired`
-                status_keys |= self.status.counting(ix, node)
             plan = self.bundles.plan(node, inputs, status_keys)
             plans.append(plan)
             if plan.writes:
@@ -174,6 +174,15 @@ class Reconciler:
             if count % 16 == 0:
                 await asyncio.sleep(0)
         await asyncio.gather(*writes)
+        deleted = any(key not in records for key in dirty_policies)
+        counted = self.status.count(
+            ix,
+            ix.reports.keys() if full else dirty_reports,
+            {r.uid for r in records.values()} if full or deleted else None,
+        )
+        status_keys |= {by_uid[uid] for uid in counted if uid in by_uid}
+        if not await self.status.ledger.flush(self.kube):
+            self.debounce.later(2.0)  # the counts not written are written then
         await self.status.write(status_keys, records, ix, targeting, self.bundles)
         if not self.synced:
             self.synced = True

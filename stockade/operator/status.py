@@ -17,9 +17,7 @@ from stockade.policy.reports import EnforcementMode, NodePolicyReport
 from stockade.policy.resources import (
     Condition,
     ConditionStatus,
-    CounterLedger,
     CountsStatus,
-    NodeCounters,
     NodesStatus,
     PolicyStatus,
 )
@@ -51,87 +49,6 @@ class NodeProblem:
 
     reason: str
     detail: str
-
-
-def _add(a: CountsStatus, b: CountsStatus) -> CountsStatus:
-    return CountsStatus(
-        blocked=a.blocked + b.blocked, alerted=a.alerted + b.alerted, logged=a.logged + b.logged
-    )
-
-
-def _total(counts: Sequence[CountsStatus]) -> CountsStatus:
-    out = CountsStatus()
-    for c in counts:
-        out = _add(out, c)
-    return out
-
-
-def fold_report(
-    entry: NodeCounters | None, report: NodePolicyReport, uid: str
-) -> NodeCounters | None:
-    """One node's ledger entry for policy `uid` after reading the node's report.
-
-    A new sensor instance, or a counter lower than last seen, means the
-    counters restarted: what was seen moves into `base`. Generations that left
-    the report move into `base` too, so the entry stays small.
-    """
-    current = {
-        str(c.generation): CountsStatus(blocked=c.blocked, alerted=c.alerted, logged=c.logged)
-        for c in report.policies
-        if c.uid == uid
-    }
-    if entry is None:
-        return (
-            NodeCounters(instance=report.sensor.instance_id, generations=current)
-            if current
-            else None
-        )
-    base, seen = entry.base, dict(entry.generations)
-    if entry.instance != report.sensor.instance_id:
-        base, seen = _add(base, _total(list(seen.values()))), {}
-    for generation, last in list(seen.items()):
-        now = current.get(generation)
-        if (
-            now is None
-            or now.blocked < last.blocked
-            or now.alerted < last.alerted
-            or (now.logged < last.logged)
-        ):
-            base = _add(base, last)
-            del seen[generation]
-    return NodeCounters(
-        instance=report.sensor.instance_id, base=base, generations={**seen, **current}
-    )
-
-
-def node_total(entry: NodeCounters) -> CountsStatus:
-    return _add(entry.base, _total(list(entry.generations.values())))
-
-
-def update_ledger(
-    ledger: CounterLedger,
-    uid: str,
-    reports: Mapping[str, NodePolicyReport],
-    nodes: set[str],
-) -> CounterLedger:
-    """Fold every report in; the entries of nodes that are gone move to `retired`."""
-    retired = ledger.retired
-    entries: dict[str, NodeCounters] = {}
-    for node, entry in ledger.nodes.items():
-        if node not in nodes:
-            retired = _add(retired, node_total(entry))
-        else:
-            entries[node] = entry
-    for node, report in reports.items():
-        if node in nodes:
-            folded = fold_report(entries.get(node), report, uid)
-            if folded is not None:
-                entries[node] = folded
-    return CounterLedger(retired=retired, nodes=dict(sorted(entries.items())))
-
-
-def ledger_counts(ledger: CounterLedger) -> CountsStatus:
-    return _total([ledger.retired, *(node_total(e) for e in ledger.nodes.values())])
 
 
 def _names(nodes: Sequence[str]) -> str:
@@ -203,7 +120,7 @@ def policy_status(
     bundled: set[str],
     node_problems: Mapping[str, NodeProblem],
     reports: Mapping[str, NodePolicyReport],
-    ledger: CounterLedger,
+    counts: CountsStatus,
     previous: PolicyStatus | None,
     now: datetime,
 ) -> PolicyStatus:
@@ -211,19 +128,14 @@ def policy_status(
 
     `targeted`: nodes with a pod in its scope; `bundled`: those whose written
     bundle holds this generation; `node_problems`: nodes whose bundle can't hold
-    it, can't be compiled or written, with why; `reports`: the NodePolicyReports by node.
+    it, can't be compiled or written, with why; `reports`: the NodePolicyReports by node;
+    `counts`: summed over nodes (`ledger`).
     """
 
     def ready(status: ConditionStatus, reason: str, message: str) -> list[Condition]:
         return _conditions(status, reason, message, record.generation, previous, now)
 
-    counts = ledger_counts(ledger)
-    empty = not ledger.nodes and ledger.retired == CountsStatus()
-    base = {
-        "observed_generation": record.generation,
-        "counts": counts,
-        "ledger": None if empty else ledger,
-    }
+    base = {"observed_generation": record.generation, "counts": counts}
     doc = record.document
     if doc is None:
         message = "the operator refused this generation: " + "; ".join(record.errors)

@@ -159,36 +159,12 @@ class CountsStatus(_Model):
     logged: int = 0
 
 
-class NodeCounters(_Model):
-    """One node's share of a policy's counts, as the operator last folded it in."""
-
-    instance: str = Field(description="The sensor instance the counters below came from")
-    base: CountsStatus = Field(
-        default=CountsStatus(), description="Counts of earlier sensor instances and generations"
-    )
-    generations: dict[str, CountsStatus] = Field(
-        default={}, description="Last counters seen per generation from this instance"
-    )
-
-
-class CounterLedger(_Model):
-    """What keeps `counts` from going backwards or double-counting across sensor restarts."""
-
-    retired: CountsStatus = Field(
-        default=CountsStatus(), description="Counts of nodes that are gone"
-    )
-    nodes: dict[str, NodeCounters] = Field(default={}, description="By node name")
-
-
 class PolicyStatus(_Model):
     observed_generation: int | None = None
     mode: Mode | None = Field(default=None, description="The mode in force")
     selectors: int | None = Field(default=None, description="Selectors in both parts")
     nodes: NodesStatus | None = None
     counts: CountsStatus | None = None
-    ledger: CounterLedger | None = Field(
-        default=None, description="Per-node counter baselines behind counts (operator-owned)"
-    )
     conditions: (
         Annotated[
             list[Condition],

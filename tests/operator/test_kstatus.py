@@ -20,7 +20,7 @@ import pytest
 from stockade.operator.objects import PolicyRecord, policy_record
 from stockade.operator.status import BUNDLE_TOO_LARGE, WRITE_FAILED, NodeProblem, policy_status
 from stockade.policy.reports import NodePolicyReport
-from stockade.policy.resources import CounterLedger
+from stockade.policy.resources import CountsStatus
 
 KSTATUS = Path(os.environ.get("STOCKADE_CACHE", "/var/cache/stockade")) / "bin" / "kstatus"
 NOW = datetime(2026, 11, 30, tzinfo=UTC)
@@ -64,7 +64,7 @@ def status(rec: PolicyRecord, **given: Any) -> dict[str, Any]:
         "bundled": {"n1"},
         "node_problems": {},
         "reports": {"n1": report(3)},
-        "ledger": CounterLedger(),
+        "counts": CountsStatus(),
         "previous": None,
         "now": NOW,
         **given,
