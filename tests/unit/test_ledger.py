@@ -39,6 +39,18 @@ def test_sensor_restarts_neither_lower_nor_double() -> None:
     assert blocked(ledger) == 6
 
 
+def test_a_policy_that_leaves_a_node_and_comes_back_adds_to_what_it_counted() -> None:
+    ledger = Ledger()
+    ledger.fold("a", "uid-a", report("i1", 4))
+    left = NodePolicyReport.model_validate(
+        {**report("i1", 0).model_dump(by_alias=True, mode="json"), "policies": []}
+    )
+    ledger.fold("a", "uid-a", left)  # its pods left the node: out of the bundle
+    assert blocked(ledger) == 4
+    ledger.fold("a", "uid-a", report("i1", 1))  # back, counting from zero
+    assert blocked(ledger) == 5
+
+
 def test_a_node_gone_and_back_under_its_name_is_another_node() -> None:
     """Issue 12's reproduction: counts retired with the old Node, the new one adds to them."""
     ledger = Ledger()
