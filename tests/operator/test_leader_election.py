@@ -1,10 +1,12 @@
-"""Two replicas on one Lease: one writes; SIGTERM hands over; a leader that can't renew exits.
+"""Two replicas on one Lease: one writes; SIGTERM hands over; a leader that can't renew
+exits, and writes nothing once past its renew deadline.
 
 Short timings (6 s lease, 4 s renew deadline, 1 s retry) keep the takeovers quick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +19,8 @@ import pytest
 from kubernetes import client
 
 from stockade.operator.bundles import POLICIES_ANNOTATION, configmap_name
+from stockade.operator.election import Elector, NotLeading, Timing
+from stockade.operator.kube import Kube
 from tests.integration.conftest import force_delete_namespace
 
 from .conftest import Cluster, Kubectl, Operator, wait_for
@@ -168,3 +172,31 @@ def test_a_leader_frozen_past_its_lease_exits_without_writing(
         "stockade.dev", "v1alpha1", namespace, "containerpolicies", "p1"
     )
     assert p1_after["metadata"]["resourceVersion"] == p1["metadata"]["resourceVersion"]
+
+
+def test_no_write_starts_after_the_renew_deadline(
+    k8s_api: client.ApiClient, namespace: str, unique: str
+) -> None:
+    """A leader whose renewals stop (here: no renewal thread) makes no write once its
+    renew deadline has passed, before another replica could take the Lease."""
+    timing = Timing(lease_duration=3.0, renew_deadline=2.0, retry_period=0.5)
+    elector = Elector(k8s_api, namespace, f"gate-{unique}", "test", timing)
+    assert elector.try_acquire()
+    kube = Kube(k8s_api, namespace)
+    kube.write_timeout = elector.write_timeout
+    core = client.CoreV1Api(k8s_api)
+
+    def body(name: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {}}
+
+    async def writes() -> None:
+        await kube.put_configmap(body("before-deadline"), None)
+        await asyncio.sleep(timing.renew_deadline + 0.1)
+        with pytest.raises(NotLeading):
+            await kube.put_configmap(body("after-deadline"), None)
+
+    asyncio.run(writes())
+    core.read_namespaced_config_map("before-deadline", namespace)
+    with pytest.raises(client.ApiException) as refused:
+        core.read_namespaced_config_map("after-deadline", namespace)
+    assert refused.value.status == 404
