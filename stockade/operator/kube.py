@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,8 +19,13 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from stockade.operator.bundles import CLUSTER_ANNOTATION, NODE_ANNOTATION, SELECTOR
-from stockade.policy.bundle import BundleError, from_configmap
+from stockade.operator.bundles import (
+    CLUSTER_ANNOTATION,
+    NODE_ANNOTATION,
+    SELECTOR,
+    payload_digest,
+)
+from stockade.policy.bundle import HASH_ANNOTATION
 from stockade.policy.resources import GROUP, VERSION
 
 T = TypeVar("T")
@@ -63,13 +68,14 @@ def _unlimited(cap: float) -> float:
 
 @dataclass(frozen=True)
 class Stored:
-    """A bundle ConfigMap as listed; `hash` is "" when its content disputes its annotation."""
+    """A bundle ConfigMap as listed: `hash` as its annotation says, `digest` of its content."""
 
     name: str
     hash: str
     owner_uid: str
     cluster: str
     version: str  # metadata.resourceVersion: the precondition of the next replace
+    digest: str  # `payload_digest` of its content
 
 
 class Kube:
@@ -101,45 +107,45 @@ class Kube:
 
         return await self._call(guarded)
 
-    async def configmaps(self, selector: str) -> AsyncIterator[dict[str, Any]]:
+    def _configmaps(self, selector: str) -> Iterator[dict[str, Any]]:
         """The ConfigMaps `selector` selects in the namespace, as JSON, listed in pages
-        (one page in memory at a time: bundles are ~40 KiB each)."""
+        (one page in memory at a time: bundles are ~40 KiB each); blocking."""
         token = ""
         while True:
-            resp: Any = await self._call(
-                self.core.list_namespaced_config_map, self.namespace,
-                label_selector=selector, limit=LIST_PAGE, _continue=token or None,
-                _preload_content=False, _request_timeout=READ_TIMEOUT,
+            resp: Any = self.core.list_namespaced_config_map(
+                self.namespace, label_selector=selector, limit=LIST_PAGE,
+                _continue=token or None, _preload_content=False,
+                _request_timeout=READ_TIMEOUT,
             )  # fmt: skip
             page = json.loads(resp.data)
-            for item in page.get("items") or []:
-                yield item
+            yield from page.get("items") or []
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 return
 
+    async def configmaps(self, selector: str) -> list[dict[str, Any]]:
+        return await self._call(lambda: list(self._configmaps(selector)))
+
     async def stored_bundles(self) -> dict[str, Stored]:
-        """node → its bundle ConfigMap as stored; the content is checked against the
-        hash annotation (`from_configmap`), so a tampered one reads as ""."""
+        """node → its bundle ConfigMap as stored (listed and digested in a worker thread)."""
+        return await self._call(self._stored_bundles)
+
+    def _stored_bundles(self) -> dict[str, Stored]:
         out: dict[str, Stored] = {}
-        async for cm in self.configmaps(SELECTOR):
+        for cm in self._configmaps(SELECTOR):
             meta = cm["metadata"]
             annotations = meta.get("annotations") or {}
             node = annotations.get(NODE_ANNOTATION)
             if not node:
                 continue
-            try:
-                stored_hash = from_configmap(cm.get("data"), cm.get("binaryData"), annotations).hash
-            except BundleError as exc:
-                log.warning("stored bundle disputed", extra={"node": node, "error": str(exc)})
-                stored_hash = ""
             owners = meta.get("ownerReferences") or []
             out[node] = Stored(
                 meta["name"],
-                stored_hash,
+                annotations.get(HASH_ANNOTATION, ""),
                 owners[0].get("uid", "") if owners else "",
                 annotations.get(CLUSTER_ANNOTATION, ""),
                 meta.get("resourceVersion", ""),
+                payload_digest(cm.get("data"), cm.get("binaryData")),
             )
         return out
 

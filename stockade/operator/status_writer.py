@@ -70,7 +70,7 @@ class StatusWriter:
         self.ledger = Ledger.loaded(
             {
                 cm["metadata"]["name"]: (cm.get("data") or {}, cm["metadata"]["resourceVersion"])
-                async for cm in self.kube.configmaps(COUNTS_SELECTOR)
+                for cm in await self.kube.configmaps(COUNTS_SELECTOR)
             }
         )
 
