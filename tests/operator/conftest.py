@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from kubernetes import client
 
 from stockade.operator.metrics import scrape
@@ -31,7 +32,7 @@ kubectl = integration.kubectl
 namespace = integration.namespace
 unique = integration.unique
 
-__all__ = ["Cluster", "Kubectl", "Operator", "wait_for"]
+__all__ = ["Cluster", "Kubectl", "Operator", "service_account_kubeconfig", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
@@ -103,6 +104,28 @@ class Operator:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def service_account_kubeconfig(
+    k8s_api: client.ApiClient, kubeconfig: str, namespace: str, name: str, out: Path
+) -> Path:
+    """A kubeconfig for ServiceAccount `namespace/name` (created here), by a bound token."""
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
+    request = core.create_namespaced_service_account_token(
+        name,
+        namespace,
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
+    )
+    assert request.status is not None
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    admin["users"] = [{"name": name, "user": {"token": request.status.token}}]
+    for context in admin["contexts"]:
+        context["context"]["user"] = name
+    out.write_text(yaml.safe_dump(admin))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,13 @@ line naming the Lease, the refusal and the RBAC to apply instead.
 
 from __future__ import annotations
 
-import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
-from .conftest import STOCKADE
+from .conftest import STOCKADE, service_account_kubeconfig
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +21,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def limited_kubeconfig(
     k8s_api: client.ApiClient, kubeconfig: str, namespace: str, unique: str, tmp_path: Path
-) -> Iterator[Path]:
+) -> Path:
     """A ServiceAccount token that may read Leases in `namespace` but not create one."""
-    core = client.CoreV1Api(k8s_api)
     rbac = client.RbacAuthorizationV1Api(k8s_api)
     name = f"stockade-limited-{unique}"
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-    )
     rbac.create_namespaced_role(
         namespace,
         client.V1Role(
@@ -53,19 +46,10 @@ def limited_kubeconfig(
             subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)],
         ),
     )
-    request = core.create_namespaced_service_account_token(
-        name,
-        namespace,
-        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
+    # The namespace fixture deletes the Role, its binding and the ServiceAccount.
+    return service_account_kubeconfig(
+        k8s_api, kubeconfig, namespace, name, tmp_path / "limited.kubeconfig"
     )
-    assert request.status is not None
-    admin = yaml.safe_load(Path(kubeconfig).read_text())
-    admin["users"] = [{"name": name, "user": {"token": request.status.token}}]
-    for context in admin["contexts"]:
-        context["context"]["user"] = name
-    path = tmp_path / "limited.kubeconfig"
-    path.write_text(json.dumps(admin))
-    yield path  # the namespace fixture deletes the Role, binding and ServiceAccount
 
 
 def test_lease_it_may_not_create_stops_with_one_line(
