@@ -236,7 +236,14 @@ def cmd_generate_bundle_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from stockade.operator.election import StartupError, Timing
     from stockade.operator.main import Config, main
+
+    try:
+        timing = Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+    except StartupError as exc:
+        print(f"stockade operator: {exc}", file=sys.stderr)
+        return 2
 
     return main(
         Config(
@@ -244,8 +251,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             log_level=args.log_level,
             metrics_port=args.metrics_port,
-            peering=None if args.standalone else args.peering,
-            priority=args.priority,
+            lease=None if args.standalone else args.lease,
+            timing=timing,
+            resync=args.resync,
         )
     )
 
@@ -306,13 +314,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--metrics-port", type=int, default=9090, help="0 turns metrics off")
     p.add_argument(
-        "--peering",
+        "--lease",
         default="stockade-operator",
-        help="the ClusterKopfPeering that elects the replica that writes",
+        help="the Lease (in --namespace) that elects the replica that writes",
     )
     p.add_argument("--standalone", action="store_true", help="no leader election (one replica)")
+    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
     p.add_argument(
-        "--priority", type=int, help="leader-election priority (default: random, never tied)"
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the leader exits when it can't renew for this long (< --lease-duration)",
+    )
+    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument(
+        "--resync", type=float, default=300.0, metavar="SECONDS", help="between full passes"
     )
     p.set_defaults(run=cmd_operator)
 

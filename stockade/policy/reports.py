@@ -78,6 +78,11 @@ class NodePolicyReportBody(_Model):
     """Everything below metadata: what the CRD's schema validates."""
 
     sensor: Sensor
+    node_uid: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None,
+        description="The Node's metadata.uid; a report left from an earlier Node of the"
+        " same name (another uid) is ignored",
+    )
     bundle: AppliedBundle | None = Field(default=None, description="The bundle in force")
     policies: Annotated[list[PolicyCounters], Field(max_length=4096)] = Field(
         default=[], description="Every policy of the applied bundle, with its counters"

@@ -174,27 +174,6 @@ class CountsStatus(_Model):
     logged: int = Field(default=0, description="Events logged")
 
 
-class NodeCounters(_Model):
-    """One node's share of a policy's counts, as the operator last folded it in."""
-
-    instance: str = Field(description="The sensor instance the counters below came from")
-    base: CountsStatus = Field(
-        default=CountsStatus(), description="Counts of earlier sensor instances and generations"
-    )
-    generations: dict[str, CountsStatus] = Field(
-        default={}, description="Last counters seen per generation from this instance"
-    )
-
-
-class CounterLedger(_Model):
-    """What keeps `counts` from going backwards or double-counting across sensor restarts."""
-
-    retired: CountsStatus = Field(
-        default=CountsStatus(), description="Counts of nodes that are gone"
-    )
-    nodes: dict[str, NodeCounters] = Field(default={}, description="By node name")
-
-
 class PolicyStatus(_Model):
     """Written by the operator: where the policy applies and what it did."""
 
@@ -206,9 +185,6 @@ class PolicyStatus(_Model):
     nodes: NodesStatus | None = Field(default=None, description="Where the policy applies")
     counts: CountsStatus | None = Field(
         default=None, description="Totals over every node and generation"
-    )
-    ledger: CounterLedger | None = Field(
-        default=None, description="Per-node counter baselines behind counts (operator-owned)"
     )
     conditions: (
         Annotated[
