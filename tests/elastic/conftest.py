@@ -91,11 +91,16 @@ OutputFactory = Callable[..., ElasticOutput]
 def output(services_env: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[OutputFactory]:
     """make(**config_overrides, spool_max_bytes=...) → an ElasticOutput logging to a StringIO,
     spooling to tmp_path/spool; closed after the test."""
+    yield from outputs(services_env, namespace, tmp_path)
+
+
+def outputs(env: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[OutputFactory]:
+    """The `output` fixture's factory, for the Elasticsearch that `env` names."""
     made: list[ElasticOutput] = []
 
     def make(spool_max_bytes: int = 1 << 30, drain_s: float = 5.0, **kw: object) -> ElasticOutput:
         out = ElasticOutput(
-            config(services_env, namespace, **kw), tmp_path / "spool",
+            config(env, namespace, **kw), tmp_path / "spool",
             spool_max_bytes=spool_max_bytes, drain_s=drain_s, log=io.StringIO(),
         )  # fmt: skip
         made.append(out)
