@@ -86,14 +86,17 @@ enum stk_hook {
 };
 
 enum stk_stat {
-	STK_STAT_RB_FAIL = 0,        /* ring-buffer output failed (record lost) */
+	STK_STAT_RB_FAIL = 0,        /* records lost (full ring buffer): the sum of the LOST_* */
 	STK_STAT_INFLIGHT_FAIL = 1,  /* could not stash syscall args */
 	STK_STAT_PATH_TRUNCATED = 2, /* a path was truncated (depth or length) */
 	STK_STAT_RECORDS = 3,        /* records written */
 	STK_STAT_KILLS = 4,          /* SIGKILLs sent */
 	STK_STAT_KILL_FAIL = 5,      /* bpf_send_signal failures */
 	STK_STAT_DENIALS = 6,        /* lsm mode: -EPERM returned */
-	STK_STAT_COUNT = 8,          /* stk_stats entries (one spare) */
+	STK_STAT_LOST_LOG = 7,       /* log-only records lost (stk_events full) */
+	STK_STAT_LOST_ALERT = 8,     /* alert/block/would-block records lost (stk_alerts full) */
+	STK_STAT_LOST_EXIT = 9,      /* exit records lost (stk_events full) */
+	STK_STAT_COUNT = 16,         /* stk_stats entries (spares for new counters) */
 };
 
 struct stk_mask {

@@ -183,6 +183,9 @@ class Stat(IntEnum):
     KILLS = 4
     KILL_FAIL = 5
     DENIALS = 6
+    LOST_LOG = 7  # RB_FAIL = LOST_LOG + LOST_ALERT + LOST_EXIT
+    LOST_ALERT = 8
+    LOST_EXIT = 9
 
 
 class PathTable(IntFlag):

@@ -156,8 +156,8 @@ class KillSensor(Closing):
             n: self.obj.map(f"stk_{n}")
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
-                "child_paths", "recursive_paths", "path_heads", "names", "responses", "events",
-                "stats",
+                "child_paths", "recursive_paths", "path_heads", "names", "responses", "alerts",
+                "events", "stats",
             )
         }  # fmt: skip
 
@@ -332,11 +332,11 @@ class KillSensor(Closing):
     # -- output -----------------------------------------------------------------
 
     def ring(self, callback: Callable[[bytes], None]) -> RingBuffer:
-        """A consumer of the events ring buffer."""
-        return RingBuffer(self.maps["events"], callback)
+        """A consumer of both ring buffers: alerts and blocks first, then the rest."""
+        return RingBuffer([self.maps["alerts"], self.maps["events"]], callback)
 
     def stats(self) -> dict[str, int]:
-        """Counters summed over CPUs (rb_fail: records lost)."""
+        """Counters summed over CPUs (rb_fail: records lost; lost_*: of which log, alert, exit)."""
         out = {}
         for stat in Stat:
             vals = self.maps["stats"].lookup_percpu(_U32.pack(stat))

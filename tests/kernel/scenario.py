@@ -210,14 +210,15 @@ class Harness:
         return self.sa.applied[self.sa.generation]
 
     def docs(self) -> list[Doc]:
-        """Documents written since the last call (waits for the stream to go quiet)."""
+        """Documents written since the last call (waits for the stream to go quiet), in the
+        order they happened (alerts come from their own ring buffer, ahead of the rest)."""
         assert self.sa is not None
         while self.sa.pump(150):
             pass
         lines = self.out.getvalue().splitlines()
         self.out.seek(0)
         self.out.truncate()
-        return [json.loads(line) for line in lines]
+        return sorted((json.loads(line) for line in lines), key=lambda d: str(d["@timestamp"]))
 
     def run(
         self, argv: list[str], cg: Cgroup | None, **kw: Any
