@@ -10,7 +10,7 @@
 #define STK_ABI_H
 
 enum stk_const {
-	STK_RECORD_VERSION = 1,
+	STK_RECORD_VERSION = 2,
 	STK_MASK_WORDS = 16,       /* 1024 selector bits per policy part */
 	STK_PATH_KEY = 256,        /* zero-padded path key bytes */
 	STK_LPM_PATH = 255,        /* path bytes in an LPM key (1 tag byte + 255 = 256) */
@@ -214,7 +214,8 @@ struct stk_proc_rec {
 	__u32 tty_major;
 	__u32 exit_code;
 	__u8 interactive;           /* session has a controlling tty */
-	__u8 pad[3];
+	__u8 exe_truncated;         /* 1: exe is the tail of a path too long to resolve */
+	__u8 pad[2];
 	char comm[16];
 	__u16 exe_len;
 	__u16 cwd_len;
@@ -232,7 +233,8 @@ struct stk_file_rec {
 	__u8 volume;  /* enum stk_volume */
 	__u8 path_from_fd; /* 1: path and volume from the opened file */
 	__u16 path_len;
-	__u32 pad;
+	__u8 path_truncated; /* 1: path is the tail of a path too long to resolve */
+	__u8 pad[3];
 	char comm[16];
 	char path[];
 }; /* fixed part: 192 + 40 = 232 bytes */

@@ -20,6 +20,7 @@ struct eval_in {
 	__u8 tables; /* STK_TABLE_* bits: the path tables to look the path up in */
 	__u8 volume;
 	__u8 interactive;
+	__u8 truncated; /* the path is a tail: it may match any blocking selector */
 	char comm[16];
 };
 
@@ -207,6 +208,8 @@ __noinline int stk_evaluate(void)
 				mask_or(&s->tmp, m);
 		}
 	}
+	if (s->in.truncated) /* fail closed: a path we can't see whole may be any blocked one */
+		mask_or(&s->tmp, &pm->blocking);
 	if (!mask_and(&s->matched, &s->tmp))
 		return 0; /* the usual end: no selector matches the path */
 
@@ -407,6 +410,7 @@ static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const
 	s->in.tables = rp->tables;
 	s->in.volume = rp->volume;
 	s->in.interactive = interactive;
+	s->in.truncated = rp->ok && rp->truncated;
 	__builtin_memcpy(s->in.comm, comm, 16);
 	return stk_evaluate();
 }

@@ -86,7 +86,8 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	r->fmode = fmode;
 	r->volume = rp.volume;
 	r->path_from_fd = src->dentry != 0;
-	r->pad = 0;
+	r->path_truncated = rp.truncated;
+	__builtin_memset(r->pad, 0, sizeof(r->pad));
 	__builtin_memcpy(r->comm, comm, 16);
 	plen = rp.len;
 	if (plen > STK_PATH_REC_MAX)

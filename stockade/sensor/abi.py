@@ -50,7 +50,7 @@ __all__ = [
 class Const(IntEnum):
     """enum stk_const: sizes and limits both sides build on."""
 
-    RECORD_VERSION = 1
+    RECORD_VERSION = 2
     MASK_WORDS = 16  # u64 words per selector mask: 1024 selectors per part
     PATH_KEY = 256
     LPM_PATH = 255
@@ -323,7 +323,8 @@ PROC_REC: Final = Layout(
         ("tty_major", "I"),
         ("exit_code", "I"),
         ("interactive", "B"),
-        ("pad", "3s"),
+        ("exe_truncated", "B"),
+        ("pad", "2s"),
         ("comm", "16s"),
         ("exe_len", "H"),
         ("cwd_len", "H"),
@@ -343,7 +344,8 @@ FILE_REC: Final = Layout(
         ("volume", "B"),
         ("path_from_fd", "B"),
         ("path_len", "H"),
-        ("pad", "I"),
+        ("path_truncated", "B"),
+        ("pad", "3s"),
         ("comm", "16s"),
         ("path", "0s"),
     ),

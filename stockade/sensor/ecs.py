@@ -273,5 +273,7 @@ def document(
         doc["file"] = _file(rec)
         doc["cloud_defend"]["file_operations"] = sorted(rec.ops)
         doc["cloud_defend"]["volume"] = rec.volume
+    if rec.executable_truncated if isinstance(rec, ProcessRecord) else rec.path_truncated:
+        doc["cloud_defend"]["path_truncated"] = True  # a path's tail: decided fail-closed
     doc.update(_container(applied.containers.get(h.cgroup_id) if applied else None))
     return doc

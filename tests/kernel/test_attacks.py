@@ -3,6 +3,7 @@ deeper than the walk, and the other ways to reach a guarded file (docs/kernel.md
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from stockade.policy.model import PartName
+from stockade.policy.tables import PartTables
 from stockade.sensor.abi import ActionBits
 from stockade.sensor.kernel import Bundle, KillSensor
-from stockade.sensor.records import ProcessRecord
+from stockade.sensor.records import FileRecord, ProcessRecord
 
 from .conftest import Cgroup, Collector, part_tables
+from .test_sensor import py
 
 pytestmark = pytest.mark.kernel
 
@@ -101,3 +105,91 @@ def test_alerts_survive_an_exec_flood(
     assert lost["lost_alert"] == 0
     assert len(alerts) == n // every
     assert all(r.executable == str(alarm) for r in alerts)
+
+
+def deep_dir(base: Path, name: str, depth: int) -> None:
+    """base/name/name/... `depth` levels down, made through directory fds (the whole path
+    may be longer than PATH_MAX)."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=fd)
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+
+
+# argv: base, name, depth, then "exec" (exec ./tiny there) or "create" (create f.txt there)
+DEEP_SCRIPT = """
+import os, sys
+base, name, depth, what = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+os.chdir(base)
+for _ in range(depth):
+    os.chdir(name)
+if what == "exec":
+    os.execv("./tiny", ["./tiny"])
+os.close(os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o644))
+print("created")
+"""
+
+
+def guard_below(d: Path, cg: Cgroup) -> Bundle:
+    """Blocks (and alerts) every exec of a program below d, every file created below d."""
+    block = [(1, 0, ActionBits.ALERT | ActionBits.BLOCK)]
+    below = {str(d) + "/": 1}
+    parts: dict[PartName, PartTables] = {
+        "process": part_tables("process", {"exec": 1}, block, recursive_lpm=below, any_name=1),
+        "file": part_tables("file", {"createFile": 1}, block, recursive_lpm=below),
+    }
+    return Bundle(1, {cg.id: {"process": 1, "file": 1}}, parts)
+
+
+@pytest.mark.parametrize(
+    ("name", "depth", "truncated"),
+    [("d", 100, False), ("x" * 200, 25, True)],
+    ids=["100-deep", "over-4KiB"],
+)
+def test_deep_paths_resolved_or_fail_closed(
+    sensor: KillSensor,
+    collector: Collector,
+    cgroup: Cgroup,
+    workdir: Path,
+    tiny: Path,
+    load: Load,
+    name: str,
+    depth: int,
+    truncated: bool,
+) -> None:
+    """A program and a file 100 directories deep are seen at their whole absolute paths and
+    blocked; one whose path is over 4 KiB (longer than the walk's buffer) is blocked all the
+    same (fail closed), its record carries the path's tail, flagged, and counted."""
+    deep_dir(workdir, name, depth)
+    bottom = "/".join([str(workdir), *[name] * depth])
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(tiny, "rb") as src:
+        out = os.open("tiny", os.O_WRONLY | os.O_CREAT, 0o755, dir_fd=fd)
+        os.write(out, src.read())
+        os.close(out)
+    os.close(fd)
+    load(guard_below(workdir, cgroup))
+    before = sensor.stats()["path_truncated"]
+    got = []
+    for what in ("exec", "create"):
+        res, recs = collector.run(py(DEEP_SCRIPT, str(workdir), name, str(depth), what), cgroup)
+        assert res.returncode == -9, res.stdout + res.stderr  # killed at once, created nothing
+        assert len(recs) >= 1 and recs[0].header.outcome == "killed"
+        got.append(recs[0])
+    proc, file = got
+    assert isinstance(proc, ProcessRecord) and isinstance(file, FileRecord)
+    assert (proc.executable_truncated, file.path_truncated) == (truncated, truncated)
+    assert sensor.stats()["path_truncated"] - before == (2 if truncated else 0)
+    for path, leaf in ((proc.executable, "/tiny"), (file.path, "/f.txt")):
+        assert path.startswith("/")
+        if truncated:  # the tail that fits
+            assert len(path) > 3500 and (bottom + leaf).endswith(path)
+        else:
+            assert path == bottom + leaf
