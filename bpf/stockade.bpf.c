@@ -49,29 +49,13 @@ struct {
 	__type(value, struct inflight);
 } stk_inflight SEC(".maps");
 
-/*
- * Attached to every syscalls/sys_enter_* of interest, with the syscall's
- * STK_HOOK_* as the attachment's BPF cookie (syscall numbers differ between
- * architectures; the cookie doesn't): stashes the arguments of the calls that
- * can be file operations of a listed cgroup.
- */
-SEC("tracepoint/syscalls/sys_enter_openat")
-int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
+/* a syscall's entry: stash the arguments of a call that can be a file operation of a listed cgroup */
+static __always_inline int stash(__u32 hook, __u64 *args)
 {
 	struct inflight *v;
 	struct entry e;
-	__u32 hook, extra = 0;
-	__u64 args[5];
+	__u32 extra = 0;
 
-	hook = bpf_get_attach_cookie(ctx);
-	if (hook < STK_HOOK_OPEN || hook > STK_HOOK_MKNODAT)
-		return 0;
-	/*
-	 * One copy of the five argument slots: the context of a syscall with
-	 * fewer arguments is shorter, and a program that reads past it directly
-	 * is refused at attach.
-	 */
-	bpf_probe_read_kernel(args, sizeof(args), (void *)ctx + offsetof(typeof(*ctx), args));
 	switch (hook) {
 	case STK_HOOK_OPEN:
 		extra = args[1];
@@ -111,21 +95,41 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 		stat_inc(STK_STAT_INFLIGHT_FAIL);
 		return 0;
 	}
-	__builtin_memcpy(v->args, args, sizeof(args));
+	__builtin_memcpy(v->args, args, sizeof(v->args));
 	v->extra = extra;
 	v->hook = hook;
 	return 0;
 }
 
-/* Attached to the matching syscalls/sys_exit_*: decides and reports. */
-SEC("tracepoint/syscalls/sys_exit_openat")
-int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
+/*
+ * Attached to every syscalls/sys_enter_* of interest, with the syscall's
+ * STK_HOOK_* as the attachment's BPF cookie (syscall numbers differ between
+ * architectures; the cookie doesn't).
+ */
+SEC("tracepoint/syscalls/sys_enter_openat")
+int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 hook = bpf_get_attach_cookie(ctx);
+	__u64 args[5];
+
+	if (hook < STK_HOOK_OPEN || hook > STK_HOOK_MKNODAT)
+		return 0;
+	/*
+	 * One copy of the five argument slots: the context of a syscall with
+	 * fewer arguments is shorter, and a program that reads past it directly
+	 * is refused at attach.
+	 */
+	bpf_probe_read_kernel(args, sizeof(args), (void *)ctx + offsetof(typeof(*ctx), args));
+	return stash(hook, args);
+}
+
+/* a syscall's exit: decide and report what its entry stashed */
+static __always_inline int finish(long ret)
 {
 	struct inflight *vp, v;
 	struct path_src src = { .dirfd = AT_FDCWD };
 	struct entry e;
 	__u32 ops = 0, mode = 0, fmode = 0, flags = 0;
-	long ret = ctx->ret;
 
 	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!vp || !vp->hook)
@@ -252,4 +256,83 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	}
 	file_decide(&e, v.hook, ops, flags, mode, fmode, &src, 0);
 	return 0;
+}
+
+/* Attached to the matching syscalls/sys_exit_*. */
+SEC("tracepoint/syscalls/sys_exit_openat")
+int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return finish(ctx->ret);
+}
+
+/*
+ * The 32-bit system-call ABI (int $0x80, sysenter; a 64-bit process may use it too): the
+ * syscalls/ tracepoints never fire for these calls, so raw sys_enter/sys_exit programs
+ * recognise them (the task's TS_COMPAT status) and map the i386 numbers to the same hooks.
+ * Every syscall of the machine passes here; anything not compat returns after one load.
+ * x86 only: arm64's AArch32 tasks are not covered (docs/kernel.md, "Attacks").
+ */
+#define TS_COMPAT 0x0002
+
+static __always_inline int in_compat_syscall(void)
+{
+#ifdef __TARGET_ARCH_x86
+	return bpf_get_current_task_btf()->thread_info.status & TS_COMPAT;
+#else
+	return 0;
+#endif
+}
+
+static __always_inline __u32 compat_hook(long nr)
+{
+	switch (nr) { /* arch/x86/entry/syscalls/syscall_32.tbl */
+	case 5: return STK_HOOK_OPEN;
+	case 8: return STK_HOOK_CREAT;
+	case 9: return STK_HOOK_LINK;
+	case 10: return STK_HOOK_UNLINK;
+	case 14: return STK_HOOK_MKNOD;
+	case 15: return STK_HOOK_CHMOD;
+	case 38: return STK_HOOK_RENAME;
+	case 92: case 193: return STK_HOOK_TRUNCATE; /* truncate, truncate64 */
+	case 93: case 194: return STK_HOOK_FTRUNCATE; /* ftruncate, ftruncate64 */
+	case 94: return STK_HOOK_FCHMOD;
+	case 295: return STK_HOOK_OPENAT;
+	case 297: return STK_HOOK_MKNODAT;
+	case 301: return STK_HOOK_UNLINKAT;
+	case 302: return STK_HOOK_RENAMEAT;
+	case 303: return STK_HOOK_LINKAT;
+	case 306: return STK_HOOK_FCHMODAT;
+	case 353: return STK_HOOK_RENAMEAT2;
+	case 437: return STK_HOOK_OPENAT2;
+	case 452: return STK_HOOK_FCHMODAT2;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(stk_compat_enter, struct pt_regs *regs, long id)
+{
+	__u32 hook;
+	__u64 args[5];
+
+	if (!in_compat_syscall())
+		return 0;
+	hook = compat_hook(id);
+	if (!hook)
+		return 0;
+#ifdef __TARGET_ARCH_x86
+	/* ebx, ecx, edx, esi, edi: 32-bit values (dirfds sign-extend where they are used) */
+	args[0] = (__u32)regs->bx;
+	args[1] = (__u32)regs->cx;
+	args[2] = (__u32)regs->dx;
+	args[3] = (__u32)regs->si;
+	args[4] = (__u32)regs->di;
+#endif
+	return stash(hook, args);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(stk_compat_exit, struct pt_regs *regs, long ret)
+{
+	return in_compat_syscall() ? finish(ret) : 0;
 }

@@ -176,7 +176,10 @@ class KillSensor(Closing):
                 enter.attach_tracepoint("syscalls", f"sys_enter_{hook.point}", cookie=hook)
             )
             done.append(f"syscalls/{hook.point}")
-        return done
+        # the 32-bit syscall ABI, which the syscalls/ tracepoints don't see (exit first too)
+        self.links.append(self.obj.program("stk_compat_exit").attach())
+        self.links.append(self.obj.program("stk_compat_enter").attach())
+        return [*done, "tp_btf/sys_exit", "tp_btf/sys_enter"]
 
     def _attach_process(self) -> list[str]:
         """The sched_process_{exec,exit,fork} programs (the same in both modes)."""

@@ -14,7 +14,7 @@ import pytest
 
 from stockade.policy.model import PartName
 from stockade.policy.tables import PartTables
-from stockade.sensor.abi import ActionBits
+from stockade.sensor.abi import ActionBits, Hook
 from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.records import FileRecord, ProcessRecord
 
@@ -32,25 +32,25 @@ FLOOD_C = r"""
 #include <unistd.h>
 int main(int argc, char **argv)
 {
-	int n = atoi(argv[1]), every = atoi(argv[2]);
-	for (int i = 1; i <= n; i++) {
-		char *p = i % every ? argv[3] : argv[4], *a[] = { p, 0 };
-		pid_t pid = vfork();
-		if (!pid) {
-			execve(p, a, 0);
-			_exit(127);
-		}
-		waitpid(pid, 0, 0);
-	}
-	return 0;
+    int n = atoi(argv[1]), every = atoi(argv[2]);
+    for (int i = 1; i <= n; i++) {
+        char *p = i % every ? argv[3] : argv[4], *a[] = { p, 0 };
+        pid_t pid = vfork();
+        if (!pid) {
+            execve(p, a, 0);
+            _exit(127);
+        }
+        waitpid(pid, 0, 0);
+    }
+    return 0;
 }
 """
 
 
-def build_c(directory: Path, name: str, source: str) -> Path:
+def build_c(directory: Path, name: str, source: str, *flags: str) -> Path:
     src, out = directory / f"{name}.c", directory / name
     src.write_text(source)
-    subprocess.run(["gcc", "-O2", "-o", str(out), str(src)], check=True)
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(src)], check=True)
     return out
 
 
@@ -193,3 +193,69 @@ def test_deep_paths_resolved_or_fail_closed(
             assert len(path) > 3500 and (bottom + leaf).endswith(path)
         else:
             assert path == bottom + leaf
+
+
+# argv: operation, path[, new path] — the file operation through int $0x80 (a static, non-PIE
+# binary: its buffers have 32-bit addresses)
+COMPAT_C = r"""
+#include <string.h>
+static char a[4096], b[4096];
+static long sys32(long nr, long x, long y, long z)
+{
+    long ret;
+    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(nr), "b"(x), "c"(y), "d"(z) : "memory");
+    return ret;
+}
+int main(int argc, char **argv)
+{
+    const char *op = argv[1];
+    long r;
+
+    strcpy(a, argv[2]);
+    if (argc > 3)
+        strcpy(b, argv[3]);
+    r = !strcmp(op, "open")     ? sys32(5, (long)a, 01 | 0100, 0644)
+      : !strcmp(op, "creat")    ? sys32(8, (long)a, 0644, 0)
+      : !strcmp(op, "unlink")   ? sys32(10, (long)a, 0, 0)
+      : !strcmp(op, "rename")   ? sys32(38, (long)a, (long)b, 0)
+      : !strcmp(op, "chmod")    ? sys32(15, (long)a, 0755, 0)
+      : !strcmp(op, "truncate") ? sys32(92, (long)a, 0, 0)
+      : -1000;
+    return r < 0 ? 1 : 0;
+}
+"""
+
+
+def guard_files(d: Path, cg: Cgroup) -> Bundle:
+    """Blocks (and alerts) every file operation below d."""
+    ops = {op: 1 for op in ("createExecutable", "createFile", "modifyFile", "deleteFile")}
+    block = [(1, 0, ActionBits.ALERT | ActionBits.BLOCK)]
+    tables = part_tables("file", ops, block, recursive_lpm={str(d) + "/": 1})
+    return Bundle(1, {cg.id: {"file": 1}}, {"file": tables})
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="int $0x80 is x86's")
+def test_compat_syscalls_are_seen_and_blocked(
+    collector: Collector, cgroup: Cgroup, workdir: Path, tmp_path: Path, load: Load
+) -> None:
+    """open, creat, unlink, rename, chmod and truncate through the 32-bit ABI from a 64-bit
+    process are decided as the 64-bit calls are: alerted and killed."""
+    compat = build_c(tmp_path, "compat", COMPAT_C, "-static", "-no-pie")
+    load(guard_files(workdir, cgroup))
+    d = str(workdir)
+    cases = [
+        (["open", f"{d}/new"], Hook.OPEN, f"{d}/new"),
+        (["creat", f"{d}/new2"], Hook.CREAT, f"{d}/new2"),
+        (["unlink", f"{d}/a"], Hook.UNLINK, f"{d}/a"),
+        (["rename", f"{d}/b", f"{d}/c"], Hook.RENAME, f"{d}/c"),
+        (["chmod", f"{d}/e"], Hook.CHMOD, f"{d}/e"),
+        (["truncate", f"{d}/f"], Hook.TRUNCATE, f"{d}/f"),
+    ]
+    for name in "abef":
+        (workdir / name).write_text("x")
+    got = []
+    for argv, _, _ in cases:
+        res, recs = collector.run([str(compat), *argv], cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
+    assert got == [(-9, [(hook, path, "killed")]) for _, hook, path in cases]
