@@ -123,6 +123,51 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	return stash(hook, args);
 }
 
+static __always_inline int has_prefix(const char *s, const char *p, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (s[i] != p[i])
+			return 0;
+	return 1;
+}
+
+/*
+ * The open file a path string names without a path (chmod, truncate follow it): "" (only
+ * accepted with AT_EMPTY_PATH: the dirfd itself), or procfs' magic links "/proc/self/fd/N",
+ * "/proc/thread-self/fd/N", "/dev/fd/N". NULL: a plain path.
+ */
+static __always_inline struct file *string_file(__u64 upath, __s64 dirfd)
+{
+	char s[32] = {};
+	__u32 start, i;
+	__s64 fd = 0;
+	char c;
+
+	if (bpf_probe_read_user_str(s, sizeof(s), (void *)upath) < 1)
+		return NULL;
+	if (!s[0])
+		return fd_file(dirfd);
+	if (has_prefix(s, "/proc/self/fd/", 14))
+		start = 14;
+	else if (has_prefix(s, "/dev/fd/", 8))
+		start = 8;
+	else if (has_prefix(s, "/proc/thread-self/fd/", 21))
+		start = 21;
+	else
+		return NULL;
+	for (i = 0; i < 8; i++) {
+		c = s[(start + i) & 31];
+		if (!c)
+			break;
+		if (c < '0' || c > '9')
+			return NULL;
+		fd = fd * 10 + (c - '0');
+	}
+	return i && !s[(start + i) & 31] ? fd_file(fd) : NULL;
+}
+
 /* a syscall's exit: decide and report what its entry stashed */
 static __always_inline int finish(long ret)
 {
@@ -251,6 +296,15 @@ static __always_inline int finish(long ret)
 			ops = 1u << STK_OP_CREATE_FILE |
 			      (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
 			break;
+		}
+		if (ops & (1u << STK_OP_MODIFY_FILE) && !(ops & (1u << STK_OP_DELETE_FILE))) {
+			/* chmod, truncate: through an fd named by "" or /proc/self/fd/N? */
+			struct file *f = string_file(src.upath, src.dirfd);
+
+			if (f) {
+				src.dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
+				src.mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+			}
 		}
 		break;
 	}

@@ -259,3 +259,41 @@ def test_compat_syscalls_are_seen_and_blocked(
         files = [r for r in recs if isinstance(r, FileRecord)]
         got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
     assert got == [(-9, [(hook, path, "killed")]) for _, hook, path in cases]
+
+
+# argv: path, form — changes the file through an fd, naming it without its path
+FD_FORMS_SCRIPT = """
+import ctypes, os, sys
+path, form = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDONLY)  # a read-only open is no file operation
+if form == "fchmodat2-empty":
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(452, fd, b"", 0o755, 0x1000) != 0:  # AT_EMPTY_PATH
+        sys.exit(f"fchmodat2: {os.strerror(ctypes.get_errno())}")
+elif form == "truncate-proc":
+    os.truncate(f"/proc/self/fd/{fd}", 0)
+else:
+    os.chmod(form.replace("N", str(fd)), 0o755)
+print("done")
+"""
+
+
+def test_fd_forms_are_the_file(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """fchmodat2(fd, "", AT_EMPTY_PATH) and chmod/truncate of /proc/self/fd/N, /dev/fd/N,
+    /proc/thread-self/fd/N act on the file the fd has open: decided by its path, killed."""
+    load(guard_files(workdir, cgroup))
+    target = workdir / "guarded"
+    target.write_text("x")
+    forms = {
+        "fchmodat2-empty": Hook.FCHMODAT2, "truncate-proc": Hook.TRUNCATE,
+        "/proc/self/fd/N": Hook.CHMOD, "/dev/fd/N": Hook.CHMOD,
+        "/proc/thread-self/fd/N": Hook.CHMOD,
+    }  # fmt: skip
+    got = {}
+    for form in forms:
+        res, recs = collector.run(py(FD_FORMS_SCRIPT, str(target), form), cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got[form] = (res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files])
+    assert got == {f: (-9, [(hook, str(target), "killed")]) for f, hook in forms.items()}
