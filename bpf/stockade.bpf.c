@@ -390,3 +390,82 @@ int BPF_PROG(stk_compat_exit, struct pt_regs *regs, long ret)
 {
 	return in_compat_syscall() ? finish(ret) : 0;
 }
+
+/* ------------------------------------------------------------ io_uring */
+
+/*
+ * io_uring's file requests never pass the syscall tracepoints. Decided when submitted, in
+ * the submitter (or its SQPOLL thread), from the request io_uring has prepared: the path
+ * is the kernel's own copy (struct filename), so no other thread can change it after the
+ * decision. The request may run at once (kill mode kills after, as for syscalls); its
+ * result is not known here, so a request that will fail is decided too.
+ */
+SEC("tp_btf/io_uring_submit_req")
+int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
+{
+	struct path_src src = { .kstr = 1 };
+	struct filename *name;
+	struct entry e;
+	__u32 ops, flags = 0, mode = 0, hook;
+	void *cmd = (void *)req + bpf_core_field_offset(struct io_kiocb, cmd);
+
+	switch (BPF_CORE_READ(req, opcode)) {
+	case IORING_OP_OPENAT:
+	case IORING_OP_OPENAT2: {
+		struct io_open *o = cmd;
+
+		flags = BPF_CORE_READ(o, how.flags);
+		if ((flags & O_ACCMODE) == 0 && !(flags & (O_CREAT | O_TRUNC)))
+			return 0; /* read-only open */
+		mode = BPF_CORE_READ(o, how.mode);
+		src.dirfd = BPF_CORE_READ(o, dfd);
+		name = BPF_CORE_READ(o, filename);
+		hook = STK_HOOK_IO_URING_OPENAT;
+		/* a new file or an existing one: without a lookup we can't tell which */
+		ops = 1u << STK_OP_MODIFY_FILE;
+		if (flags & O_CREAT)
+			ops |= 1u << STK_OP_CREATE_FILE |
+			       (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
+		break;
+	}
+	case IORING_OP_UNLINKAT: {
+		struct io_unlink *u = cmd;
+
+		flags = BPF_CORE_READ(u, flags);
+		if (flags & AT_REMOVEDIR)
+			return 0;
+		src.dirfd = BPF_CORE_READ(u, dfd);
+		name = BPF_CORE_READ(u, filename);
+		hook = STK_HOOK_IO_URING_UNLINKAT;
+		ops = 1u << STK_OP_DELETE_FILE;
+		break;
+	}
+	case IORING_OP_RENAMEAT: {
+		struct io_rename *r = cmd;
+
+		flags = BPF_CORE_READ(r, flags);
+		src.dirfd = BPF_CORE_READ(r, new_dfd);
+		name = BPF_CORE_READ(r, newpath);
+		hook = STK_HOOK_IO_URING_RENAMEAT;
+		ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
+		break;
+	}
+	case IORING_OP_LINKAT: {
+		struct io_link *l = cmd;
+
+		flags = BPF_CORE_READ(l, flags);
+		src.dirfd = BPF_CORE_READ(l, new_dfd);
+		name = BPF_CORE_READ(l, newpath);
+		hook = STK_HOOK_IO_URING_LINKAT;
+		ops = 1u << STK_OP_CREATE_FILE;
+		break;
+	}
+	default:
+		return 0;
+	}
+	if (!name || !enter(&e))
+		return 0;
+	src.upath = (__u64)BPF_CORE_READ(name, name);
+	file_decide(&e, hook, ops, flags, mode, 0, &src, 0);
+	return 0;
+}

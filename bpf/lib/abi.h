@@ -73,6 +73,11 @@ enum stk_hook {
 	STK_HOOK_FTRUNCATE = 61,
 	STK_HOOK_MKNOD = 70,
 	STK_HOOK_MKNODAT = 71,
+	/* io_uring requests, decided when submitted (tp_btf/io_uring_submit_req) */
+	STK_HOOK_IO_URING_OPENAT = 80, /* IORING_OP_OPENAT, IORING_OP_OPENAT2 */
+	STK_HOOK_IO_URING_UNLINKAT = 81,
+	STK_HOOK_IO_URING_RENAMEAT = 82,
+	STK_HOOK_IO_URING_LINKAT = 83,
 	/* lsm mode (BPF LSM hooks) */
 	STK_HOOK_LSM_BPRM_CHECK = 100, /* bprm_check_security: exec */
 	STK_HOOK_LSM_TASK_ALLOC = 101, /* task_alloc: fork */

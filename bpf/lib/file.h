@@ -10,14 +10,16 @@
 
 /*
  * Where a file operation's path comes from: a kernel (dentry, mnt), walked,
- * or a user string relative to dirfd (kill mode's path-string syscalls).
- * Plain integers: 6.1 refuses trusted BTF pointers as global-function args.
+ * or a path string relative to dirfd (kill mode's path-string syscalls; in
+ * kernel memory when kstr: io_uring). Plain integers: 6.1 refuses trusted BTF
+ * pointers as global-function args.
  */
 struct path_src {
 	__u64 dentry;
 	__u64 mnt;
 	__u64 upath;
 	__s64 dirfd;
+	__u32 kstr;
 };
 
 /* resolves src into stk_rpaths[0] and *rp (head_tag: see stk_resolve_kpath) */
@@ -26,7 +28,7 @@ static __always_inline void resolve_src(struct path_src *src, __u32 head_tag, st
 	if (src->dentry)
 		stk_resolve_kpath(0, src->dentry, src->mnt, head_tag);
 	else
-		stk_resolve_user(src->dirfd, src->upath);
+		stk_resolve_user(src->dirfd, src->upath, src->kstr);
 	get_rpath(0, rp);
 }
 

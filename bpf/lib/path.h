@@ -375,17 +375,21 @@ static __always_inline __u32 normalize(__u32 start, __u32 len, __u8 *trunc)
 }
 
 /*
- * Path as the process sees it from a user string: absolute strings are
- * taken as they are, relative ones are joined to the dirfd's path (or the
- * cwd). No "."/".." normalisation (see docs/kernel.md).
+ * Path as the process sees it from a path string (in user memory, or in the kernel's
+ * copy when kstr: io_uring's struct filename): absolute strings are taken as they
+ * are, relative ones are joined to the dirfd's path (or the cwd); then normalised.
  */
 static __always_inline void resolve_user(char *b, struct task_struct *task, __s64 dirfd,
-					 const char *upath, struct troot *root, struct rpath *rp)
+					 const char *upath, int kstr, struct troot *root,
+					 struct rpath *rp)
 {
 	long n;
 
 	rp->ok = 0;
-	n = bpf_probe_read_user_str(&b[PB_END + 1], STK_PATH_REC_MAX, upath);
+	if (kstr)
+		n = bpf_probe_read_kernel_str(&b[PB_END + 1], STK_PATH_REC_MAX, upath);
+	else
+		n = bpf_probe_read_user_str(&b[PB_END + 1], STK_PATH_REC_MAX, upath);
 	if (n <= 1)
 		return;
 	if (b[PB_END + 1] == '/') {
@@ -472,7 +476,7 @@ __noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt, __u32 head
 	return rp->ok;
 }
 
-__noinline int stk_resolve_user(__s64 dirfd, __u64 upath)
+__noinline int stk_resolve_user(__s64 dirfd, __u64 upath, __u32 kstr)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct pathbuf *pb;
@@ -487,7 +491,7 @@ __noinline int stk_resolve_user(__s64 dirfd, __u64 upath)
 	rp->ok = 0;
 	rp->tables = STK_TABLE_ALL;
 	task_root(&root);
-	resolve_user(pb->b, task, dirfd, (const char *)upath, &root, rp);
+	resolve_user(pb->b, task, dirfd, (const char *)upath, kstr, &root, rp);
 	return rp->ok;
 }
 

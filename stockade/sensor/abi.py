@@ -148,6 +148,10 @@ class Hook(IntEnum):
     FTRUNCATE = 61
     MKNOD = 70
     MKNODAT = 71
+    IO_URING_OPENAT = 80  # io_uring requests, decided when submitted
+    IO_URING_UNLINKAT = 81
+    IO_URING_RENAMEAT = 82
+    IO_URING_LINKAT = 83
     LSM_BPRM_CHECK = 100
     LSM_TASK_ALLOC = 101
     LSM_FILE_OPEN = 110
@@ -170,7 +174,7 @@ class Hook(IntEnum):
         return special.get(self) or self.name.removeprefix("LSM_").lower()
 
 
-SYSCALL_HOOKS: Final = tuple(h for h in Hook if Hook.OPEN <= h < Hook.LSM_BPRM_CHECK)
+SYSCALL_HOOKS: Final = tuple(h for h in Hook if Hook.OPEN <= h <= Hook.MKNODAT)
 
 
 class Stat(IntEnum):

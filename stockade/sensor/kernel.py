@@ -179,7 +179,8 @@ class KillSensor(Closing):
         # the 32-bit syscall ABI, which the syscalls/ tracepoints don't see (exit first too)
         self.links.append(self.obj.program("stk_compat_exit").attach())
         self.links.append(self.obj.program("stk_compat_enter").attach())
-        return [*done, "tp_btf/sys_exit", "tp_btf/sys_enter"]
+        self.links.append(self.obj.program("stk_uring_submit").attach())
+        return [*done, "tp_btf/sys_exit", "tp_btf/sys_enter", "tp_btf/io_uring_submit_req"]
 
     def _attach_process(self) -> list[str]:
         """The sched_process_{exec,exit,fork} programs (the same in both modes)."""

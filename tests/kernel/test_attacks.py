@@ -25,32 +25,14 @@ pytestmark = pytest.mark.kernel
 
 Load = Callable[[Bundle], int]
 
-# argv: count, every, program, alarm — execs `program` count times, `alarm` every `every`-th
-FLOOD_C = r"""
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
-int main(int argc, char **argv)
-{
-    int n = atoi(argv[1]), every = atoi(argv[2]);
-    for (int i = 1; i <= n; i++) {
-        char *p = i % every ? argv[3] : argv[4], *a[] = { p, 0 };
-        pid_t pid = vfork();
-        if (!pid) {
-            execve(p, a, 0);
-            _exit(127);
-        }
-        waitpid(pid, 0, 0);
-    }
-    return 0;
-}
-"""
+
+PROGS = Path(__file__).with_name("progs")
 
 
-def build_c(directory: Path, name: str, source: str, *flags: str) -> Path:
-    src, out = directory / f"{name}.c", directory / name
-    src.write_text(source)
-    subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(src)], check=True)
+def build_c(directory: Path, name: str, *flags: str) -> Path:
+    """progs/<name>.c compiled into directory."""
+    out = directory / name
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(PROGS / f"{name}.c")], check=True)
     return out
 
 
@@ -68,7 +50,7 @@ def test_alerts_survive_an_exec_flood(
     """20,000 execs logged, every 200th one alerting, with nobody reading: the log records
     overflow their ring buffer, every alert arrives, and the losses are counted by kind."""
     sensor = own_sensor
-    flood = build_c(workdir, "flood", FLOOD_C)
+    flood = build_c(workdir, "flood")
     alarm = workdir / "alarm"
     shutil.copy(tiny, alarm)
     tables = part_tables(
@@ -195,37 +177,6 @@ def test_deep_paths_resolved_or_fail_closed(
             assert path == bottom + leaf
 
 
-# argv: operation, path[, new path] — the file operation through int $0x80 (a static, non-PIE
-# binary: its buffers have 32-bit addresses)
-COMPAT_C = r"""
-#include <string.h>
-static char a[4096], b[4096];
-static long sys32(long nr, long x, long y, long z)
-{
-    long ret;
-    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(nr), "b"(x), "c"(y), "d"(z) : "memory");
-    return ret;
-}
-int main(int argc, char **argv)
-{
-    const char *op = argv[1];
-    long r;
-
-    strcpy(a, argv[2]);
-    if (argc > 3)
-        strcpy(b, argv[3]);
-    r = !strcmp(op, "open")     ? sys32(5, (long)a, 01 | 0100, 0644)
-      : !strcmp(op, "creat")    ? sys32(8, (long)a, 0644, 0)
-      : !strcmp(op, "unlink")   ? sys32(10, (long)a, 0, 0)
-      : !strcmp(op, "rename")   ? sys32(38, (long)a, (long)b, 0)
-      : !strcmp(op, "chmod")    ? sys32(15, (long)a, 0755, 0)
-      : !strcmp(op, "truncate") ? sys32(92, (long)a, 0, 0)
-      : -1000;
-    return r < 0 ? 1 : 0;
-}
-"""
-
-
 def guard_files(d: Path, cg: Cgroup) -> Bundle:
     """Blocks (and alerts) every file operation below d."""
     ops = {op: 1 for op in ("createExecutable", "createFile", "modifyFile", "deleteFile")}
@@ -240,7 +191,7 @@ def test_compat_syscalls_are_seen_and_blocked(
 ) -> None:
     """open, creat, unlink, rename, chmod and truncate through the 32-bit ABI from a 64-bit
     process are decided as the 64-bit calls are: alerted and killed."""
-    compat = build_c(tmp_path, "compat", COMPAT_C, "-static", "-no-pie")
+    compat = build_c(tmp_path, "compat", "-static", "-no-pie")
     load(guard_files(workdir, cgroup))
     d = str(workdir)
     cases = [
@@ -297,3 +248,27 @@ def test_fd_forms_are_the_file(
         files = [r for r in recs if isinstance(r, FileRecord)]
         got[form] = (res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files])
     assert got == {f: (-9, [(hook, str(target), "killed")]) for f, hook in forms.items()}
+
+
+def test_io_uring_requests_are_seen_and_blocked(
+    collector: Collector, cgroup: Cgroup, workdir: Path, tmp_path: Path, load: Load
+) -> None:
+    """openat, unlinkat, renameat and linkat submitted through io_uring are decided when
+    submitted, by the path io_uring copied: alerted and the submitter killed."""
+    uring = build_c(tmp_path, "uring")
+    load(guard_files(workdir, cgroup))
+    d = str(workdir)
+    for name in "abe":
+        (workdir / name).write_text("x")
+    cases = [
+        (["open", f"{d}/new"], Hook.IO_URING_OPENAT, f"{d}/new"),
+        (["unlink", f"{d}/a"], Hook.IO_URING_UNLINKAT, f"{d}/a"),
+        (["rename", f"{d}/b", f"{d}/c"], Hook.IO_URING_RENAMEAT, f"{d}/c"),
+        (["link", f"{d}/e", f"{d}/g"], Hook.IO_URING_LINKAT, f"{d}/g"),
+    ]
+    got = []
+    for argv, _, _ in cases:
+        res, recs = collector.run([str(uring), *argv], cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
+    assert got == [(-9, [(hook, path, "killed")]) for _, hook, path in cases]
