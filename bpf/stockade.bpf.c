@@ -309,6 +309,18 @@ static __always_inline int finish(long ret)
 		break;
 	}
 	file_decide(&e, v.hook, ops, flags, mode, fmode, &src, 0);
+	if (v.hook == STK_HOOK_RENAME || v.hook == STK_HOOK_RENAMEAT ||
+	    v.hook == STK_HOOK_RENAMEAT2) {
+		/* the old name is gone (or, exchanged, replaced): a decision of its own */
+		struct path_src old = { .dirfd = AT_FDCWD, .upath = v.args[0] };
+
+		if (v.hook != STK_HOOK_RENAME) {
+			old.dirfd = (__s32)v.args[0];
+			old.upath = v.args[1];
+		}
+		file_decide(&e, v.hook, flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE,
+			    flags, mode, fmode, &old, 0);
+	}
 	return 0;
 }
 
@@ -403,7 +415,7 @@ int BPF_PROG(stk_compat_exit, struct pt_regs *regs, long ret)
 SEC("tp_btf/io_uring_submit_req")
 int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 {
-	struct path_src src = { .kstr = 1 };
+	struct path_src src = { .kstr = 1 }, old = { .kstr = 1 };
 	struct filename *name;
 	struct entry e;
 	__u32 ops, flags = 0, mode = 0, hook;
@@ -446,6 +458,8 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 		flags = BPF_CORE_READ(r, flags);
 		src.dirfd = BPF_CORE_READ(r, new_dfd);
 		name = BPF_CORE_READ(r, newpath);
+		old.dirfd = BPF_CORE_READ(r, old_dfd);
+		old.upath = (__u64)BPF_CORE_READ(r, oldpath, name);
 		hook = STK_HOOK_IO_URING_RENAMEAT;
 		ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
 		break;
@@ -467,5 +481,8 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 		return 0;
 	src.upath = (__u64)BPF_CORE_READ(name, name);
 	file_decide(&e, hook, ops, flags, mode, 0, &src, 0);
+	if (old.upath) /* a rename's old name, as for the syscall */
+		file_decide(&e, hook, flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE,
+			    flags, mode, 0, &old, 0);
 	return 0;
 }

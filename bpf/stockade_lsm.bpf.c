@@ -157,17 +157,24 @@ int BPF_PROG(stk_lsm_rename, const struct path *old_dir, struct dentry *old_dent
 {
 	struct path_src src = {};
 	struct entry e;
-	__u32 ops;
+	__u32 ops, mode;
 
 	if (ret)
 		return ret;
 	if (!enter(&e))
 		return 0;
-	/* as in kill mode: the new name, create + modify + delete */
+	/* as in kill mode: the new name, create + modify + delete; then the old name, gone
+	 * (deleteFile) or, exchanged, replaced */
 	ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
+	mode = BPF_CORE_READ(old_dentry, d_inode, i_mode);
 	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &src);
-	return file_decide(&e, STK_HOOK_LSM_PATH_RENAME, ops, flags,
-			   BPF_CORE_READ(old_dentry, d_inode, i_mode), 0, &src, 1);
+	ret = file_decide(&e, STK_HOOK_LSM_PATH_RENAME, ops, flags, mode, 0, &src, 1);
+	if (ret)
+		return ret;
+	kpath(old_dentry, BPF_CORE_READ(old_dir, mnt), &src);
+	return file_decide(&e, STK_HOOK_LSM_PATH_RENAME,
+			   flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE, flags, mode, 0,
+			   &src, 1);
 }
 
 SEC("lsm/path_link")

@@ -27,6 +27,7 @@
 #define CLONE_THREAD 0x10000
 #define AT_FDCWD -100
 #define AT_REMOVEDIR 0x200
+#define RENAME_EXCHANGE 2
 #define O_ACCMODE 3
 #define O_CREAT 0100
 #define O_TRUNC 01000

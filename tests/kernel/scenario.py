@@ -122,6 +122,8 @@ def kernel_operations(
                 {"createFile", "modifyFile", "deleteFile"} if kind == "rename" else {"createFile"}
             )
             out.append(file(ops_, target, string_volume(op[2], target)))
+            if kind == "rename":  # the old name is gone
+                out.append(file({"deleteFile"}, path, string_volume(raw, path)))
         elif kind == "truncate":
             out.append(file({"modifyFile"}, path, string_volume(raw, path)))
         elif kind == "delete":

@@ -195,12 +195,12 @@ def test_compat_syscalls_are_seen_and_blocked(
     load(guard_files(workdir, cgroup))
     d = str(workdir)
     cases = [
-        (["open", f"{d}/new"], Hook.OPEN, f"{d}/new"),
-        (["creat", f"{d}/new2"], Hook.CREAT, f"{d}/new2"),
-        (["unlink", f"{d}/a"], Hook.UNLINK, f"{d}/a"),
-        (["rename", f"{d}/b", f"{d}/c"], Hook.RENAME, f"{d}/c"),
-        (["chmod", f"{d}/e"], Hook.CHMOD, f"{d}/e"),
-        (["truncate", f"{d}/f"], Hook.TRUNCATE, f"{d}/f"),
+        (["open", f"{d}/new"], Hook.OPEN, [f"{d}/new"]),
+        (["creat", f"{d}/new2"], Hook.CREAT, [f"{d}/new2"]),
+        (["unlink", f"{d}/a"], Hook.UNLINK, [f"{d}/a"]),
+        (["rename", f"{d}/b", f"{d}/c"], Hook.RENAME, [f"{d}/c", f"{d}/b"]),  # both names
+        (["chmod", f"{d}/e"], Hook.CHMOD, [f"{d}/e"]),
+        (["truncate", f"{d}/f"], Hook.TRUNCATE, [f"{d}/f"]),
     ]
     for name in "abef":
         (workdir / name).write_text("x")
@@ -209,7 +209,7 @@ def test_compat_syscalls_are_seen_and_blocked(
         res, recs = collector.run([str(compat), *argv], cgroup)
         files = [r for r in recs if isinstance(r, FileRecord)]
         got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
-    assert got == [(-9, [(hook, path, "killed")]) for _, hook, path in cases]
+    assert got == [(-9, [(hook, p, "killed") for p in paths]) for _, hook, paths in cases]
 
 
 # argv: path, form — changes the file through an fd, naming it without its path
@@ -261,14 +261,14 @@ def test_io_uring_requests_are_seen_and_blocked(
     for name in "abe":
         (workdir / name).write_text("x")
     cases = [
-        (["open", f"{d}/new"], Hook.IO_URING_OPENAT, f"{d}/new"),
-        (["unlink", f"{d}/a"], Hook.IO_URING_UNLINKAT, f"{d}/a"),
-        (["rename", f"{d}/b", f"{d}/c"], Hook.IO_URING_RENAMEAT, f"{d}/c"),
-        (["link", f"{d}/e", f"{d}/g"], Hook.IO_URING_LINKAT, f"{d}/g"),
+        (["open", f"{d}/new"], Hook.IO_URING_OPENAT, [f"{d}/new"]),
+        (["unlink", f"{d}/a"], Hook.IO_URING_UNLINKAT, [f"{d}/a"]),
+        (["rename", f"{d}/b", f"{d}/c"], Hook.IO_URING_RENAMEAT, [f"{d}/c", f"{d}/b"]),
+        (["link", f"{d}/e", f"{d}/g"], Hook.IO_URING_LINKAT, [f"{d}/g"]),
     ]
     got = []
     for argv, _, _ in cases:
         res, recs = collector.run([str(uring), *argv], cgroup)
         files = [r for r in recs if isinstance(r, FileRecord)]
         got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
-    assert got == [(-9, [(hook, path, "killed")]) for _, hook, path in cases]
+    assert got == [(-9, [(hook, p, "killed") for p in paths]) for _, hook, paths in cases]
