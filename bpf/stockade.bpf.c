@@ -308,11 +308,12 @@ static __always_inline int finish(long ret)
 		}
 		break;
 	}
+	src.moves = v.hook == STK_HOOK_RENAME || v.hook == STK_HOOK_RENAMEAT ||
+		    v.hook == STK_HOOK_RENAMEAT2;
 	file_decide(&e, v.hook, ops, flags, mode, fmode, &src, 0);
-	if (v.hook == STK_HOOK_RENAME || v.hook == STK_HOOK_RENAMEAT ||
-	    v.hook == STK_HOOK_RENAMEAT2) {
+	if (src.moves) {
 		/* the old name is gone (or, exchanged, replaced): a decision of its own */
-		struct path_src old = { .dirfd = AT_FDCWD, .upath = v.args[0] };
+		struct path_src old = { .dirfd = AT_FDCWD, .upath = v.args[0], .moves = 1 };
 
 		if (v.hook != STK_HOOK_RENAME) {
 			old.dirfd = (__s32)v.args[0];
@@ -460,6 +461,7 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 		name = BPF_CORE_READ(r, newpath);
 		old.dirfd = BPF_CORE_READ(r, old_dfd);
 		old.upath = (__u64)BPF_CORE_READ(r, oldpath, name);
+		src.moves = old.moves = 1;
 		hook = STK_HOOK_IO_URING_RENAMEAT;
 		ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
 		break;

@@ -168,6 +168,7 @@ int BPF_PROG(stk_lsm_rename, const struct path *old_dir, struct dentry *old_dent
 	ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
 	mode = BPF_CORE_READ(old_dentry, d_inode, i_mode);
 	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &src);
+	src.moves = 1; /* a directory moves the paths below it */
 	ret = file_decide(&e, STK_HOOK_LSM_PATH_RENAME, ops, flags, mode, 0, &src, 1);
 	if (ret)
 		return ret;

@@ -20,6 +20,7 @@ struct path_src {
 	__u64 upath;
 	__s64 dirfd;
 	__u32 kstr;
+	__u32 moves; /* a rename's name: a directory moves the paths below it */
 };
 
 /* resolves src into stk_rpaths[0] and *rp (head_tag: see stk_resolve_kpath) */
@@ -56,7 +57,7 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	resolve_src(src, HEAD_FILTER(e->slot, STK_PART_FILE), &rp);
 	if (!rp.ok)
 		return 0;
-	actions = evaluate(e->s, &rp, comm, 0); /* names are process-part only */
+	actions = evaluate(e->s, &rp, comm, 0, src->moves); /* names: process part only */
 	if (!actions)
 		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));

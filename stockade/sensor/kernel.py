@@ -156,8 +156,8 @@ class KillSensor(Closing):
             n: self.obj.map(f"stk_{n}")
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
-                "child_paths", "recursive_paths", "path_heads", "names", "responses", "alerts",
-                "events", "stats",
+                "child_paths", "dir_paths", "recursive_paths", "path_heads", "names", "responses",
+                "alerts", "events", "stats",
             )
         }  # fmt: skip
 
@@ -232,6 +232,7 @@ class KillSensor(Closing):
         self._clear_slot("cgroup_masks", slot, lambda k: CGROUP_KEY.member(k, "slot"))
         self._clear_slot("exact_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("child_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
+        self._clear_slot("dir_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("recursive_paths", slot, lambda k: LPM_KEY.member(k, "tag") >> 4)
         self._clear_slot("path_heads", slot, lambda k: HEAD_KEY.member(k, "tag") >> 8)
         self._clear_slot("names", slot, lambda k: NAME_KEY.member(k, "slot"))
@@ -276,7 +277,11 @@ class KillSensor(Closing):
                     for (length, head), bits in _head_keys(heads or {}).items()
                 ]
             )
-            for name, table in (("exact_paths", t.paths.exact), ("child_paths", t.paths.children)):
+            for name, table in (
+                ("exact_paths", t.paths.exact),
+                ("child_paths", t.paths.children),
+                ("dir_paths", t.paths.below),
+            ):
                 self.maps[name].update_batch(
                     [(PATH_KEY.pack(tag, _path_bytes(p)), mask_bytes(m)) for p, m in table.items()]
                 )

@@ -272,3 +272,34 @@ def test_io_uring_requests_are_seen_and_blocked(
         files = [r for r in recs if isinstance(r, FileRecord)]
         got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
     assert got == [(-9, [(hook, p, "killed") for p in paths]) for _, hook, paths in cases]
+
+
+RENAME = "import os, sys; os.rename(sys.argv[1], sys.argv[2])"
+
+
+def test_directory_renames_above_a_guarded_path(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """Renaming a directory moves every path below it: renaming the guarded directory, a
+    directory above it, or another directory into its place is decided as deleteFile/createFile
+    of what it moves — killed."""
+    w = workdir
+    load(guard_files(w / "top" / "guarded", cgroup))
+    cases = [  # (old, new, the name that is decided as moving guarded paths)
+        (w / "top", w / "moved", w / "top"),
+        (w / "top" / "guarded", w / "top" / "g2", w / "top" / "guarded"),
+        (w / "evil", w / "top", w / "top"),
+    ]
+    got = []
+    for old, new, _ in cases:
+        shutil.rmtree(w / "top", ignore_errors=True)
+        shutil.rmtree(w / "moved", ignore_errors=True)
+        (w / "top" / "guarded").mkdir(parents=True)
+        (w / "top" / "guarded" / "file").write_text("x")
+        if old.name == "evil":
+            (w / "evil" / "guarded").mkdir(parents=True)
+            shutil.rmtree(w / "top")
+        res, recs = collector.run(py(RENAME, str(old), str(new)), cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got.append((res.returncode, [(r.path, r.header.outcome) for r in files]))
+    assert got == [(-9, [(str(moving), "killed")]) for _, _, moving in cases]
