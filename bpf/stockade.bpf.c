@@ -27,6 +27,32 @@ int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
 	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
 }
 
+/*
+ * A program's code can run without an exec of it: the loader (`ld.so PROGRAM`) maps it
+ * PROT_EXEC. Such a mapping of a file other than the executable is decided as an exec of
+ * that file (its path, its name), but only a BLOCK acts — every shared library is mapped
+ * so. The SIGKILL lands before the mapping returns to user space: no code of it runs.
+ */
+#define PROT_EXEC 4
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int stk_mmap_exec(struct trace_event_raw_sys_enter *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file *f, *exe;
+
+	if (!(ctx->args[2] & PROT_EXEC))
+		return 0;
+	f = fd_file((__s64)ctx->args[4]);
+	if (!f)
+		return 0;
+	exe = task->mm ? task->mm->exe_file : NULL;
+	if (exe && BPF_CORE_READ(exe, f_inode) == BPF_CORE_READ(f, f_inode))
+		return 0;
+	return handle_process(ctx, STK_HOOK_EXEC_MAPPED, NULL, f,
+			      (const char *)BPF_CORE_READ(f, f_path.dentry, d_name.name), PROC_MAPPED);
+}
+
 SEC("tracepoint/sched/sched_process_exit")
 int stk_exit(struct trace_event_raw_sched_process_template *ctx)
 {

@@ -54,6 +54,7 @@ enum stk_hook {
 	STK_HOOK_EXEC = 1,
 	STK_HOOK_FORK = 2,
 	STK_HOOK_EXIT = 3,
+	STK_HOOK_EXEC_MAPPED = 4, /* kill mode: a file's code mapped PROT_EXEC (ld.so PROGRAM) */
 	STK_HOOK_OPEN = 10,
 	STK_HOOK_OPENAT = 11,
 	STK_HOOK_OPENAT2 = 12,

@@ -129,6 +129,7 @@ class Hook(IntEnum):
     EXEC = 1
     FORK = 2
     EXIT = 3
+    EXEC_MAPPED = 4  # kill mode: a file's code mapped PROT_EXEC (ld.so PROGRAM)
     OPEN = 10
     OPENAT = 11
     OPENAT2 = 12

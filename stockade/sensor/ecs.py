@@ -230,7 +230,7 @@ def document(
     elif h.kind == RecordKind.EXIT:
         action = "end"
     else:
-        action = "exec" if h.hook in (Hook.EXEC, Hook.LSM_BPRM_CHECK) else "fork"
+        action = "exec" if h.hook in (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.EXEC_MAPPED) else "fork"
     actions = _action_names(h.actions)
     types = [_ECS_TYPES[action]]
     if h.outcome == "denied":

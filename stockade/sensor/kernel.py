@@ -180,7 +180,14 @@ class KillSensor(Closing):
         self.links.append(self.obj.program("stk_compat_exit").attach())
         self.links.append(self.obj.program("stk_compat_enter").attach())
         self.links.append(self.obj.program("stk_uring_submit").attach())
-        return [*done, "tp_btf/sys_exit", "tp_btf/sys_enter", "tp_btf/io_uring_submit_req"]
+        # code mapped without exec: ld.so PROGRAM
+        self.links.append(
+            self.obj.program("stk_mmap_exec").attach_tracepoint("syscalls", "sys_enter_mmap")
+        )
+        return [
+            *done, "tp_btf/sys_exit", "tp_btf/sys_enter", "tp_btf/io_uring_submit_req",
+            "syscalls/mmap",
+        ]  # fmt: skip
 
     def _attach_process(self) -> list[str]:
         """The sched_process_{exec,exit,fork} programs (the same in both modes)."""

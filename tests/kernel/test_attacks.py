@@ -303,3 +303,41 @@ def test_directory_renames_above_a_guarded_path(
         files = [r for r in recs if isinstance(r, FileRecord)]
         got.append((res.returncode, [(r.path, r.header.outcome) for r in files]))
     assert got == [(-9, [(str(moving), "killed")]) for _, _, moving in cases]
+
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+@pytest.mark.skipif(not Path(LOADER).exists(), reason="no x86-64 glibc loader")
+def test_exec_through_the_loader_is_the_program(
+    collector: Collector, cgroup: Cgroup, load: Load
+) -> None:
+    """`ld.so /usr/bin/echo` runs echo's code without an exec of echo: a block on
+    /usr/bin/echo (by path, or by name) kills it before that code runs, and the record names
+    echo; a program through the loader that nothing blocks runs, its libraries unreported."""
+    tables = part_tables(
+        "process",
+        {"exec": 0b11},
+        [
+            (0b01, 0, ActionBits.ALERT | ActionBits.BLOCK),
+            (0b10, 0, ActionBits.ALERT | ActionBits.BLOCK),
+        ],
+        exact={"/usr/bin/echo": 0b01},
+        any_path=0b10,
+        names={"printf": 0b10},
+        any_name=0b01,
+    )
+    load(Bundle(1, {cgroup.id: {"process": 0b11}}, {"process": tables}))
+    for program in ("/usr/bin/echo", "/usr/bin/printf"):
+        res, recs = collector.run([LOADER, program, "MARKER-NEVER"], cgroup)
+        assert "MARKER-NEVER" not in res.stdout and res.returncode == -9
+        mapped = [
+            r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == Hook.EXEC_MAPPED
+        ]
+        assert [(r.executable, r.comm, r.header.outcome) for r in mapped] == [
+            (program, Path(program).name, "killed")
+        ]
+        assert mapped[0].args == [LOADER, program, "MARKER-NEVER"]
+    res, recs = collector.run([LOADER, "/usr/bin/true"], cgroup)
+    assert res.returncode == 0
+    assert not [r for r in recs if r.header.hook == Hook.EXEC_MAPPED]
