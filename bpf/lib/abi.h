@@ -221,7 +221,8 @@ struct stk_proc_rec {
 	__u32 exit_code;
 	__u8 interactive;           /* session has a controlling tty */
 	__u8 exe_truncated;         /* 1: exe is the tail of a path too long to resolve */
-	__u8 pad[2];
+	__u8 exe_fileless;          /* 1: exe is in no directory (memfd, deleted file) */
+	__u8 pad;
 	char comm[16];
 	__u16 exe_len;
 	__u16 cwd_len;

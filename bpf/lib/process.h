@@ -181,6 +181,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		alen = STK_PATH_REC_MAX;
 	r->exe_len = alen;
 	r->exe_truncated = rp.ok && rp.truncated;
+	r->exe_fileless = rp.ok && rp.fileless;
 	if (r->exe_truncated)
 		stat_inc(STK_STAT_PATH_TRUNCATED);
 	bpf_probe_read_kernel(&r->data[0], bound(alen, 4095), &pb->b[rp.start & (PB_SIZE - 1 - 4096)]);

@@ -276,5 +276,7 @@ def document(
         doc["cloud_defend"]["volume"] = rec.volume
     if rec.executable_truncated if isinstance(rec, ProcessRecord) else rec.path_truncated:
         doc["cloud_defend"]["path_truncated"] = True  # a path's tail: decided fail-closed
+    if isinstance(rec, ProcessRecord) and rec.executable_fileless:
+        doc["cloud_defend"]["fileless"] = True  # a memfd or deleted executable
     doc.update(_container(applied.containers.get(h.cgroup_id) if applied else None))
     return doc

@@ -52,6 +52,7 @@ class ProcessRecord:
     comm: str
     executable: str
     executable_truncated: bool  # the tail of a path too long to resolve (fail closed)
+    executable_fileless: bool  # in no directory: a memfd, or a deleted file
     cwd: str
     args: list[str]
 
@@ -103,6 +104,7 @@ def decode(raw: bytes) -> ProcessRecord | FileRecord:
             interactive=bool(p["interactive"]), comm=_cstr(p["comm"]),
             executable=exe.decode(errors="surrogateescape"),
             executable_truncated=bool(p["exe_truncated"]),
+            executable_fileless=bool(p["exe_fileless"]),
             cwd=cwd.decode(errors="surrogateescape"),
             args=[a.decode(errors="surrogateescape") for a in args.rstrip(b"\0").split(b"\0")]
             if args else [],

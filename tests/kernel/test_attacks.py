@@ -341,3 +341,39 @@ def test_exec_through_the_loader_is_the_program(
     res, recs = collector.run([LOADER, "/usr/bin/true"], cgroup)
     assert res.returncode == 0
     assert not [r for r in recs if r.header.hook == Hook.EXEC_MAPPED]
+
+
+# argv: tiny, "memfd" | "deleted", a directory — runs tiny's bytes from a memfd, or from a
+# copy deleted after it was opened
+FILELESS_SCRIPT = """
+import os, sys
+tiny, how, d = sys.argv[1:]
+if how == "memfd":
+    fd = os.memfd_create("payload")
+else:
+    fd = os.open(d + "/gone", os.O_RDWR | os.O_CREAT, 0o755)
+    os.unlink(d + "/gone")
+os.write(fd, open(tiny, "rb").read())
+ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)  # no writer left: else ETXTBSY
+os.close(fd)
+os.execve(ro, ["payload"], {})
+"""
+
+
+def test_fileless_execs_are_recorded_as_such(
+    collector: Collector, cgroup: Cgroup, workdir: Path, tiny: Path, load: Load
+) -> None:
+    """An exec from a memfd or from a deleted file is flagged fileless, with the name it
+    has (a memfd's own name, the deleted file's last path)."""
+    tables = part_tables("process", {"exec": 1}, [(1, 0, ActionBits.LOG)], any_path=1, any_name=1)
+    load(Bundle(1, {cgroup.id: {"process": 1}}, {"process": tables}))
+    got = {}
+    for how in ("memfd", "deleted"):
+        res, recs = collector.run(py(FILELESS_SCRIPT, str(tiny), how, str(workdir)), cgroup)
+        assert res.returncode == 0, res.stderr
+        execs = [r for r in recs if isinstance(r, ProcessRecord) and r.args == ["payload"]]
+        got[how] = [(r.executable, r.executable_fileless) for r in execs]
+    assert got == {
+        "memfd": [("/memfd:payload", True)],
+        "deleted": [(f"{workdir}/gone", True)],
+    }
