@@ -1,6 +1,6 @@
 /*
  * argv: operation, path[, new path] — the file operation through int $0x80 from a 64-bit
- * process (built static and non-PIE: its buffers have 32-bit addresses)
+ * process (built static and non-PIE: its buffers have 32-bit addresses); exits with the errno
  */
 #include <string.h>
 static char a[4096], b[4096];
@@ -25,5 +25,5 @@ int main(int argc, char **argv)
 	  : !strcmp(op, "chmod")	? sys32(15, (long)a, 0755, 0)
 	  : !strcmp(op, "truncate") ? sys32(92, (long)a, 0, 0)
 	  : -1000;
-	return r < 0 ? 1 : 0;
+	return r < 0 ? (int)-r : 0; /* the errno */
 }

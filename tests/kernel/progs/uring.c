@@ -1,4 +1,5 @@
-/* argv: open PATH | unlink PATH | rename OLD NEW | link OLD NEW — one io_uring request, no liburing */
+/* argv: open PATH | unlink PATH | rename OLD NEW | link OLD NEW — one io_uring request (no
+ * liburing); exits with the errno of a failed request */
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <stdio.h>
@@ -53,7 +54,7 @@ int main(int argc, char **argv)
 	res = cqe[*(unsigned *)(cq + p.cq_off.head) & *(unsigned *)(cq + p.cq_off.ring_mask)].res;
 	if (res < 0) {
 		fprintf(stderr, "%s: %s\n", argv[1], strerror(-res));
-		return 1;
+		return -res; /* the errno */
 	}
 	if (!strcmp(argv[1], "open") && write(res, "x", 1) != 1)
 		return 1;
