@@ -89,6 +89,7 @@ enum stk_hook {
 	STK_HOOK_LSM_PATH_LINK = 114,
 	STK_HOOK_LSM_PATH_CHMOD = 115,
 	STK_HOOK_LSM_PATH_TRUNCATE = 116,
+	STK_HOOK_LSM_FILE_TRUNCATE = 117, /* 6.2+: ftruncate, open(O_TRUNC) */
 };
 
 enum stk_stat {

@@ -162,6 +162,7 @@ class Hook(IntEnum):
     LSM_PATH_LINK = 114
     LSM_PATH_CHMOD = 115
     LSM_PATH_TRUNCATE = 116
+    LSM_FILE_TRUNCATE = 117  # 6.2+: ftruncate, open(O_TRUNC)
 
     @property
     def point(self) -> str:

@@ -86,7 +86,8 @@ _FILE_ACTIONS = {
     "truncate": "modification", "ftruncate": "modification", "mknod": "creation",
     "mknodat": "creation", "path_mknod": "creation", "path_unlink": "deletion",
     "path_rename": "rename", "path_link": "link", "path_chmod": "modification",
-    "path_truncate": "modification", "io_uring_unlinkat": "deletion",
+    "path_truncate": "modification", "file_truncate": "modification",
+    "io_uring_unlinkat": "deletion",
     "io_uring_renameat": "rename", "io_uring_linkat": "link",
 }  # fmt: skip
 _ECS_TYPES = {

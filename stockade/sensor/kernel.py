@@ -48,6 +48,7 @@ __all__ = [
     "mask_bytes",
     "open_sensor",
     "present_file_syscalls",
+    "present_lsm_hooks",
 ]
 
 MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
@@ -61,8 +62,19 @@ LSM_HOOKS: Final[Mapping[str, Hook]] = {
     "stk_lsm_file_open": Hook.LSM_FILE_OPEN, "stk_lsm_mknod": Hook.LSM_PATH_MKNOD,
     "stk_lsm_unlink": Hook.LSM_PATH_UNLINK, "stk_lsm_rename": Hook.LSM_PATH_RENAME,
     "stk_lsm_link": Hook.LSM_PATH_LINK, "stk_lsm_chmod": Hook.LSM_PATH_CHMOD,
-    "stk_lsm_truncate": Hook.LSM_PATH_TRUNCATE,
+    "stk_lsm_truncate": Hook.LSM_PATH_TRUNCATE, "stk_lsm_file_truncate": Hook.LSM_FILE_TRUNCATE,
 }  # fmt: skip
+VMLINUX_BTF: Final = Path("/sys/kernel/btf/vmlinux")
+
+
+def present_lsm_hooks() -> dict[str, Hook]:
+    """The LSM_HOOKS this kernel has (file_truncate since 6.2): BPF LSM's attach points are
+    the bpf_lsm_<hook> functions, named in the kernel's BTF."""
+    btf = VMLINUX_BTF.read_bytes()
+    return {
+        prog: hook for prog, hook in LSM_HOOKS.items()
+        if f"\0bpf_lsm_{hook.point}\0".encode() in btf
+    }  # fmt: skip
 
 
 def present_file_syscalls() -> list[Hook]:
@@ -147,6 +159,8 @@ class KillSensor(Closing):
         ensure_fs()
         t0 = time.monotonic()
         self.obj = BpfObject(obj_file or object_path(self.OBJECT))
+        for name in self._absent_programs():
+            self.obj.program(name).set_autoload(False)
         self.obj.load()
         self.load_seconds = time.monotonic() - t0
         self.grace_s = grace_s
@@ -160,6 +174,10 @@ class KillSensor(Closing):
                 "alerts", "events", "stats",
             )
         }  # fmt: skip
+
+    def _absent_programs(self) -> list[str]:
+        """Programs for what this kernel lacks: not loaded (the verifier would refuse them)."""
+        return []
 
     # -- attach -----------------------------------------------------------------
 
@@ -367,11 +385,15 @@ class LsmSensor(KillSensor):
     OBJECT = "stockade_lsm.bpf.o"
     MODE = "lsm"
 
+    def _absent_programs(self) -> list[str]:
+        self.hooks = present_lsm_hooks()
+        return [prog for prog in LSM_HOOKS if prog not in self.hooks]
+
     def attach(self) -> list[str]:
-        """Attach the LSM programs first (so nothing listed runs undecided), then the
-        process tracepoints; returns the attach points."""
+        """Attach the LSM programs of the hooks this kernel has first (so nothing listed
+        runs undecided), then the process tracepoints; returns the attach points."""
         done = []
-        for prog, hook in LSM_HOOKS.items():
+        for prog, hook in self.hooks.items():
             self.links.append(self.obj.program(prog).attach_lsm())
             done.append(f"lsm/{hook.point}")
         return done + self._attach_process()
