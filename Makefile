@@ -25,7 +25,7 @@ unit:
 	$(VENV)/bin/pytest tests/unit
 
 integration:
-	$(VENV)/bin/pytest tests/integration
+	$(VENV)/bin/pytest tests/integration tests/elastic
 
 kernel:
 	$(VENV)/bin/pytest tests/kernel

@@ -11,8 +11,9 @@ the two measured back to back in every round, all inside one test cgroup:
 3. the same exec loop under the default policy (every exec logged), the standalone sensor
    reading the ring buffer and writing JSON lines (target <= 1.15x).
 
-Two more rows for the first: the same selectors under /var (the loop's file is in /var/tmp,
-so every open is walked and looked up in full: the first-component filter can't help), and
+Three more rows for the first: the same selectors under /var (the loop's file is in /var/tmp,
+so every open is walked and looked up in full: the first-component filter can't help); the
+same for a 400-byte path (also looked up among the entries longer than 255 bytes); and
 the floor: empty programs attached where the sensor's are (in kill mode every file
 syscall's enter and exit tracepoint, which puts every syscall of every task on the
 kernel's traced path), what no program body can go below.
@@ -140,9 +141,11 @@ class Sensor:
     """`stockade sensor --standalone` in the background, until stopped."""
 
     def __init__(self, policy: Path, containers: Path, out: Path) -> None:
+        state = tempfile.mkdtemp(prefix="state-", dir=out.parent)  # no cached bundle: a cold start
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stockade.sensor.cli", "--standalone", "--policy",
-             str(policy), "--containers", str(containers), "--output", f"jsonl:{out}"],
+             str(policy), "--containers", str(containers), "--output", f"jsonl:{out}",
+             "--state-dir", state],
             stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         assert self.proc.stderr is not None
@@ -233,6 +236,11 @@ def main() -> None:
         target.write_text("x")
         (d / "wide.yaml").write_text(wide_policy())
         (d / "wide-var.yaml").write_text(wide_policy("/var/nonexistent"))  # target's top dir
+        # a 400-byte path: looked up among entries longer than 255 bytes too (docs/kernel.md)
+        long_target = d / ("l" * 120) / ("m" * 120) / ("n" * 120) / "existing"
+        long_target.parent.mkdir(parents=True)
+        long_target.write_text("x")
+        (d / "wide-long.yaml").write_text(wide_policy(str(d / ("l" * 120))))
         shutil.copy(REPO / "examples" / "policies" / "default.yaml", d / "default.yaml")
         (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "bench"}}}))
 
@@ -246,6 +254,8 @@ def main() -> None:
             ("open/close, 1024 selectors match nothing", sensor("wide.yaml"), open_loop, 1.03),
             ("open/close, same, patterns under /var (walked)", sensor("wide-var.yaml"), open_loop,
              None),
+            ("open/close, same, a 400-byte path (long lookups)", sensor("wide-long.yaml"),
+             [str(loops), "open", str(opens), str(long_target)], None),
             ("fork+exec+wait, 1024 selectors match nothing", sensor("wide.yaml"), exec_loop, 1.05),
             ("fork+exec+wait, default policy, JSONL written", sensor("default.yaml"), exec_loop,
              1.15),

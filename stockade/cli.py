@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockade.policy.bundle import encode, render_json_schema
 from stockade.policy.compiler import CompileError, Pod, compile_bundle
+from stockade.policy.convert import MAX_OBJECT_NAME, OBJECT_NAME, convert, object_name
 from stockade.policy.crd import all_crds, write_crds
+from stockade.policy.document import BARE_KIND
 from stockade.policy.evaluator import Event, evaluate
 from stockade.policy.loader import iter_policies, load_file
-from stockade.policy.model import Action
+from stockade.policy.model import NAMESPACE_PATTERN, Action
 from stockade.policy.rules import Severity
 from stockade.policy.source import (
     SourceError,
@@ -27,6 +30,7 @@ from stockade.policy.source import (
     shown,
 )
 from stockade.sensor import cli as sensor_cli
+from stockade.sensor.elastic import setup as es_setup
 
 
 class UsageError(Exception):
@@ -61,6 +65,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 1 if failed else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    name = args.name or object_name(path.stem)
+    if name is None or not OBJECT_NAME.match(name) or len(name) > MAX_OBJECT_NAME:
+        raise UsageError(
+            f"{path}: {shown(name or path.stem)} is not a Kubernetes object name "
+            "(lowercase letters, digits, '-' and '.'); give one with --name"
+        )
+    if args.namespace is not None and not re.match(NAMESPACE_PATTERN, args.namespace):
+        raise UsageError(f"--namespace {shown(args.namespace)} is not a namespace name")
+    loaded = [doc for doc in load_file(path) if not doc.skipped]
+    if len(loaded) != 1:
+        raise UsageError(f"{path}: convert takes a file with one policy; it holds {len(loaded)}")
+    doc = loaded[0]
+    errors = [f for f in doc.findings if f.severity == Severity.ERROR]
+    if errors:
+        for finding in errors:
+            print(finding.render(str(path)))
+        return 1
+    assert doc.document is not None
+    if doc.document.kind != BARE_KIND:
+        raise UsageError(f"{path}: already a {doc.document.kind}; nothing to convert")
+    print(convert(doc.document.policy, name, str(path), args.namespace), end="")
+    return 0
 
 
 def _first_error(exc: ValidationError, source: Path, doc: YamlDocument, what: str) -> UsageError:
@@ -206,7 +236,14 @@ def cmd_generate_bundle_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from stockade.operator.election import StartupError, Timing
     from stockade.operator.main import Config, main
+
+    try:
+        timing = Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+    except StartupError as exc:
+        print(f"stockade operator: {exc}", file=sys.stderr)
+        return 2
 
     return main(
         Config(
@@ -214,8 +251,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             log_level=args.log_level,
             metrics_port=args.metrics_port,
-            peering=None if args.standalone else args.peering,
-            priority=args.priority,
+            lease=None if args.standalone else args.lease,
+            timing=timing,
+            resync=args.resync,
         )
     )
 
@@ -240,6 +278,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--event", required=True, type=Path, metavar="EVENT.json")
     p.add_argument("--name", help="the policy to use when FILE holds several")
     p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser(
+        "convert", help="a Defend for Containers policy as a ClusterContainerPolicy manifest"
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the bare process:/file: policy")
+    p.add_argument("--name", help="the object's name (default: from the file name)")
+    p.add_argument("--namespace", help="write a ContainerPolicy in this namespace instead")
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("compile", help="print the bundle the sensor of a node would get")
     p.add_argument("policies", nargs="+", type=Path, metavar="POLICY_FILE")
@@ -268,17 +314,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--metrics-port", type=int, default=9090, help="0 turns metrics off")
     p.add_argument(
-        "--peering",
+        "--lease",
         default="stockade-operator",
-        help="the ClusterKopfPeering that elects the replica that writes",
+        help="the Lease (in --namespace) that elects the replica that writes",
     )
     p.add_argument("--standalone", action="store_true", help="no leader election (one replica)")
+    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
     p.add_argument(
-        "--priority", type=int, help="leader-election priority (default: random, never tied)"
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the leader exits when it can't renew for this long (< --lease-duration)",
+    )
+    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument(
+        "--resync", type=float, default=300.0, metavar="SECONDS", help="between full passes"
     )
     p.set_defaults(run=cmd_operator)
 
     sensor_cli.register(sub)
+    es_setup.register(sub)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(run=cmd_version)

@@ -14,6 +14,7 @@ enum stk_const {
 	STK_MASK_WORDS = 16,       /* 1024 selector bits per policy part */
 	STK_PATH_KEY = 256,        /* zero-padded path key bytes */
 	STK_LPM_PATH = 255,        /* path bytes in an LPM key (1 tag byte + 255 = 256) */
+	STK_LONG_PATH = 511,       /* path bytes in a stk_long_key (1 + 511 = 512, a key's most) */
 	STK_HEAD_BYTES = 11,       /* first-component bytes in a stk_path_heads key */
 	STK_OP_SLOTS = 8,          /* stk_op_masks index = slot * STK_OP_SLOTS + op */
 	STK_MAX_RESPONSES = 1024,  /* response rows per slot and part (= the compiler's limit) */
@@ -131,6 +132,16 @@ struct stk_lpm_key {
 	__u32 prefixlen;
 	__u8 tag;
 	char path[STK_LPM_PATH];
+};
+
+/*
+ * stk_long_paths hash: the table entries longer than the keys above (a processExecutable
+ * may be 511 bytes): an exact path, a children directory or a recursive "dir/" prefix,
+ * zero-padded; tag = slot << 4 | table << 1 | part (table: one STK_TABLE_* bit).
+ */
+struct stk_long_key {
+	__u8 tag;
+	char path[STK_LONG_PATH];
 };
 
 /*
@@ -276,6 +287,7 @@ struct stk_abi {
 	struct stk_cgroup_val cgroup_val;
 	struct stk_path_key path_key;
 	struct stk_lpm_key lpm_key;
+	struct stk_long_key long_key;
 	struct stk_head_key head_key;
 	struct stk_name_key name_key;
 	struct stk_part_masks part_masks;

@@ -31,6 +31,7 @@ struct scratch {
 	struct stk_mask tmp;
 	struct stk_path_key pkey;
 	struct stk_lpm_key lkey;
+	struct stk_long_key xkey;
 	struct stk_name_key nkey;
 };
 
@@ -115,6 +116,59 @@ static long resp_cb(__u32 i, void *data)
 	if (hit && !ex)
 		c->actions |= r->actions;
 	return 0;
+}
+
+/*
+ * Entries longer than the 255-byte keys (stk_long_paths), looked up only for a path longer
+ * than 255 bytes: the path itself and its dirname when at most 511 bytes, and every
+ * "dir/" prefix of 256..511 bytes (the recursive entries the LPM trie can't hold).
+ */
+static __always_inline void long_lookup(struct scratch *s, const char *b, __u32 start, __u32 n,
+					__u32 tag)
+{
+	struct stk_mask *m;
+
+	__builtin_memset(&s->xkey, 0, sizeof(s->xkey));
+	s->xkey.tag = tag;
+	bpf_probe_read_kernel(s->xkey.path, bound(n, 511), &b[start]);
+	m = bpf_map_lookup_elem(&stk_long_paths, &s->xkey);
+	if (m)
+		mask_or(&s->tmp, m);
+}
+
+struct long_ctx {
+	__u32 start;
+	__u32 last; /* the last '/' offset that can end a stored prefix */
+	__u32 tag;
+};
+
+static long long_prefix_cb(__u32 i, void *data)
+{
+	struct long_ctx *c = data;
+	__u32 zero = 0, p = STK_MATCH_MAX + i; /* a '/' here ends a prefix of p + 1 > 255 bytes */
+	struct scratch *s = bpf_map_lookup_elem(&stk_scratch, &zero);
+	struct pathbuf *pb = bpf_map_lookup_elem(&stk_pathbufs, &zero);
+	__u32 start = bound(c->start, PB_SIZE - 1 - 4096);
+
+	if (!s || !pb || p > c->last)
+		return 1;
+	if (pb->b[start + bound(p, 511)] == '/')
+		long_lookup(s, pb->b, start, p + 1, c->tag);
+	return 0;
+}
+
+static __always_inline void long_lookups(struct scratch *s, const char *b, __u32 start,
+					 __u32 len, __u32 dlen, __u32 slot, __u32 part)
+{
+	struct long_ctx c = { .start = start, .tag = slot << 4 | STK_TABLE_RECURSIVE << 1 | part };
+
+	if (len <= STK_LONG_PATH && (s->in.tables & STK_TABLE_EXACT))
+		long_lookup(s, b, start, len, slot << 4 | STK_TABLE_EXACT << 1 | part);
+	if (dlen > STK_MATCH_MAX && dlen <= STK_LONG_PATH && (s->in.tables & STK_TABLE_CHILDREN))
+		long_lookup(s, b, start, dlen, slot << 4 | STK_TABLE_CHILDREN << 1 | part);
+	c.last = len - 2 < STK_LONG_PATH - 1 ? len - 2 : STK_LONG_PATH - 1;
+	if (c.last >= STK_MATCH_MAX && (s->in.tables & STK_TABLE_RECURSIVE))
+		bpf_loop(c.last - STK_MATCH_MAX + 1, long_prefix_cb, &c, 0);
 }
 
 /*
@@ -208,6 +262,8 @@ __noinline int stk_evaluate(void)
 			if (m)
 				mask_or(&s->tmp, m);
 		}
+		if (len > STK_MATCH_MAX)
+			long_lookups(s, b, start, len, dlen, slot, part);
 	}
 	if (s->in.ok && s->in.moves && len <= STK_MATCH_MAX && s->in.tables) {
 		__builtin_memset(&s->pkey, 0, sizeof(s->pkey));

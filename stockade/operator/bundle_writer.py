@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from stockade.operator import metrics
-from stockade.operator.bundles import configmap, configmap_name, fit
+from stockade.operator.bundles import configmap, configmap_name, fit, payload_digest
+from stockade.operator.debounce import backoff
+from stockade.operator.election import NotLeading
 from stockade.operator.kube import Kube
 from stockade.operator.objects import PolicyKey, PolicyRecord
 from stockade.operator.status import BUNDLE_TOO_LARGE, COMPILING, WRITE_FAILED, NodeProblem
@@ -29,16 +30,9 @@ from stockade.policy.bundle import Bundle
 from stockade.policy.compiler import CompileError, FragmentCache, compile_bundle
 
 log = logging.getLogger("stockade.operator")
-# What a write can fail with: the apiserver's refusal, or no answer from it.
-WRITE_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
-BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed bundle write
-BACKOFF_CAP = 30.0
-
-
-def backoff(attempts: int) -> float:
-    """Seconds before retrying after `attempts` failures: doubling up to the cap, with
-    jitter (the upper half of the interval) so many failing nodes don't retry in step."""
-    return min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+# What a write can fail with: the apiserver's refusal, no answer from it, or the
+# renew deadline passed (the process exits in a moment).
+WRITE_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, NotLeading)
 
 
 @dataclass(frozen=True)
@@ -50,6 +44,17 @@ class Written:
     owner_uid: str
     cluster: str
     policies: Mapping[PolicyKey, tuple[str, int]] | None = None  # key → (uid, generation)
+    version: str | None = None  # resourceVersion as stored; None: not known (read first)
+    digest: str = ""  # `payload_digest` of the content: bytes the operator wouldn't write
+    # differ (a bundle edited or tampered with), whatever the hash annotation says
+
+    def same(self, hash: str, owner_uid: str, cluster: str, digest: str) -> bool:
+        return (self.hash, self.owner_uid, self.cluster, self.digest) == (
+            hash,
+            owner_uid,
+            cluster,
+            digest,
+        )
 
 
 @dataclass
@@ -61,7 +66,6 @@ class Plan:
     written: Written | None = None
     delete: str | None = None
     bytes: int = 0
-    exists: bool = False  # a bundle is stored for the node already
 
     @property
     def writes(self) -> bool:
@@ -107,9 +111,25 @@ class BundleWriter:
         self.sizes: dict[str, dict[Hashable, int | str]] = {}  # node → what `fit` measured
 
     async def load(self) -> None:
-        """What is stored (the first pass): only what differs gets written."""
-        stored = await self.kube.bundle_hashes()
-        self.written = {n: Written(*stored[n]) for n in stored}
+        """What is stored, read again on every full pass: only what differs gets written,
+        and a bundle deleted, edited or tampered with since it was written is (its node
+        compiled again, even when its inputs didn't change). Content is compared by
+        digest, not decoded: `from_configmap` takes ~6 ms a bundle, 9 s of CPU a pass
+        at 1,000 nodes; the digest 0.1 ms, and it catches any byte changed."""
+        stored = await self.kube.stored_bundles()
+        for node in self.written.keys() - stored.keys():
+            if not self._waiting(node):
+                del self.written[node]
+                self.inputs.pop(node, None)
+        for node, s in stored.items():
+            known = self.written.get(node)
+            if known is not None and known.same(s.hash, s.owner_uid, s.cluster, s.digest):
+                self.written[node] = replace(known, version=s.version, digest=s.digest)
+            else:
+                self.written[node] = Written(
+                    s.name, s.hash, s.owner_uid, s.cluster, version=s.version, digest=s.digest
+                )
+                self.inputs.pop(node, None)
 
     def problem(self, node: str, key: PolicyKey) -> NodeProblem | None:
         """Why the node's bundle doesn't hold policy `key` as it should, if it can tell."""
@@ -188,14 +208,16 @@ class BundleWriter:
         held: dict[PolicyKey, tuple[str, int]] = {
             (p.kind, p.namespace or "", p.name): (p.uid, p.generation) for p in bundle.policies
         }
-        written = Written(configmap_name(node), bundle.hash, inputs.uid, self.cluster, held)
+        body = fitted.body
+        written = Written(
+            configmap_name(node), bundle.hash, inputs.uid, self.cluster, held,
+            digest=payload_digest(body["data"], body.get("binaryData")),
+        )  # fmt: skip
         before = self.written.get(node)
-        if before is not None and (before.hash, before.owner_uid, before.cluster) == (
-            written.hash,
-            written.owner_uid,
-            written.cluster,
+        if before is not None and before.same(
+            written.hash, written.owner_uid, written.cluster, written.digest
         ):
-            self.written[node] = written
+            self.written[node] = replace(written, version=before.version)
             self._write_done(node, status_keys)
             if before.policies is None:
                 status_keys |= set(held)
@@ -203,7 +225,6 @@ class BundleWriter:
         status_keys |= set(held) | set(before.policies or ()) if before else set(held)
         plan.write = fitted.body
         plan.written = written
-        plan.exists = before is not None
         plan.bytes = fitted.bytes
         retry = self.retries.get(node)
         if retry is not None and self._waiting(node):
@@ -253,14 +274,16 @@ class BundleWriter:
             status_keys |= self.targets(node)
 
     async def apply(self, plan: Plan, status_keys: set[PolicyKey]) -> None:
+        stored = self.written.get(plan.node)
+        version = stored.version if stored is not None else None
         try:
-            if plan.delete is not None:
-                await self.kube.delete_configmap(plan.delete)
+            if plan.delete is not None and plan.written is not None:
+                await self.kube.delete_configmap(plan.delete, plan.written.version)
                 metrics.BUNDLE_WRITES.labels(op="delete").inc()
                 log.info("bundle deleted", extra={"node": plan.node, "configmap": plan.delete})
             elif plan.write is not None and plan.written is not None:
-                await self.kube.put_configmap(plan.write, exists=plan.exists)
-                self.written[plan.node] = plan.written
+                version = await self.kube.put_configmap(plan.write, version)
+                self.written[plan.node] = replace(plan.written, version=version)
                 metrics.BUNDLE_WRITES.labels(op="write").inc()
                 metrics.BUNDLE_BYTES.observe(plan.bytes)
                 log.info(
@@ -277,6 +300,9 @@ class BundleWriter:
         metrics.ERRORS.labels(op="bundle").inc()
         if plan.delete is not None and plan.written is not None:
             self.written.setdefault(plan.node, plan.written)  # still there: delete it again
+        stored = self.written.get(plan.node)
+        if stored is not None and isinstance(exc, ApiException) and exc.status == 409:
+            self.written[plan.node] = replace(stored, version=None)  # changed: read it again
         retry = self.retries.get(plan.node)
         attempts = retry.attempts + 1 if retry is not None else 1
         delay = backoff(attempts)

@@ -15,29 +15,53 @@ the workers await that task. Each change then wakes one waiter: O(objects).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import Any
 
-from kopf._cogs.aiokits import aiotoggles  # private: checked by apply() against kopf's shape
+log = logging.getLogger("stockade.operator")
+try:  # private: apply() checks kopf's shape and warns rather than fail
+    from kopf._cogs.aiokits import aiotoggles
+except ImportError:  # pragma: no cover - a kopf that moved it
+    aiotoggles = None  # type: ignore[assignment]
 
-_original_wait_for = aiotoggles.ToggleSet.wait_for
+_original_wait_for: Any = None
 
 
-async def _shared_wait_for(self: aiotoggles.ToggleSet, state: bool, /) -> None:
+async def _shared_wait_for(self: Any, state: bool, /) -> None:
     wanted = bool(state)
     if self.is_on() == wanted:
         return
-    waiters: dict[bool, asyncio.Future[Any]] = self.__dict__.setdefault("_stockade_waiters", {})
-    shared = waiters.get(wanted)
-    if shared is None or shared.done():
-        shared = asyncio.ensure_future(_original_wait_for(self, wanted))
-        waiters[wanted] = shared
-    await asyncio.shield(shared)  # a cancelled worker doesn't cancel the others' wait
+    waiters: dict[bool, tuple[asyncio.Future[Any], list[int]]]
+    waiters = self.__dict__.setdefault("_stockade_waiters", {})
+    entry = waiters.get(wanted)
+    if entry is None or entry[0].done():
+        entry = (asyncio.ensure_future(_original_wait_for(self, wanted)), [0])
+        waiters[wanted] = entry
+    shared, count = entry
+    count[0] += 1
+    try:
+        await asyncio.shield(shared)  # a cancelled worker doesn't cancel the others' wait
+    finally:
+        count[0] -= 1
+        if not count[0] and not shared.done():
+            shared.cancel()  # nobody waits: kopf would wait 5 s for it at exit
 
 
 def apply() -> None:
     """Idempotent; does nothing (with a warning) if kopf's ToggleSet changed shape."""
-    if not hasattr(aiotoggles.ToggleSet, "is_on") or not hasattr(aiotoggles.ToggleSet, "wait_for"):
-        logging.getLogger("stockade.operator").warning("kopf ToggleSet changed: not patched")
+    global _original_wait_for
+    toggles = getattr(aiotoggles, "ToggleSet", None)
+    original = getattr(toggles, "wait_for", None)
+    if original is _shared_wait_for:
         return
-    aiotoggles.ToggleSet.wait_for = _shared_wait_for  # type: ignore[method-assign,assignment]
+    if (
+        toggles is None
+        or not callable(getattr(toggles, "is_on", None))
+        or not inspect.iscoroutinefunction(original)
+        or len(inspect.signature(original).parameters) != 2  # (self, state)
+    ):
+        log.warning("kopf's ToggleSet changed: its start-up wait is not patched")
+        return
+    _original_wait_for = original
+    toggles.wait_for = _shared_wait_for

@@ -1,24 +1,38 @@
 """The few API calls the operator writes with, run in threads off the event loop.
 
 kopf reads (watches); this writes. The official client is synchronous, so
-each call runs in a worker thread, at most `parallel` at a time.
+each call runs in a worker thread, at most `parallel` at a time. Every write
+carries a request timeout and a resourceVersion precondition where the
+object exists, and is checked against the Lease right before it is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from stockade.operator.bundles import CLUSTER_ANNOTATION, NODE_ANNOTATION, SELECTOR
+from stockade.operator.bundles import (
+    CLUSTER_ANNOTATION,
+    NODE_ANNOTATION,
+    SELECTOR,
+    payload_digest,
+)
 from stockade.policy.bundle import HASH_ANNOTATION
 from stockade.policy.resources import GROUP, VERSION
 
 T = TypeVar("T")
+log = logging.getLogger("stockade.operator")
+WRITE_TIMEOUT = 10.0  # seconds; shortened to the lease's remaining time when electing
+READ_TIMEOUT = 30.0
+LIST_PAGE = 100  # bundle ConfigMaps per page (~40 KiB each)
 JSON_PATCH = "application/json-patch+json"
 PLURALS = {
     "ContainerPolicy": "containerpolicies",
@@ -37,102 +51,168 @@ def api_client(parallel: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def _unread(fn: Callable[..., Any], *args: Any) -> None:
+def _written(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
     """Call without turning the response into client models (a bundle's is ~40 KiB of
-    JSON that nobody reads); errors still raise ApiException."""
-    resp = fn(*args, _preload_content=False)
-    resp.data  # noqa: B018 - read it all: frees the pooled connection
-    resp.release_conn()
+    JSON that nobody reads); returns the new resourceVersion. Errors raise ApiException."""
+    resp = fn(*args, _preload_content=False, **kwargs)
+    try:
+        version: str = json.loads(resp.data).get("metadata", {}).get("resourceVersion", "")
+    finally:
+        resp.release_conn()
+    return version
+
+
+def _unlimited(cap: float) -> float:
+    return cap
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A bundle ConfigMap as listed: `hash` as its annotation says, `digest` of its content."""
+
+    name: str
+    hash: str
+    owner_uid: str
+    cluster: str
+    version: str  # metadata.resourceVersion: the precondition of the next replace
+    digest: str  # `payload_digest` of its content
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, namespace: str, parallel: int = 16) -> None:
+    """`write_timeout(cap)`: how long a write starting now may take, at most `cap`;
+    raises `election.NotLeading` when no write may start (checked in the thread,
+    right before the call)."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        parallel: int = 16,
+        write_timeout: Callable[[float], float] = _unlimited,
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespace = namespace
+        self.write_timeout = write_timeout
         self._slots = asyncio.Semaphore(parallel)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with self._slots:
             return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def bundle_hashes(self) -> dict[str, tuple[str, str, str, str]]:
-        """node → (ConfigMap name, bundle hash, owner uid, cluster) of the stored bundles."""
-        found = await self._call(
-            self.core.list_namespaced_config_map, self.namespace, label_selector=SELECTOR
-        )
-        out: dict[str, tuple[str, str, str, str]] = {}
-        for cm in found.items:
-            meta = cm.metadata
-            assert meta is not None and meta.name is not None
-            annotations = meta.annotations or {}
+    async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+        def guarded() -> str:
+            timeout = self.write_timeout(WRITE_TIMEOUT)
+            return _written(fn, *args, _request_timeout=timeout, **kwargs)
+
+        return await self._call(guarded)
+
+    def _configmaps(self, selector: str) -> Iterator[dict[str, Any]]:
+        """The ConfigMaps `selector` selects in the namespace, as JSON, listed in pages
+        (one page in memory at a time: bundles are ~40 KiB each); blocking."""
+        token = ""
+        while True:
+            resp: Any = self.core.list_namespaced_config_map(
+                self.namespace, label_selector=selector, limit=LIST_PAGE,
+                _continue=token or None, _preload_content=False,
+                _request_timeout=READ_TIMEOUT,
+            )  # fmt: skip
+            page = json.loads(resp.data)
+            yield from page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
+
+    async def configmaps(self, selector: str) -> list[dict[str, Any]]:
+        return await self._call(lambda: list(self._configmaps(selector)))
+
+    async def stored_bundles(self) -> dict[str, Stored]:
+        """node → its bundle ConfigMap as stored (listed and digested in a worker thread)."""
+        return await self._call(self._stored_bundles)
+
+    def _stored_bundles(self) -> dict[str, Stored]:
+        out: dict[str, Stored] = {}
+        for cm in self._configmaps(SELECTOR):
+            meta = cm["metadata"]
+            annotations = meta.get("annotations") or {}
             node = annotations.get(NODE_ANNOTATION)
-            owners = meta.owner_references or []
-            if node:
-                owner = owners[0].uid if owners else ""
-                out[node] = (
-                    meta.name,
-                    annotations.get(HASH_ANNOTATION, ""),
-                    owner,
-                    annotations.get(CLUSTER_ANNOTATION, ""),
-                )
+            if not node:
+                continue
+            owners = meta.get("ownerReferences") or []
+            out[node] = Stored(
+                meta["name"],
+                annotations.get(HASH_ANNOTATION, ""),
+                owners[0].get("uid", "") if owners else "",
+                annotations.get(CLUSTER_ANNOTATION, ""),
+                meta.get("resourceVersion", ""),
+                payload_digest(cm.get("data"), cm.get("binaryData")),
+            )
         return out
 
-    async def put_configmap(self, body: dict[str, Any], exists: bool = False) -> None:
-        """Create, or replace whole (so a switch to gzip drops the plain key).
+    async def put_configmap(self, body: dict[str, Any], version: str | None) -> str:
+        """Create (`version` None), or replace whole (so a switch to gzip drops the plain
+        key) on condition that it is still at `version`; returns the new resourceVersion.
 
-        `exists`: the ConfigMap is known to be there, so replace first (one call, not a
-        failed create and a replace); either way the other call follows if the first misses.
+        A create that finds one, or a replace that finds none, tries the other way once;
+        a replace of a ConfigMap changed since `version` fails with 409 Conflict.
         """
         name = body["metadata"]["name"]
-        create = (self.core.create_namespaced_config_map, (self.namespace, body), 409)
-        replace = (self.core.replace_namespaced_config_map, (name, self.namespace, body), 404)
-        first, then = (replace, create) if exists else (create, replace)
+        core = self.core
+        if version is None:
+            try:
+                return await self._write(core.create_namespaced_config_map, self.namespace, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            current: Any = await self._call(
+                core.read_namespaced_config_map, name, self.namespace,
+                _request_timeout=READ_TIMEOUT,
+            )  # fmt: skip
+            version = str(current.metadata.resource_version)
+        conditional = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
         try:
-            await self._call(_unread, first[0], *first[1])
+            return await self._write(
+                core.replace_namespaced_config_map, name, self.namespace, conditional
+            )
         except ApiException as exc:
-            if exc.status != first[2]:
+            if exc.status != 404:
                 raise
-            await self._call(_unread, then[0], *then[1])
+        return await self._write(core.create_namespaced_config_map, self.namespace, body)
 
-    async def delete_configmap(self, name: str) -> None:
+    async def delete_configmap(self, name: str, version: str | None) -> None:
+        """Delete, on condition that it is still at `version` (when known)."""
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version=version) if version else None
+        )
         try:
-            await self._call(self.core.delete_namespaced_config_map, name, self.namespace)
+            await self._write(
+                self.core.delete_namespaced_config_map, name, self.namespace, body=options
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     async def put_policy_status(
-        self, kind: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
-        """Replace status whole (a JSON patch `add` creates or replaces it)."""
-        patch = [{"op": "add", "path": "/status", "value": status}]
+        self, kind: str, namespace: str, name: str, status: dict[str, Any], version: str
+    ) -> str:
+        """Replace status whole (a JSON patch `add` creates or replaces it), on condition
+        that the policy is still at `version` (409 Conflict otherwise); returns the new one."""
+        patch: list[dict[str, Any]] = [{"op": "add", "path": "/status", "value": status}]
+        if version:
+            patch.insert(
+                0, {"op": "replace", "path": "/metadata/resourceVersion", "value": version}
+            )
         if namespace:
-            await self._call(
+            return await self._write(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP, VERSION, namespace, PLURALS[kind], name, patch,
                 _content_type=JSON_PATCH,
             )  # fmt: skip
-        else:
-            await self._call(
-                self.custom.patch_cluster_custom_object_status,
-                GROUP, VERSION, PLURALS[kind], name, patch,
-                _content_type=JSON_PATCH,
-            )  # fmt: skip
-
-    async def peers(self, peering: str) -> dict[str, Any]:
-        """The live peers kopf records on the ClusterKopfPeering object."""
-        try:
-            obj: Any = await self._call(
-                self.custom.get_cluster_custom_object,
-                "kopf.dev", "v1", "clusterkopfpeerings", peering,
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status == 404:
-                return {}
-            raise
-        status: dict[str, Any] = obj.get("status") or {}
-        return status
+        return await self._write(
+            self.custom.patch_cluster_custom_object_status,
+            GROUP, VERSION, PLURALS[kind], name, patch,
+            _content_type=JSON_PATCH,
+        )  # fmt: skip
 
     async def event(
         self,
@@ -164,4 +244,4 @@ class Kube:
             last_timestamp=now,
             count=1,
         )
-        await self._call(self.core.create_namespaced_event, where, body)
+        await self._write(self.core.create_namespaced_event, where, body)

@@ -54,6 +54,7 @@ class PolicyRecord:
     errors: tuple[str, ...]  # "field.path: message", when invalid
     status: PolicyStatus | None  # as stored on the object
     created: str = ""  # metadata.creationTimestamp (RFC 3339, UTC: sorts as time)
+    version: str = ""  # metadata.resourceVersion: the precondition of a status write
 
     @property
     def key(self) -> PolicyKey:
@@ -109,6 +110,7 @@ def policy_record(body: Mapping[str, Any]) -> PolicyRecord:
         errors=errors or (() if loaded.valid else ("spec: not a valid policy",)),
         status=status,
         created=str(meta.get("creationTimestamp") or ""),
+        version=str(meta.get("resourceVersion") or ""),
     )
 
 

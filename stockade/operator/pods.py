@@ -18,13 +18,13 @@ import json
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from stockade.operator.debounce import backoff
 from stockade.operator.objects import PodRef, pod_ref
 
 log = logging.getLogger("stockade.operator")
@@ -137,6 +137,7 @@ class PodWatch:
         self.index = index
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.version: str | None = None  # resourceVersion to resume from; None: list
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._thread = threading.Thread(
@@ -148,18 +149,28 @@ class PodWatch:
         self._stop.set()
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """List, then watch from the list's resourceVersion; a watch that fails resumes
+        from the last version seen, after a back-off; only a 410 lists again."""
+        failures = 0
         while not self._stop.is_set():
             try:
-                version = self._list(loop)
-                while not self._stop.is_set():
-                    version = self._watch(loop, version)
+                if self.version is None:
+                    self.version = self._list(loop)
+                self._watch(loop)
+                failures = 0
             except Gone:
                 log.info("pod watch expired: listing again")
-            except RuntimeError:  # the loop is closed: the operator is exiting
-                return
-            except Exception as exc:  # any failure: list again after a pause
-                log.warning("pod watch failed; listing again", extra={"error": str(exc)})
-                time.sleep(2.0)
+                self.version = None
+            except Exception as exc:
+                if loop.is_closed():  # the operator is exiting
+                    return
+                failures += 1
+                delay = backoff(failures)
+                log.warning(
+                    "pod watch failed; resuming",
+                    extra={"error": str(exc), "attempts": failures, "retry": round(delay, 2)},
+                )
+                self._stop.wait(delay)
 
     def _list(self, loop: asyncio.AbstractEventLoop) -> str:
         entries: list[tuple[PodKey, str, PodRef]] = []
@@ -182,11 +193,12 @@ class PodWatch:
         loop.call_soon_threadsafe(self.index._listed, entries)
         return version
 
-    def _watch(self, loop: asyncio.AbstractEventLoop, version: str) -> str:
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until the apiserver ends the watch; `version` follows every event."""
         resp: Any
         try:
             resp = self.core.list_pod_for_all_namespaces(
-                watch=True, resource_version=version, allow_watch_bookmarks=True,
+                watch=True, resource_version=self.version, allow_watch_bookmarks=True,
                 timeout_seconds=WATCH_SECONDS, _preload_content=False,
                 _request_timeout=(10, WATCH_SECONDS + 30),
             )  # fmt: skip
@@ -204,16 +216,16 @@ class PodWatch:
                     if obj.get("code") == 410:
                         raise Gone
                     raise WatchError(f"pod watch error: {obj.get('message')}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if kind == "BOOKMARK":
-                    continue
-                key, node, ref = lean_ref(obj)
-                if kind == "DELETED":
-                    node, ref = None, None
-                loop.call_soon_threadsafe(self.index._event, key, node, ref)
+                if kind != "BOOKMARK":
+                    key, node, ref = lean_ref(obj)
+                    if kind == "DELETED":
+                        node, ref = None, None
+                    loop.call_soon_threadsafe(self.index._event, key, node, ref)
+                self.version = str(
+                    (obj.get("metadata") or {}).get("resourceVersion") or self.version
+                )
         finally:
             resp.release_conn()
-        return version
 
 
 def _lines(resp: Any) -> Iterable[bytes]:

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 from stockade.operator import metrics
 from stockade.operator.bundle_writer import BundleWriter, Plan
@@ -31,9 +30,6 @@ log = logging.getLogger("stockade.operator")
 class Options:
     namespace: str
     cluster: str = ""
-    peering: str | None = None  # None: standalone, always writes
-    identity: str = ""
-    priority: int = 0
     quiet: float = 0.1
     max_delay: float = 1.0
     resync: float = 300.0
@@ -56,7 +52,6 @@ class Reconciler:
     bundles: BundleWriter = field(init=False)
     status: StatusWriter = field(init=False)
     debounce: Debouncer = field(init=False)
-    _leader_checked: tuple[float, bool] = (0.0, False)
 
     def __post_init__(self) -> None:
         self.bundles = BundleWriter(
@@ -66,7 +61,7 @@ class Reconciler:
             targets=self.targeting.of_node,
             retry=self.node_changed,
         )
-        self.status = StatusWriter(self.kube, self.options.component, retry=self._status_failed)
+        self.status = StatusWriter(self.kube, self.options.component, retry=self._status_later)
         self.debounce = Debouncer(self.options.quiet, self.options.max_delay)
 
     # --- called by the watch handlers: cheap, no I/O --------------------------
@@ -100,10 +95,10 @@ class Reconciler:
         self.dirty_reports.add(node)
         self.debounce.wake()
 
-    def _status_failed(self, key: PolicyKey) -> None:
+    def _status_later(self, key: PolicyKey, seconds: float) -> None:
         self.dirty_policies.add(key)
         self.handled.pop(key, None)
-        self.debounce.later(2.0)
+        self.debounce.later(seconds)
 
     # --- the loop --------------------------------------------------------------
 
@@ -126,38 +121,9 @@ class Reconciler:
                 self.full = True
                 self.debounce.later(5.0)
 
-    async def is_leader(self) -> bool:
-        """kopf's own rule, checked before writing: no live peer has a priority >= ours.
-
-        kopf pauses the watches of a replica that isn't the leader; this also
-        stops its reconciler from flushing what it had queued before the pause.
-        """
-        if self.options.peering is None:
-            return True
-        checked_at, leader = self._leader_checked
-        if time.monotonic() - checked_at < 2.0:
-            return leader
-        now = datetime.now(UTC)
-        leader = True
-        for identity, peer in (await self.kube.peers(self.options.peering)).items():
-            if identity == self.options.identity or not isinstance(peer, dict):
-                continue
-            seen = datetime.fromisoformat(str(peer.get("lastseen")))
-            alive = seen + timedelta(seconds=int(peer.get("lifetime", 60))) > now
-            if alive and int(peer.get("priority", 0)) >= self.options.priority:
-                leader = False
-        self._leader_checked = (time.monotonic(), leader)
-        metrics.LEADER.set(1 if leader else 0)
-        return leader
-
     async def reconcile(self) -> None:
         ix = self.ix
         assert ix is not None
-        if not await self.is_leader():
-            log.info("not the leader: writing nothing", extra={"peering": self.options.peering})
-            self.full = True
-            self.debounce.later(5.0)
-            return
         started = time.monotonic()
         metrics.RECONCILES.inc()
         full, self.full = self.full, False
@@ -169,8 +135,9 @@ class Reconciler:
         by_uid = {r.uid: r.key for r in records.values()}
         targeting = self.targeting
         if full:
+            await self.bundles.load()
             if not self.synced:
-                await self.bundles.load()
+                await self.status.load()
             nodes = set(ix.nodes) | set(ix.pods) | set(self.bundles.written)
             nodes |= set(targeting.targets)
             status_keys = set(records) | dirty_policies
@@ -200,8 +167,6 @@ class Reconciler:
             status_keys |= targeting.assign(
                 node, frozenset(r.key for r in inputs.policies) if inputs else frozenset()
             )
-            if inputs is None:  # the node is gone: its counts move to `retired`
-                status_keys |= self.status.counting(ix, node)
             plan = self.bundles.plan(node, inputs, status_keys)
             plans.append(plan)
             if plan.writes:
@@ -209,6 +174,15 @@ class Reconciler:
             if count % 16 == 0:
                 await asyncio.sleep(0)
         await asyncio.gather(*writes)
+        deleted = any(key not in records for key in dirty_policies)
+        counted = self.status.count(
+            ix,
+            ix.reports.keys() if full else dirty_reports,
+            {r.uid for r in records.values()} if full or deleted else None,
+        )
+        status_keys |= {by_uid[uid] for uid in counted if uid in by_uid}
+        if not await self.status.ledger.flush(self.kube):
+            self.debounce.later(2.0)  # the counts not written are written then
         await self.status.write(status_keys, records, ix, targeting, self.bundles)
         if not self.synced:
             self.synced = True

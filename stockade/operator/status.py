@@ -17,20 +17,25 @@ from stockade.policy.reports import EnforcementMode, NodePolicyReport
 from stockade.policy.resources import (
     Condition,
     ConditionStatus,
-    CounterLedger,
     CountsStatus,
-    NodeCounters,
     NodesStatus,
     PolicyStatus,
 )
 
 READY = "Ready"
+# kstatus (Flux health checks, `kubectl wait`-style tooling) reads these two, not Ready:
+# Reconciling=True is in progress, Stalled=True won't resolve without a user; neither
+# (Applied, NoTargets) is Current.
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
 LISTED = 5  # nodes named in a message before "and N more"
 BUNDLE_TOO_LARGE = "BundleTooLarge"
 COMPILING = "Compiling"
 WRITE_FAILED = "WriteFailed"
 # The reason shown when a policy's nodes have problems of several kinds: the first.
 PROBLEM_ORDER = (BUNDLE_TOO_LARGE, COMPILING, WRITE_FAILED)
+IN_PROGRESS = frozenset({COMPILING, WRITE_FAILED, "Applying"})
+NEEDS_A_USER = frozenset({"Invalid", BUNDLE_TOO_LARGE, "NodeErrors"})
 AFTERWORD = {
     BUNDLE_TOO_LARGE: "the other policies there are in their bundles",
     COMPILING: "those nodes keep their previous bundle",
@@ -44,87 +49,6 @@ class NodeProblem:
 
     reason: str
     detail: str
-
-
-def _add(a: CountsStatus, b: CountsStatus) -> CountsStatus:
-    return CountsStatus(
-        blocked=a.blocked + b.blocked, alerted=a.alerted + b.alerted, logged=a.logged + b.logged
-    )
-
-
-def _total(counts: Sequence[CountsStatus]) -> CountsStatus:
-    out = CountsStatus()
-    for c in counts:
-        out = _add(out, c)
-    return out
-
-
-def fold_report(
-    entry: NodeCounters | None, report: NodePolicyReport, uid: str
-) -> NodeCounters | None:
-    """One node's ledger entry for policy `uid` after reading the node's report.
-
-    A new sensor instance, or a counter lower than last seen, means the
-    counters restarted: what was seen moves into `base`. Generations that left
-    the report move into `base` too, so the entry stays small.
-    """
-    current = {
-        str(c.generation): CountsStatus(blocked=c.blocked, alerted=c.alerted, logged=c.logged)
-        for c in report.policies
-        if c.uid == uid
-    }
-    if entry is None:
-        return (
-            NodeCounters(instance=report.sensor.instance_id, generations=current)
-            if current
-            else None
-        )
-    base, seen = entry.base, dict(entry.generations)
-    if entry.instance != report.sensor.instance_id:
-        base, seen = _add(base, _total(list(seen.values()))), {}
-    for generation, last in list(seen.items()):
-        now = current.get(generation)
-        if (
-            now is None
-            or now.blocked < last.blocked
-            or now.alerted < last.alerted
-            or (now.logged < last.logged)
-        ):
-            base = _add(base, last)
-            del seen[generation]
-    return NodeCounters(
-        instance=report.sensor.instance_id, base=base, generations={**seen, **current}
-    )
-
-
-def node_total(entry: NodeCounters) -> CountsStatus:
-    return _add(entry.base, _total(list(entry.generations.values())))
-
-
-def update_ledger(
-    ledger: CounterLedger,
-    uid: str,
-    reports: Mapping[str, NodePolicyReport],
-    nodes: set[str],
-) -> CounterLedger:
-    """Fold every report in; the entries of nodes that are gone move to `retired`."""
-    retired = ledger.retired
-    entries: dict[str, NodeCounters] = {}
-    for node, entry in ledger.nodes.items():
-        if node not in nodes:
-            retired = _add(retired, node_total(entry))
-        else:
-            entries[node] = entry
-    for node, report in reports.items():
-        if node in nodes:
-            folded = fold_report(entries.get(node), report, uid)
-            if folded is not None:
-                entries[node] = folded
-    return CounterLedger(retired=retired, nodes=dict(sorted(entries.items())))
-
-
-def ledger_counts(ledger: CounterLedger) -> CountsStatus:
-    return _total([ledger.retired, *(node_total(e) for e in ledger.nodes.values())])
 
 
 def _names(nodes: Sequence[str]) -> str:
@@ -142,7 +66,30 @@ def _lag_reason(report: NodePolicyReport | None, record: PolicyRecord) -> str:
     return f"its sensor has not applied a bundle with this policy yet (applied: {applied})"
 
 
+def _conditions(
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: PolicyStatus | None,
+    now: datetime,
+) -> list[Condition]:
+    """Ready, and Reconciling or Stalled when `reason` says so; each keeps its previous
+    transition time unless its status flips (an absent condition counts as False)."""
+    types = [READY]
+    if reason in IN_PROGRESS:
+        types.append(RECONCILING)
+    if reason in NEEDS_A_USER:
+        types.append(STALLED)
+    out = []
+    for type_ in types:
+        flag = status if type_ == READY else ConditionStatus.TRUE
+        out.append(_condition(type_, flag, reason, message, generation, previous, now))
+    return out
+
+
 def _condition(
+    type_: str,
     status: ConditionStatus,
     reason: str,
     message: str,
@@ -150,15 +97,14 @@ def _condition(
     previous: PolicyStatus | None,
     now: datetime,
 ) -> Condition:
-    """Ready, keeping the previous transition time unless the status flips."""
     before = (
-        next((c for c in (previous.conditions or []) if c.type == READY), None)
+        next((c for c in (previous.conditions or []) if c.type == type_), None)
         if previous
         else None
     )
     since = before.last_transition_time if before and before.status == status else now
     return Condition(
-        type=READY,
+        type=type_,
         status=status,
         reason=reason,
         message=message,
@@ -174,7 +120,7 @@ def policy_status(
     bundled: set[str],
     node_problems: Mapping[str, NodeProblem],
     reports: Mapping[str, NodePolicyReport],
-    ledger: CounterLedger,
+    counts: CountsStatus,
     previous: PolicyStatus | None,
     now: datetime,
 ) -> PolicyStatus:
@@ -182,23 +128,18 @@ def policy_status(
 
     `targeted`: nodes with a pod in its scope; `bundled`: those whose written
     bundle holds this generation; `node_problems`: nodes whose bundle can't hold
-    it, can't be compiled or written, with why; `reports`: the NodePolicyReports by node.
+    it, can't be compiled or written, with why; `reports`: the NodePolicyReports by node;
+    `counts`: summed over nodes (`ledger`).
     """
 
-    def ready(status: ConditionStatus, reason: str, message: str) -> Condition:
-        return _condition(status, reason, message, record.generation, previous, now)
+    def ready(status: ConditionStatus, reason: str, message: str) -> list[Condition]:
+        return _conditions(status, reason, message, record.generation, previous, now)
 
-    counts = ledger_counts(ledger)
-    empty = not ledger.nodes and ledger.retired == CountsStatus()
-    base = {
-        "observed_generation": record.generation,
-        "counts": counts,
-        "ledger": None if empty else ledger,
-    }
+    base = {"observed_generation": record.generation, "counts": counts}
     doc = record.document
     if doc is None:
         message = "the operator refused this generation: " + "; ".join(record.errors)
-        return PolicyStatus(**base, conditions=[ready(ConditionStatus.FALSE, "Invalid", message)])
+        return PolicyStatus(**base, conditions=ready(ConditionStatus.FALSE, "Invalid", message))
     selectors = sum(len(p.selectors) for p in doc.policy.parts().values())
     applied = [
         n
@@ -218,15 +159,15 @@ def policy_status(
     )
     common = {**base, "mode": doc.mode, "selectors": selectors, "nodes": nodes}
 
-    if not targeted:
-        condition = ready(
-            ConditionStatus.FALSE,
+    if not targeted:  # nothing to apply is done, not failed: kstatus reads Ready=False
+        conditions = ready(  # as in progress, so a GitOps wait would never end
+            ConditionStatus.TRUE,
             "NoTargets",
             "no pod bound to a node is in this policy's scope; check "
             + ("namespaceSelector and podSelector" if not record.namespace else "podSelector")
             + " against the pods' labels",
         )
-        return PolicyStatus(**common, conditions=[condition])
+        return PolicyStatus(**common, conditions=conditions)
 
     problems = sorted(
         (PROBLEM_ORDER.index(p.reason), n) for n in targeted if (p := node_problems.get(n))
@@ -239,10 +180,10 @@ def policy_status(
             parts.append(f"and {len(problems) - LISTED} more nodes")
         if unbundled:
             parts.append(f"not yet in the bundle of {_names(unbundled)}")
-        condition = ready(
+        conditions = ready(
             ConditionStatus.FALSE, reason, "; ".join(parts) + f" ({AFTERWORD[reason]})"
         )
-        return PolicyStatus(**common, conditions=[condition])
+        return PolicyStatus(**common, conditions=conditions)
 
     errors: list[str] = []
     for n in targeted:
@@ -254,19 +195,19 @@ def policy_status(
         shown = "; ".join(errors[:LISTED]) + (
             f" and {len(errors) - LISTED} more" if len(errors) > LISTED else ""
         )
-        condition = ready(ConditionStatus.FALSE, "NodeErrors", "sensors report errors: " + shown)
-        return PolicyStatus(**common, conditions=[condition])
+        conditions = ready(ConditionStatus.FALSE, "NodeErrors", "sensors report errors: " + shown)
+        return PolicyStatus(**common, conditions=conditions)
 
     lagging = [n for n in targeted if n not in applied]
     if lagging:
         why = "; ".join(f"{n}: {_lag_reason(reports.get(n), record)}" for n in lagging[:LISTED])
         more = f" and {len(lagging) - LISTED} more" if len(lagging) > LISTED else ""
-        condition = ready(
+        conditions = ready(
             ConditionStatus.FALSE,
             "Applying",
             f"applied on {len(applied)}/{len(targeted)} nodes; waiting for {why}{more}",
         )
-        return PolicyStatus(**common, conditions=[condition])
+        return PolicyStatus(**common, conditions=conditions)
 
     message = f"applied on {len(applied)}/{len(targeted)} nodes"
     cannot_deny = sum(v for k, v in modes.items() if k != EnforcementMode.LSM.value)
@@ -275,4 +216,4 @@ def policy_status(
             f"; {cannot_deny} of them can't deny before the operation (no BPF LSM): there"
             " block kills the process, or only alerts in observe mode"
         )
-    return PolicyStatus(**common, conditions=[ready(ConditionStatus.TRUE, "Applied", message)])
+    return PolicyStatus(**common, conditions=ready(ConditionStatus.TRUE, "Applied", message))

@@ -130,19 +130,24 @@ def _definition(
 
 
 _OBJECT_FIELDS = {
-    "apiVersion": {"type": "string"},
-    "kind": {"type": "string"},
+    "apiVersion": {"type": "string", "description": "stockade.dev/v1alpha1"},
+    "kind": {"type": "string", "description": "The kind of this object"},
+    # The apiserver forbids anything but the type here (and explains metadata itself).
     "metadata": {"type": "object"},
 }
 
 
 def policy_definition(
-    kind: str, plural: str, short_name: str, scope: str, spec: type[BaseModel]
+    kind: str, plural: str, short_name: str, scope: str, spec: type[BaseModel], description: str
 ) -> dict[str, Any]:
     spec_schema = structural(spec)
-    spec_schema["description"] = f"The policy: {kind} spec."
+    spec_schema["description"] = (
+        "The policy in Defend for Containers' language (a process part, a file part or "
+        "both), its mode and where it applies"
+    )
     schema = {
         "type": "object",
+        "description": description,
         "required": ["spec"],
         "properties": {
             **_OBJECT_FIELDS,
@@ -169,7 +174,12 @@ def all_crds() -> dict[str, dict[str, Any]]:
     """File name → CRD."""
     crds = [
         policy_definition(
-            "ContainerPolicy", "containerpolicies", "cpol", "Namespaced", ContainerPolicySpec
+            "ContainerPolicy",
+            "containerpolicies",
+            "cpol",
+            "Namespaced",
+            ContainerPolicySpec,
+            "A container-workload protection policy for the pods of its namespace",
         ),
         policy_definition(
             "ClusterContainerPolicy",
@@ -177,6 +187,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
             "ccpol",
             "Cluster",
             ClusterContainerPolicySpec,
+            "A container-workload protection policy for pods in any namespace",
         ),
         node_policy_report_definition(),
     ]

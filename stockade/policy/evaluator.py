@@ -43,6 +43,8 @@ class _Facts(BaseModel):
 
 
 class ContainerFacts(_Facts):
+    id: str | None = None  # written into documents (`container.id`); no condition reads it
+    name: str | None = None
     image_full_name: str | None = None
     image_name: str | None = None
     image_tag: str | None = None
@@ -55,6 +57,10 @@ class KubernetesFacts(_Facts):
     pod_name: str | None = None
     pod_labels: dict[str, str] | None = None
     namespace_labels: dict[str, str] | None = None
+    # written into documents (`orchestrator.resource.*`); no condition reads them
+    pod_annotations: dict[str, str] | None = None
+    pod_ip: str | None = None
+    pod_owner_kind: str | None = None  # e.g. ReplicaSet: `orchestrator.resource.parent.type`
 
 
 def _canonical(path: str) -> str:

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictBool,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError, core_schema
 
@@ -27,11 +34,15 @@ from pydantic_core import PydanticCustomError, core_schema
 # the apiserver can estimate the cost of the CEL rules in the CRD.
 MAX_SELECTORS_PER_PART = 256
 MAX_RESPONSES_PER_PART = 256
-MAX_NAMES_PER_RESPONSE = 64
+# A response may name every selector of its part.
+MAX_NAMES_PER_RESPONSE = MAX_SELECTORS_PER_PART
 MAX_VALUES_PER_CONDITION = 256
 MAX_NAME_LENGTH = 128
+# Defend for Containers' value limits: targetFilePath 255 bytes, processName 15 (TASK_COMM_LEN
+# - 1, what the kernel keeps of a name), every other condition value 511 bytes.
 MAX_PATH_BYTES = 255
-MAX_PROCESS_NAME_BYTES = 15  # TASK_COMM_LEN - 1: what the kernel keeps of a name
+MAX_PROCESS_NAME_BYTES = 15
+MAX_VALUE_BYTES = 511
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
 # Absolute, no empty component, a wildcard only as the whole last component, no NUL
@@ -42,13 +53,13 @@ PROCESS_NAME_PATTERN = r"^[^/\x00]+$"
 # A cluster's name or id as the operator is told it: no control characters.
 CLUSTER_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 IMAGE_NAME_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*$"
-# Registry host (optional :port), then one or more path components (the
-# distribution reference grammar, lowercase).
+# Registry host (a DNS name or a bracketed IPv6 address, [fe80::1]), optional :port, then
+# one or more path components (the distribution reference grammar, lowercase).
 IMAGE_FULL_NAME_PATTERN = (
-    r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"(:[0-9]+)?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+$"
+    r"^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:.]+\])(:[0-9]+)?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+$"
 )
-IMAGE_TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}$"
+IMAGE_TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
 NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A pod name (DNS subdomain), optionally ending in `*` for a prefix match.
 POD_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?|[a-z0-9][-a-z0-9.]*\*|\*)$"
@@ -122,13 +133,15 @@ class Text(_Checked):
 
 @dataclass(frozen=True)
 class Values(_Checked):
-    """Annotated metadata for a condition's list: non-empty, distinct (a set in the CRD)."""
+    """Annotated metadata for a condition's list: distinct (a set in the CRD), non-empty
+    unless `may_be_empty` (Defend for Containers accepts `exclude: []`)."""
 
     what: str
     max_items: int = MAX_VALUES_PER_CONDITION
+    may_be_empty: bool = False
 
     def validate(self, values: list[Any]) -> list[Any]:
-        if not values:
+        if not values and not self.may_be_empty:
             raise _fail("empty", f"{self.what} must not be an empty list; give a value or drop it")
         if len(values) > self.max_items:
             raise _fail(
@@ -145,8 +158,27 @@ class Values(_Checked):
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> dict[str, Any]:
         out = dict(handler(schema))
-        out.update({"minItems": 1, "maxItems": self.max_items, "x-kubernetes-list-type": "set"})
+        out.update(
+            {
+                "minItems": 0 if self.may_be_empty else 1,
+                "maxItems": self.max_items,
+                "x-kubernetes-list-type": "set",
+            }
+        )
         return out
+
+
+def condition(value_type: Any, matches: str, example: str) -> Any:
+    """An optional condition's pydantic Field, described from its value type's `Text`
+    (what `kubectl explain` and schema-aware editors show)."""
+    text = next(m for m in get_args(value_type)[1:] if isinstance(m, Text))
+    limit, unit = (text.max_bytes, "bytes") if text.max_bytes else (text.max_length, "characters")
+    return Field(
+        default=None,
+        description=f"{matches}. Each value: {text.hint}; at most {limit} {unit}. "
+        f"1 to {MAX_VALUES_PER_CONDITION} distinct values; the condition holds when any one "
+        f"matches. Example: {example}",
+    )
 
 
 def _path_problem(value: str) -> str | None:
@@ -165,14 +197,29 @@ SelectorName = Annotated[
         max_length=MAX_NAME_LENGTH,
     ),
 ]
+_PATH_HINT = (
+    "an absolute path; '*' (direct children) or '**' (any depth) only as the whole last "
+    "component, e.g. /usr/bin/echo, /usr/sbin/*, /usr/local/**"
+)
 PathPattern = Annotated[
     str,
     Text(
         "path pattern",
         pattern=PATH_PATTERN,
-        hint="an absolute path; '*' (direct children) or '**' (any depth) only as the "
-        "whole last component, e.g. /usr/bin/echo, /usr/sbin/*, /usr/local/**",
+        hint=_PATH_HINT,
         max_bytes=MAX_PATH_BYTES,
+        check=_path_problem,
+    ),
+]
+ExecutablePattern = Annotated[
+    str,
+    Text(
+        "executable pattern",
+        pattern=PATH_PATTERN,
+        hint=_PATH_HINT,
+        # the kernel keeps entries longer than its 255-byte path keys in a table of 511-byte
+        # keys (docs/kernel.md, "Lengths")
+        max_bytes=MAX_VALUE_BYTES,
         check=_path_problem,
     ),
 ]
@@ -190,9 +237,9 @@ ImageFullName = Annotated[
     Text(
         "image full name",
         pattern=IMAGE_FULL_NAME_PATTERN,
-        hint="a registry host, optional :port and at least one /path component, without tag, "
-        "e.g. docker.io/library/nginx",
-        max_length=255,
+        hint="a registry host (a DNS name or a bracketed IPv6 address), optional :port and "
+        "at least one /path component, without tag, e.g. docker.io/library/nginx",
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 ImageName = Annotated[
@@ -201,7 +248,7 @@ ImageName = Annotated[
         "image name",
         pattern=IMAGE_NAME_PATTERN,
         hint="the image's last path component in lowercase, e.g. nginx",
-        max_length=128,
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 ImageTag = Annotated[
@@ -209,8 +256,8 @@ ImageTag = Annotated[
     Text(
         "image tag",
         pattern=IMAGE_TAG_PATTERN,
-        hint="letters, digits, '_', '.' and '-', at most 128, e.g. latest",
-        max_length=128,
+        hint="letters, digits, '_', '.' and '-', not starting with '.' or '-', e.g. latest",
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 ClusterId = Annotated[
@@ -219,7 +266,7 @@ ClusterId = Annotated[
         "cluster id",
         pattern=CLUSTER_VALUE_PATTERN,
         hint="no control characters",
-        max_length=128,
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 ClusterName = Annotated[
@@ -228,7 +275,7 @@ ClusterName = Annotated[
         "cluster name",
         pattern=CLUSTER_VALUE_PATTERN,
         hint="no control characters",
-        max_length=253,
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 Namespace = Annotated[
@@ -237,7 +284,7 @@ Namespace = Annotated[
         "namespace",
         pattern=NAMESPACE_PATTERN,
         hint="a DNS label: lowercase letters, digits and '-'",
-        max_length=63,
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 PodName = Annotated[
@@ -246,7 +293,7 @@ PodName = Annotated[
         "pod name",
         pattern=POD_NAME_PATTERN,
         hint="a pod name, or a prefix ending in '*' such as nginx-pod-*",
-        max_length=254,
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 PodLabel = Annotated[
@@ -255,7 +302,7 @@ PodLabel = Annotated[
         "pod label",
         pattern=POD_LABEL_PATTERN,
         hint="key:value, key:prefix* or key:* (any value)",
-        max_length=317,
+        max_bytes=MAX_VALUE_BYTES,
     ),
 ]
 
@@ -309,19 +356,54 @@ CONTAINER_CONDITIONS: tuple[ContainerCondition, ...] = get_args(ContainerConditi
 
 
 class _Selector(_Model):
-    name: SelectorName
+    name: SelectorName = Field(
+        description="The selector's name, which responses use in match and exclude: "
+        "letters, digits, '_' and '-', starting with a letter or digit; at most "
+        f"{MAX_NAME_LENGTH} characters; unique within the part, ignoring case. "
+        "Example: binDirChanges"
+    )
     container_image_full_name: (
         Annotated[list[ImageFullName], Values("containerImageFullName")] | None
-    ) = None
-    container_image_name: Annotated[list[ImageName], Values("containerImageName")] | None = None
-    container_image_tag: Annotated[list[ImageTag], Values("containerImageTag")] | None = None
-    kubernetes_cluster_id: Annotated[list[ClusterId], Values("kubernetesClusterId")] | None = None
+    ) = condition(
+        ImageFullName,
+        "The container's image without its tag, registry host included; exact match. "
+        "Not together with containerImageName",
+        "[docker.io/library/nginx, registry.local:5000/team/app]",
+    )
+    container_image_name: Annotated[list[ImageName], Values("containerImageName")] | None = (
+        condition(ImageName, "The last path component of the container's image; exact", "[nginx]")
+    )
+    container_image_tag: Annotated[list[ImageTag], Values("containerImageTag")] | None = condition(
+        ImageTag, "The container's image tag; exact", "[latest, '1.27']"
+    )
+    kubernetes_cluster_id: Annotated[list[ClusterId], Values("kubernetesClusterId")] | None = (
+        condition(
+            ClusterId,
+            "The cluster's id, the UID of its kube-system namespace; exact",
+            "[b2f8c7a0-5f4e-4c1e-9a55-0d2c1b8e9f10]",
+        )
+    )
     kubernetes_cluster_name: (
         Annotated[list[ClusterName], Values("kubernetesClusterName")] | None
-    ) = None
-    kubernetes_namespace: Annotated[list[Namespace], Values("kubernetesNamespace")] | None = None
-    kubernetes_pod_name: Annotated[list[PodName], Values("kubernetesPodName")] | None = None
-    kubernetes_pod_label: Annotated[list[PodLabel], Values("kubernetesPodLabel")] | None = None
+    ) = condition(
+        ClusterName, "The cluster name the deployment was configured with; exact", "[production]"
+    )
+    kubernetes_namespace: Annotated[list[Namespace], Values("kubernetesNamespace")] | None = (
+        condition(Namespace, "The pod's namespace; exact", "[shop, payments]")
+    )
+    kubernetes_pod_name: Annotated[list[PodName], Values("kubernetesPodName")] | None = condition(
+        PodName,
+        "The pod's name; exact, or a prefix when the value ends in '*'",
+        "[nginx-pod-*]",
+    )
+    kubernetes_pod_label: Annotated[list[PodLabel], Values("kubernetesPodLabel")] | None = (
+        condition(
+            PodLabel,
+            "One of the pod's labels, written key:value; the key exact, the value exact or a "
+            "prefix ending in '*'; key:* means the label exists",
+            "['app:web', 'tier:front*', 'canary:*']",
+        )
+    )
 
     def conditions(self) -> dict[str, Any]:
         """The conditions this selector sets, by their policy-language names."""
@@ -348,23 +430,74 @@ def _pair_rules(*pairs: tuple[str, str]) -> dict[str, Any]:
     return _cel(*((f"!(has(self.{a}) && has(self.{b}))", pair_message((a, b))) for a, b in pairs))
 
 
+_BOOLEAN = "A YAML boolean (true or false), not a string."
+
+
 class FileSelector(_Selector):
+    """What file operations a selector matches; its conditions are ANDed."""
+
     model_config = ConfigDict(json_schema_extra=_pair_rules(IMAGE_PAIR, VOLUME_PAIR))
-    operation: Annotated[list[FileOperation], Values("operation")] | None = None
-    target_file_path: Annotated[list[PathPattern], Values("targetFilePath")] | None = None
-    ignore_volume_mounts: bool | None = None
-    ignore_volume_files: bool | None = None
+    operation: Annotated[list[FileOperation], Values("operation")] | None = Field(
+        default=None,
+        description="The file operations matched: createExecutable, modifyExecutable, "
+        "createFile, modifyFile, deleteFile; absent means all of them. "
+        "Example: [createExecutable, modifyExecutable]",
+    )
+    target_file_path: Annotated[list[PathPattern], Values("targetFilePath")] | None = condition(
+        PathPattern,
+        "The file operated on, as the container sees its path; case-sensitive",
+        "[/etc/passwd, /usr/sbin/*, /usr/local/**]",
+    )
+    ignore_volume_mounts: StrictBool | None = Field(
+        default=None,
+        description="true: skip files on any volume mount (directories, configMaps, "
+        f"secrets), i.e. not on the container's root filesystem. {_BOOLEAN} "
+        "Not together with ignoreVolumeFiles. Example: true",
+    )
+    ignore_volume_files: StrictBool | None = Field(
+        default=None,
+        description="true: skip single mounted files only (a configMap or secret subPath, "
+        f"/etc/hosts, /etc/resolv.conf). {_BOOLEAN} Not together with ignoreVolumeMounts. "
+        "Example: true",
+    )
 
 
 class ProcessSelector(_Selector):
+    """What process operations a selector matches; its conditions are ANDed."""
+
     model_config = ConfigDict(json_schema_extra=_pair_rules(IMAGE_PAIR, PROCESS_PAIR))
-    operation: Annotated[list[ProcessOperation], Values("operation")] | None = None
-    process_executable: Annotated[list[PathPattern], Values("processExecutable")] | None = None
-    process_name: Annotated[list[ProcessName], Values("processName")] | None = None
-    session_leader_interactive: bool | None = None
+    operation: Annotated[list[ProcessOperation], Values("operation")] | None = Field(
+        default=None,
+        description="The process operations matched: fork, exec; absent means both. "
+        "Example: [exec]",
+    )
+    process_executable: Annotated[list[ExecutablePattern], Values("processExecutable")] | None = (
+        condition(
+            ExecutablePattern,
+            "The full path of the executable, same wildcards as targetFilePath. "
+            "Not together with processName",
+            "[/usr/bin/curl, /tmp/**]",
+        )
+    )
+    process_name: Annotated[list[ProcessName], Values("processName")] | None = condition(
+        ProcessName,
+        "The executable's basename as the kernel keeps it (comm); exact. "
+        "Not together with processExecutable",
+        "[bash, nc]",
+    )
+    session_leader_interactive: StrictBool | None = Field(
+        default=None,
+        description="true: the process's session has a controlling terminal (kubectl exec "
+        f"-it, not the entrypoint); false: it has none. {_BOOLEAN} Example: true",
+    )
+
+
+_EXCLUDE = Values("exclude", MAX_NAMES_PER_RESPONSE, may_be_empty=True)
 
 
 class Response(_Model):
+    """What is done when a response's selectors match."""
+
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
@@ -373,9 +506,19 @@ class Response(_Model):
             )
         )
     )
-    match: Annotated[list[SelectorName], Values("match", MAX_NAMES_PER_RESPONSE)]
-    exclude: Annotated[list[SelectorName], Values("exclude", MAX_NAMES_PER_RESPONSE)] | None = None
-    actions: Annotated[list[Action], Values("actions", 3)]
+    match: Annotated[list[SelectorName], Values("match", MAX_NAMES_PER_RESPONSE)] = Field(
+        description="Selectors of the same part; the response applies when any one matches. "
+        f"1 to {MAX_NAMES_PER_RESPONSE} names. Example: [binDirChanges, etcChanges]"
+    )
+    exclude: Annotated[list[SelectorName], _EXCLUDE] | None = Field(
+        default=None,
+        description="Selectors of the same part; the response does not apply when any one "
+        f"matches. 0 to {MAX_NAMES_PER_RESPONSE} names ([] means none). Example: [nginx]",
+    )
+    actions: Annotated[list[Action], Values("actions", 3)] = Field(
+        description="What is done: log (an event document), alert (an alert document), "
+        "block (the operation fails with EPERM; needs alert). Example: [alert, block]"
+    )
 
 
 def _names_exist_rule(field: str) -> tuple[str, str]:
@@ -408,8 +551,18 @@ class PolicyPart(_Model, Generic[SelectorT]):
     """One part of a policy: its selectors and the responses that name them."""
 
     model_config = ConfigDict(json_schema_extra=_PART_RULES)
-    selectors: Annotated[list[SelectorT], Field(min_length=1, max_length=MAX_SELECTORS_PER_PART)]
-    responses: Annotated[list[Response], Field(min_length=1, max_length=MAX_RESPONSES_PER_PART)]
+    selectors: Annotated[
+        list[SelectorT], Field(min_length=1, max_length=MAX_SELECTORS_PER_PART)
+    ] = Field(
+        description=f"1 to {MAX_SELECTORS_PER_PART} selectors: named sets of conditions that "
+        "the responses refer to"
+    )
+    responses: Annotated[list[Response], Field(min_length=1, max_length=MAX_RESPONSES_PER_PART)] = (
+        Field(
+            description=f"1 to {MAX_RESPONSES_PER_PART} responses; every response that applies "
+            "adds its actions, in any order"
+        )
+    )
 
 
 FilePart = PolicyPart[FileSelector]
@@ -419,11 +572,19 @@ Selector = FileSelector | ProcessSelector
 PartName = Literal["process", "file"]
 
 
+PROCESS_PART_DESCRIPTION = "Process operations (fork, exec): selectors and responses"
+FILE_PART_DESCRIPTION = "File operations (create, modify, delete): selectors and responses"
+
+
 class Policy(_Model):
     """A policy in the seed's bare format: a `process` part, a `file` part, or both."""
 
-    process: ProcessPart | None = None
-    file: FilePart | None = None
+    version: str | None = Field(
+        default=None,
+        description="Defend for Containers' policy schema version; accepted and ignored",
+    )
+    process: ProcessPart | None = Field(default=None, description=PROCESS_PART_DESCRIPTION)
+    file: FilePart | None = Field(default=None, description=FILE_PART_DESCRIPTION)
 
     def parts(self) -> dict[PartName, Part]:
         found: dict[PartName, Part] = {}

@@ -31,34 +31,44 @@ class EnforcementMode(StrEnum):
 
 
 class Sensor(_Model):
+    """The sensor that wrote this report."""
+
     instance_id: Annotated[str, Field(min_length=1, max_length=64)] = Field(
         description="New on every sensor start; a change means counters restarted from zero"
     )
-    version: Annotated[str, Field(max_length=64)] = ""
-    kernel_version: Annotated[str, Field(max_length=256)] = ""
+    version: Annotated[str, Field(max_length=64)] = Field(
+        default="", description="The sensor's Stockade version"
+    )
+    kernel_version: Annotated[str, Field(max_length=256)] = Field(
+        default="", description="The node's kernel release"
+    )
     mode: EnforcementMode = Field(description="lsm, kill or observe")
     heartbeat_time: datetime = Field(description="Last time the sensor wrote this report")
 
 
 class AppliedBundle(_Model):
     hash: Annotated[str, Field(max_length=80)] = Field(description="sha256:... of the bundle")
-    applied_time: datetime | None = None
+    applied_time: datetime | None = Field(default=None, description="When it took effect")
 
 
 class PolicyCounters(_Model):
-    uid: Annotated[str, Field(max_length=64)]
-    generation: int = Field(ge=0)
-    kind: Annotated[str, Field(max_length=64)] = ""
-    namespace: Annotated[str, Field(max_length=63)] | None = None
-    name: Annotated[str, Field(max_length=253)] = ""
-    blocked: int = Field(default=0, ge=0)
-    alerted: int = Field(default=0, ge=0)
-    logged: int = Field(default=0, ge=0)
+    uid: Annotated[str, Field(max_length=64)] = Field(description="The policy's UID")
+    generation: int = Field(ge=0, description="The policy's generation these counters are of")
+    kind: Annotated[str, Field(max_length=64)] = Field(
+        default="", description="ContainerPolicy or ClusterContainerPolicy"
+    )
+    namespace: Annotated[str, Field(max_length=63)] | None = Field(
+        default=None, description="A ContainerPolicy's namespace"
+    )
+    name: Annotated[str, Field(max_length=253)] = Field(default="", description="The policy")
+    blocked: int = Field(default=0, ge=0, description="Operations blocked")
+    alerted: int = Field(default=0, ge=0, description="Alerts raised")
+    logged: int = Field(default=0, ge=0, description="Events logged")
 
 
 class NodeError(_Model):
-    time: datetime
-    message: Annotated[str, Field(max_length=4096)]
+    time: datetime = Field(description="When it happened")
+    message: Annotated[str, Field(max_length=4096)] = Field(description="What went wrong")
     policy_uid: Annotated[str, Field(max_length=64)] | None = Field(
         default=None, description="The policy concerned; absent for node-wide errors"
     )
@@ -68,6 +78,11 @@ class NodePolicyReportBody(_Model):
     """Everything below metadata: what the CRD's schema validates."""
 
     sensor: Sensor
+    node_uid: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None,
+        description="The Node's metadata.uid; a report left from an earlier Node of the"
+        " same name (another uid) is ignored",
+    )
     bundle: AppliedBundle | None = Field(default=None, description="The bundle in force")
     policies: Annotated[list[PolicyCounters], Field(max_length=4096)] = Field(
         default=[], description="Every policy of the applied bundle, with its counters"

@@ -15,6 +15,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from stockade.policy.model import (
+    FILE_PART_DESCRIPTION,
+    PROCESS_PART_DESCRIPTION,
     FilePart,
     Mode,
     Policy,
@@ -60,9 +62,13 @@ class LabelSelectorRequirement(_Model):
             )
         )
     )
-    key: LabelKey
-    operator: SelectorOperator
-    values: Annotated[list[LabelValue], Field(max_length=256)] | None = None
+    key: LabelKey = Field(description="The label key. Example: app.kubernetes.io/name")
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist")
+    values: Annotated[list[LabelValue], Field(max_length=256)] | None = Field(
+        default=None,
+        description="Label values for In and NotIn (up to 256); none for Exists and "
+        "DoesNotExist. Example: [web, api]",
+    )
 
     def holds(self, labels: dict[str, str]) -> bool:
         match self.operator:
@@ -79,8 +85,13 @@ class LabelSelectorRequirement(_Model):
 class LabelSelector(_Model):
     """A standard Kubernetes label selector; empty selects everything."""
 
-    match_labels: Annotated[dict[str, LabelValue], Field(max_length=64)] | None = None
-    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=64)] | None = None
+    match_labels: Annotated[dict[str, LabelValue], Field(max_length=64)] | None = Field(
+        default=None,
+        description="Labels that must all have these values (up to 64). Example: {app: web}",
+    )
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=64)] | None = (
+        Field(default=None, description="Requirements that must all hold (up to 64)")
+    )
 
     def matches(self, labels: dict[str, str]) -> bool:
         for key, value in (self.match_labels or {}).items():
@@ -102,8 +113,8 @@ class ContainerPolicySpec(_Model):
     pod_selector: LabelSelector | None = Field(
         default=None, description="Pods of this namespace the policy applies to; empty = all"
     )
-    process: ProcessPart | None = None
-    file: FilePart | None = None
+    process: ProcessPart | None = Field(default=None, description=PROCESS_PART_DESCRIPTION)
+    file: FilePart | None = Field(default=None, description=FILE_PART_DESCRIPTION)
 
     def policy(self) -> Policy:
         return Policy(process=self.process, file=self.file)
@@ -136,12 +147,16 @@ class ConditionStatus(StrEnum):
 class Condition(_Model):
     """metav1.Condition, as kstatus and GitOps tools read it."""
 
-    type: Annotated[str, Field(max_length=316)]
-    status: ConditionStatus
-    reason: Annotated[str, Field(max_length=1024)]
-    message: Annotated[str, Field(max_length=32768)] = ""
-    last_transition_time: datetime
-    observed_generation: int | None = None
+    type: Annotated[str, Field(max_length=316)] = Field(description="Ready")
+    status: ConditionStatus = Field(description="True, False or Unknown")
+    reason: Annotated[str, Field(max_length=1024)] = Field(description="Why, in one CamelCase word")
+    message: Annotated[str, Field(max_length=32768)] = Field(
+        default="", description="Why, for a human"
+    )
+    last_transition_time: datetime = Field(description="When status last changed")
+    observed_generation: int | None = Field(
+        default=None, description="The generation this condition describes"
+    )
 
 
 class NodesStatus(_Model):
@@ -154,40 +169,22 @@ class NodesStatus(_Model):
 
 
 class CountsStatus(_Model):
-    blocked: int = 0
-    alerted: int = 0
-    logged: int = 0
-
-
-class NodeCounters(_Model):
-    """One node's share of a policy's counts, as the operator last folded it in."""
-
-    instance: str = Field(description="The sensor instance the counters below came from")
-    base: CountsStatus = Field(
-        default=CountsStatus(), description="Counts of earlier sensor instances and generations"
-    )
-    generations: dict[str, CountsStatus] = Field(
-        default={}, description="Last counters seen per generation from this instance"
-    )
-
-
-class CounterLedger(_Model):
-    """What keeps `counts` from going backwards or double-counting across sensor restarts."""
-
-    retired: CountsStatus = Field(
-        default=CountsStatus(), description="Counts of nodes that are gone"
-    )
-    nodes: dict[str, NodeCounters] = Field(default={}, description="By node name")
+    blocked: int = Field(default=0, description="Operations blocked")
+    alerted: int = Field(default=0, description="Alerts raised")
+    logged: int = Field(default=0, description="Events logged")
 
 
 class PolicyStatus(_Model):
-    observed_generation: int | None = None
+    """Written by the operator: where the policy applies and what it did."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The generation this status describes"
+    )
     mode: Mode | None = Field(default=None, description="The mode in force")
     selectors: int | None = Field(default=None, description="Selectors in both parts")
-    nodes: NodesStatus | None = None
-    counts: CountsStatus | None = None
-    ledger: CounterLedger | None = Field(
-        default=None, description="Per-node counter baselines behind counts (operator-owned)"
+    nodes: NodesStatus | None = Field(default=None, description="Where the policy applies")
+    counts: CountsStatus | None = Field(
+        default=None, description="Totals over every node and generation"
     )
     conditions: (
         Annotated[
@@ -201,7 +198,7 @@ class PolicyStatus(_Model):
             ),
         ]
         | None
-    ) = None
+    ) = Field(default=None, description="Ready: whether every targeted node runs this generation")
 
 
 class _Manifest(_Model):

@@ -59,6 +59,16 @@ _RESOLVER = yaml.resolver.Resolver()
 _CONSTRUCTOR = yaml.SafeLoader("")  # its scalar constructors turn tagged scalars into values
 
 
+def _why(exc: Exception) -> str:
+    """A PyYAML constructor's complaint without its marks (ours are better), and something
+    to say where it indexes an empty `!!int` blindly."""
+    if isinstance(exc, IndexError):
+        return "it is empty"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        return exc.problem
+    return str(exc)
+
+
 class SourceError(Exception):
     """A file that can't be read or is refused; the message is one line naming the file."""
 
@@ -192,6 +202,7 @@ class _Builder:
             where = f" (line {line})"
         else:
             where = ""
+        problem = " ".join(problem.split())  # one line, whatever a library's message held
         return SourceError(f"{self.source}: {problem}{where}")
 
     def documents(self) -> Iterator[YamlDocument]:
@@ -360,9 +371,11 @@ class _Builder:
         node = yaml.ScalarNode(tag, event.value, mark, event.end_mark, event.style)
         try:
             return construct(_CONSTRUCTOR, node)
-        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+        except (yaml.YAMLError, ValueError, OverflowError, IndexError) as exc:
             short = tag.rsplit(":", 1)[-1]
-            raise self.fail(f"{event.value[:40]!r} is not a valid {short}: {exc}", mark) from None
+            raise self.fail(
+                f"{event.value[:40]!r} is not a valid {short}: {_why(exc)}", mark
+            ) from None
 
     def integer(self, text: str, mark: Any) -> int:
         """An integer within MAX_INT_BITS; longer text is refused before it is converted."""
@@ -373,8 +386,8 @@ class _Builder:
             else:
                 try:
                     value = _CONSTRUCTOR.construct_yaml_int(yaml.ScalarNode(_INT, text))
-                except ValueError as exc:
-                    raise self.fail(f"{text!r} is not a valid int: {exc}", mark) from None
+                except (ValueError, IndexError) as exc:
+                    raise self.fail(f"{text!r} is not a valid int: {_why(exc)}", mark) from None
         if value is None or value.bit_length() > MAX_INT_BITS:
             number = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
             raise self.fail(

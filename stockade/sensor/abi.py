@@ -22,6 +22,7 @@ __all__ = [
     "FILE_REC",
     "HEAD_KEY",
     "LAYOUTS",
+    "LONG_KEY",
     "LPM_KEY",
     "MASK",
     "NAME_KEY",
@@ -54,6 +55,7 @@ class Const(IntEnum):
     MASK_WORDS = 16  # u64 words per selector mask: 1024 selectors per part
     PATH_KEY = 256
     LPM_PATH = 255
+    LONG_PATH = 511  # path bytes in a stk_long_paths key: longer table entries
     HEAD_BYTES = 11
     OP_SLOTS = 8  # stk_op_masks index = slot * OP_SLOTS + op
     MAX_RESPONSES = 1024  # response rows per slot and part
@@ -250,6 +252,22 @@ class Layout(struct.Struct):
         off, member = self._members[name]
         return member.unpack_from(buffer, off)[0]
 
+    def pack_fields(self, **values: Any) -> bytes:
+        """The struct with the named members set, the others zero (a tuple for a member of
+        several values)."""
+        unknown = values.keys() - {name for name, _ in self.fields}
+        if unknown:
+            raise KeyError(f"{self.c_name} has no member {', '.join(sorted(unknown))}")
+        args: list[Any] = []
+        for (name, code), n in zip(self.fields, self._counts, strict=True):
+            if name not in values:
+                args.extend(struct.unpack("<" + code, bytes(struct.calcsize("<" + code))))
+            elif n == 1:
+                args.append(values[name])
+            else:
+                args.extend(values[name])
+        return self.pack(*args)
+
     def unpack_fields(self, buffer: bytes, offset: int = 0) -> dict[str, Any]:
         """Member name → value (a tuple for a member that unpacks to several values)."""
         values = iter(self.unpack_from(buffer, offset))
@@ -268,6 +286,7 @@ PATH_KEY: Final = Layout("stk_path_key", (("tag", "I"), ("path", f"{Const.PATH_K
 LPM_KEY: Final = Layout(
     "stk_lpm_key", (("prefixlen", "I"), ("tag", "B"), ("path", f"{Const.LPM_PATH}s"))
 )
+LONG_KEY: Final = Layout("stk_long_key", (("tag", "B"), ("path", f"{Const.LONG_PATH}s")))
 HEAD_KEY: Final = Layout(
     "stk_head_key", (("tag", "I"), ("len", "B"), ("head", f"{Const.HEAD_BYTES}s"))
 )
@@ -364,6 +383,7 @@ LAYOUTS: Final = (
     CGROUP_VAL,
     PATH_KEY,
     LPM_KEY,
+    LONG_KEY,
     HEAD_KEY,
     NAME_KEY,
     PART_MASKS,

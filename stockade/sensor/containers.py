@@ -6,7 +6,9 @@
     "kubernetes": {"namespace": "shop", "podName": "web-1", "podLabels": {"app": "web"}}}}
 ```
 
-The values are the `container` and `kubernetes` objects of `stockade explain`'s event JSON.
+The values are the `container` and `kubernetes` objects of `stockade explain`'s event JSON;
+for the documents only, `container` also takes `id` and `name`, `kubernetes` takes
+`podAnnotations`, `podIp` and `podOwnerKind` (docs/elasticsearch.md).
 A cgroup's id is its directory's inode (what `bpf_get_current_cgroup_id()` returns). Cgroups
 below a listed one are covered by the kernel, which looks up the deepest listed ancestor.
 """
@@ -24,7 +26,14 @@ from stockade.policy.evaluator import ContainerFacts, Event, KubernetesFacts
 from stockade.policy.predicates import Workload
 from stockade.policy.source import SourceError, format_path, read_json
 
-__all__ = ["Container", "ContainersError", "load_containers", "namespace_labels"]
+__all__ = [
+    "Container",
+    "ContainersError",
+    "dump_containers",
+    "load_containers",
+    "namespace_labels",
+    "restore_containers",
+]
 
 
 class ContainersError(Exception):
@@ -77,10 +86,16 @@ def load_containers(path: Path) -> dict[int, Container]:
                 f"{path}: {format_path(loc)}: {message} (line {doc.line_of(loc)})"
             ) from None
         directory = Path(cgroup)
-        # cgroup.controllers exists only in cgroup v2 directories
-        if not directory.is_absolute() or not (directory / "cgroup.controllers").is_file():
-            raise ContainersError(f"{path}: {cgroup}: not a cgroup v2 directory")
-        cgroup_id = os.stat(directory).st_ino
+        try:
+            # cgroup.controllers exists only in cgroup v2 directories
+            if not directory.is_absolute() or not (directory / "cgroup.controllers").is_file():
+                raise ContainersError(f"{path}: {cgroup!r}: not a cgroup v2 directory")
+            cgroup_id = os.stat(directory).st_ino
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, ...
+            why = getattr(exc, "strerror", None) or exc
+            raise ContainersError(
+                f"{path}: {cgroup!r}: not a cgroup v2 directory ({why})"
+            ) from None
         if cgroup_id in out:
             raise ContainersError(f"{path}: {cgroup}: same cgroup as {out[cgroup_id].cgroup_path}")
         out[cgroup_id] = Container(cgroup, cgroup_id, entry.container, entry.kubernetes)
@@ -95,3 +110,29 @@ def namespace_labels(containers: Mapping[int, Container]) -> dict[str, dict[str,
         if k.namespace is not None and k.namespace_labels is not None:
             labels[k.namespace] = dict(k.namespace_labels)
     return labels
+
+
+def dump_containers(containers: Mapping[int, Container]) -> dict[str, dict[str, object]]:
+    """The containers as JSON data, keyed by cgroup id (as applied: ids are not looked up
+    again), for `restore_containers`."""
+    return {
+        str(cgid): {
+            "cgroup": c.cgroup_path,
+            "container": c.container.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "kubernetes": c.kubernetes.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+        for cgid, c in containers.items()
+    }
+
+
+def restore_containers(data: Mapping[str, Mapping[str, object]]) -> dict[int, Container]:
+    """What `dump_containers` wrote (ValueError, KeyError or TypeError if it isn't)."""
+    return {
+        int(cgid): Container(
+            str(entry["cgroup"]),
+            int(cgid),
+            ContainerFacts.model_validate(entry["container"]),
+            KubernetesFacts.model_validate(entry["kubernetes"]),
+        )
+        for cgid, entry in data.items()
+    }

@@ -22,6 +22,7 @@ from stockade.sensor.abi import (
     CGROUP_KEY,
     CONTROL,
     HEAD_KEY,
+    LONG_KEY,
     LPM_KEY,
     NAME_KEY,
     OPERATIONS,
@@ -120,11 +121,16 @@ def mask_bytes(mask: int) -> bytes:
 
 
 def _path_bytes(path: str) -> bytes:
-    """An exact/children table path (zero-padded to the key by the layout)."""
+    """A table path (zero-padded to its key by the layout)."""
     raw = path.encode()
-    if not raw.startswith(b"/") or len(raw) > Const.PATH_KEY - 1 or b"\0" in raw:
-        raise ValueError(f"bad path {path!r} (absolute, at most {Const.PATH_KEY - 1} bytes)")
+    if not raw.startswith(b"/") or len(raw) > Const.LONG_PATH or b"\0" in raw:
+        raise ValueError(f"bad path {path!r} (absolute, at most {Const.LONG_PATH} bytes)")
     return raw
+
+
+def _long_key(slot: int, table: PathTable, part: Part, path: bytes) -> bytes:
+    """A stk_long_paths key: entries longer than the other tables' keys hold."""
+    return LONG_KEY.pack(slot << 4 | int(table) << 1 | part, path)
 
 
 def _blocking(tables: PartTables) -> int:
@@ -170,8 +176,8 @@ class KillSensor(Closing):
             n: self.obj.map(f"stk_{n}")
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
-                "child_paths", "dir_paths", "recursive_paths", "path_heads", "names", "responses",
-                "alerts", "events", "stats",
+                "child_paths", "dir_paths", "recursive_paths", "long_paths", "path_heads",
+                "names", "responses", "alerts", "events", "stats",
             )
         }  # fmt: skip
 
@@ -259,6 +265,7 @@ class KillSensor(Closing):
         self._clear_slot("child_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("dir_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("recursive_paths", slot, lambda k: LPM_KEY.member(k, "tag") >> 4)
+        self._clear_slot("long_paths", slot, lambda k: LONG_KEY.member(k, "tag") >> 4)
         self._clear_slot("path_heads", slot, lambda k: HEAD_KEY.member(k, "tag") >> 8)
         self._clear_slot("names", slot, lambda k: NAME_KEY.member(k, "slot"))
 
@@ -302,22 +309,38 @@ class KillSensor(Closing):
                     for (length, head), bits in _head_keys(heads or {}).items()
                 ]
             )
-            for name, table in (
-                ("exact_paths", t.paths.exact),
-                ("child_paths", t.paths.children),
-                ("dir_paths", t.paths.below),
+            long: list[tuple[bytes, bytes]] = []
+            for name, kind, table in (
+                ("exact_paths", PathTable.EXACT, t.paths.exact),
+                ("child_paths", PathTable.CHILDREN, t.paths.children),
             ):
-                self.maps[name].update_batch(
-                    [(PATH_KEY.pack(tag, _path_bytes(p)), mask_bytes(m)) for p, m in table.items()]
-                )
+                short: list[tuple[bytes, bytes]] = []
+                for p, m in table.items():
+                    raw = _path_bytes(p)
+                    if len(raw) < Const.PATH_KEY:
+                        short.append((PATH_KEY.pack(tag, raw), mask_bytes(m)))
+                    else:
+                        long.append((_long_key(slot, kind, part, raw), mask_bytes(m)))
+                self.maps[name].update_batch(short)
+            # renames of these directories move the patterns below them (longer ones: not
+            # looked up, the kernel matches directories of at most STK_MATCH_MAX bytes)
+            self.maps["dir_paths"].update_batch(
+                [
+                    (PATH_KEY.pack(tag, raw), mask_bytes(m))
+                    for d, m in t.paths.below.items()
+                    if len(raw := _path_bytes(d)) < Const.PATH_KEY
+                ]
+            )
             lpm = self.maps["recursive_paths"]
             for key, m in t.paths.recursive_lpm.items():
-                prefix = key.encode()
+                prefix = _path_bytes(key)
                 if len(prefix) > Const.LPM_PATH:
-                    raise ValueError(f"recursive prefix too long: {key!r}")
+                    long.append((_long_key(slot, PathTable.RECURSIVE, part, prefix), mask_bytes(m)))
+                    continue
                 lpm.update(
                     LPM_KEY.pack(8 * (1 + len(prefix)), slot << 4 | part, prefix), mask_bytes(m)
                 )
+            self.maps["long_paths"].update_batch(long)
             if len(t.responses) > Const.MAX_RESPONSES:
                 raise ValueError(f"{part.name.lower()}: more than {Const.MAX_RESPONSES} responses")
             base = (slot * 2 + part) * Const.MAX_RESPONSES
@@ -353,13 +376,19 @@ class KillSensor(Closing):
         self._write_control(slot, gens, counts)
         self._last_flip = time.monotonic()
 
-    def reload(self, bundle: Bundle) -> int:
-        """Write the inactive slot (after the grace delay since the last flip), then flip."""
+    def prepare(self, bundle: Bundle) -> int:
+        """Write the inactive slot (after the grace delay since the last flip); returns it,
+        for `activate`. Programs go on reading the active slot meanwhile."""
         wait = self._last_flip + self.grace_s - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         slot = 1 - self.active_slot
         self.write_slot(slot, bundle)
+        return slot
+
+    def reload(self, bundle: Bundle) -> int:
+        """Write the inactive slot, then flip to it."""
+        slot = self.prepare(bundle)
         self.activate(slot)
         return slot
 

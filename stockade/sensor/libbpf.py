@@ -438,6 +438,8 @@ class RingBuffer:
     def __init__(self, maps: Sequence[Map], callback: Callable[[bytes], None]) -> None:
         self._callback = callback
         self._error: BaseException | None = None
+        self._limit = 0  # records per poll/consume (0: all there are)
+        self._taken = 0
         self._cb = _SAMPLE_CB(self._on_sample)
         first, *rest = maps
         self._ptr: int | None = _ptr(
@@ -455,24 +457,33 @@ class RingBuffer:
         except BaseException as exc:  # re-raised after the poll returns
             self._error = exc
             return -1
-        return 0
+        self._taken += 1
+        # a negative return stops libbpf's loop (this record is consumed); else it goes on
+        # for as long as records keep coming, and a flood would never let the caller run
+        return -errno_mod.EAGAIN if self._taken == self._limit else 0
 
     def _raise(self, ret: int, what: str) -> int:
+        taken, self._taken = self._taken, 0
         if self._error is not None:
             err, self._error = self._error, None
             raise err
+        if taken == self._limit and ret == -errno_mod.EAGAIN:
+            return taken
         if ret < 0 and -ret != errno_mod.EINTR:
             raise BpfError(what, -ret)
         return max(ret, 0)
 
-    def poll(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for records; returns how many were consumed."""
+    def poll(self, timeout_ms: int, limit: int = 0) -> int:
+        """Wait up to timeout_ms for records and consume them, at most `limit` (0: no limit);
+        returns how many were consumed."""
         assert self._ptr
+        self._limit = limit
         return self._raise(_lib.ring_buffer__poll(self._ptr, timeout_ms), "ring_buffer__poll")
 
-    def consume(self) -> int:
-        """Consume what is there without waiting."""
+    def consume(self, limit: int = 0) -> int:
+        """Consume what is there without waiting, at most `limit` (0: no limit)."""
         assert self._ptr
+        self._limit = limit
         return self._raise(_lib.ring_buffer__consume(self._ptr), "ring_buffer__consume")
 
     def close(self) -> None:

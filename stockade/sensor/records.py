@@ -51,10 +51,10 @@ class ProcessRecord:
     interactive: bool
     comm: str
     executable: str
-    executable_truncated: bool  # the tail of a path too long to resolve (fail closed)
-    executable_fileless: bool  # in no directory: a memfd, or a deleted file
     cwd: str
     args: list[str]
+    executable_truncated: bool = False  # the tail of a path too long to resolve (fail closed)
+    executable_fileless: bool = False  # in no directory: a memfd, or a deleted file
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class FileRecord:
     path_from_fd: bool
     comm: str
     path: str
-    path_truncated: bool  # the tail of a path too long to resolve (fail closed)
+    path_truncated: bool = False  # the tail of a path too long to resolve (fail closed)
 
 
 def _name(enum: type[Outcome] | type[Volume], value: int) -> str:

@@ -191,3 +191,15 @@ def namespace(kubectl: Kubectl, k8s_api: k8s_client.ApiClient, unique: str) -> I
     """A fresh namespace ``stockade-test-<random>``, removed after the test."""
     with fresh_namespace(kubectl, k8s_api, f"stockade-test-{unique}") as name:
         yield name
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Kubectl) -> Iterator[None]:
+    """The generated CRDs (crds/) installed for the session."""
+    args = [a for f in sorted((REPO / "crds").glob("*.yaml")) for a in ("-f", str(f))]
+    kubectl("apply", "--server-side", *args)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
+    try:
+        yield
+    finally:
+        kubectl("delete", "--ignore-not-found", "--wait=false", *args)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,11 @@ from .conftest import Kubectl
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 DRIFT = yaml.safe_load((ROOT / "examples/policies/drift-prevention.yaml").read_text())
 CLUSTER = yaml.safe_load((ROOT / "examples/policies/cluster-interactive-audit.yaml").read_text())
 
 # What `kubectl get cpol` / `ccpol` print as the header.
 POLICY_COLUMNS = ["NAME", "MODE", "SELECTORS", "NODES", "BLOCKED", "ALERTS", "READY", "AGE"]
-
-
-@pytest.fixture(scope="session")
-def crds(kubectl: Kubectl) -> Iterator[None]:
-    args = [a for f in CRD_FILES for a in ("-f", str(f))]
-    kubectl("apply", "--server-side", *args)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
-    try:
-        yield
-    finally:
-        kubectl("delete", "--ignore-not-found", "--wait=false", *args)
 
 
 def apply(kubectl: Kubectl, obj: dict[str, Any], check: bool = True) -> Any:
@@ -178,6 +165,88 @@ def test_a_part_with_256_selectors_is_accepted(
         "spec": {"file": {"selectors": selectors, "responses": responses}},
     }
     apply(kubectl, obj)
+
+
+def test_every_response_naming_every_selector_is_within_the_cel_budget(
+    crds: None, kubectl: Kubectl, namespace: str
+) -> None:
+    """The worst case of the name rules: 256 responses, each matching and excluding all 256
+    selectors (131072 names, 1.0 MB of JSON). The apiserver accepted the CRD (its estimated CEL
+    cost is within budget) and evaluates this within its runtime budget."""
+    names = [f"s{i}" for i in range(256)]
+    selectors = [
+        {"name": n, "operation": ["createFile"], "targetFilePath": [f"/{n}"]} for n in names
+    ]
+    responses = [{"match": names, "exclude": names, "actions": ["alert"]}] * 256
+    obj = {
+        "apiVersion": "stockade.dev/v1alpha1",
+        "kind": "ContainerPolicy",
+        "metadata": {"name": "every-name", "namespace": namespace},
+        "spec": {"file": {"selectors": selectors, "responses": responses}},
+    }
+    apply(kubectl, obj)
+    responses[255] = {**responses[255], "exclude": [*names[:255], "ghost"]}
+    result = apply(kubectl, obj, check=False)
+    assert "every name in responses[].exclude must be a selector" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("part", "field", "value"),
+    [
+        ("file", "exclude", []),  # Defend for Containers accepts an empty exclude
+        ("file", "containerImageFullName", ["[fe80::1]:5000/app"]),
+        ("file", "containerImageName", ["a" * 511]),
+        ("process", "kubernetesPodLabel", ["k:" + "v" * 509]),
+    ],
+)
+def test_what_defend_for_containers_accepts_the_apiserver_accepts(
+    crds: None, kubectl: Kubectl, namespace: str, part: str, field: str, value: Any
+) -> None:
+    obj = in_namespace(CLUSTER if part == "process" else DRIFT, namespace)
+    obj["kind"] = "ContainerPolicy"
+    obj["spec"].pop("namespaceSelector", None)
+    if field == "exclude":
+        obj["spec"][part]["responses"][0]["exclude"] = value
+    else:
+        obj["spec"][part]["selectors"][0][field] = value
+    apply(kubectl, obj)
+
+
+def test_a_quoted_boolean_is_refused(crds: None, kubectl: Kubectl, namespace: str) -> None:
+    obj = in_namespace(CLUSTER, namespace)
+    obj["kind"] = "ContainerPolicy"
+    obj["spec"].pop("namespaceSelector", None)
+    obj["spec"]["process"]["selectors"][0]["sessionLeaderInteractive"] = "true"
+    result = apply(kubectl, obj, check=False)
+    assert result.returncode != 0
+    assert "sessionLeaderInteractive: expected boolean" in result.stderr, result.stderr
+
+
+def test_kubectl_explain_describes_every_condition(crds: None, kubectl: Kubectl) -> None:
+    shown = kubectl("explain", "containerpolicies.spec.file.selectors").stdout
+    words = " ".join(shown.split())  # kubectl wraps lines
+    assert "<no description>" not in shown
+    for condition in ("targetFilePath", "ignoreVolumeMounts", "kubernetesPodLabel"):
+        assert f"{condition} <" in words
+    assert "at most 255 bytes" in words and "Example: [/etc/passwd" in words
+    recursive = kubectl("explain", "--recursive", "clustercontainerpolicies").stdout
+    assert "<no description>" not in recursive
+    deep = kubectl("explain", "clustercontainerpolicies.spec.process.responses.match").stdout
+    assert "1 to 256 names" in " ".join(deep.split())
+
+
+def test_the_stockade_category_lists_policies_and_reports(
+    crds: None, kubectl: Kubectl, namespace: str
+) -> None:
+    apply(kubectl, in_namespace(DRIFT, namespace))
+    listed = kubectl("get", "stockade", "-A", "-o", "name").stdout.split()
+    assert "containerpolicy.stockade.dev/drift-prevention" in listed
+    resources = kubectl("api-resources", "--categories=stockade", "-o", "name").stdout.split()
+    assert sorted(resources) == [
+        "clustercontainerpolicies.stockade.dev",
+        "containerpolicies.stockade.dev",
+        "nodepolicyreports.stockade.dev",
+    ]
 
 
 def test_cluster_policy_and_columns(crds: None, kubectl: Kubectl) -> None:

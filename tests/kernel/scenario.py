@@ -31,7 +31,9 @@ from stockade.policy.tables import (
 from stockade.sensor.abi import ActionBits
 from stockade.sensor.ecs import Applied
 from stockade.sensor.kernel import KillSensor
+from stockade.sensor.output import JsonlOutput
 from stockade.sensor.standalone import Standalone
+from stockade.sensor.state import StateDir
 
 from .conftest import Cgroup
 
@@ -206,8 +208,9 @@ class Harness:
         self.containers.write_text(json.dumps({str(cg.path): v for cg, v in containers.items()}))
         if self.sa is None:
             self.sa = Standalone(
-                self.sensor, self.policy, self.containers, self.out, self.mode, self.log
-            )
+                self.sensor, self.policy, self.containers, JsonlOutput(self.out), self.mode,
+                state=StateDir(self.directory / "state"), log=self.log,
+            )  # fmt: skip
         assert self.sa.apply(), self.log.getvalue()
         return self.sa.applied[self.sa.generation]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from stockade.policy.loader import YamlDocument, load_document
 
@@ -191,3 +192,90 @@ def test_kernel_decides_as_the_table_interpreter(
     seed: int, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
 ) -> None:
     check_example(seed, harness, cgroup, workdir, tiny)
+
+
+def long_example(
+    seed: int | None, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> set[str]:
+    """Executables on paths longer than the kernel's 255-byte keys (a processExecutable may
+    be 511 bytes): exact, children and recursive patterns above and below 255 bytes. Seed
+    None: one selector of each kind, each in its own response. Returns the selectors the
+    kernel reported."""
+    rng = random.Random(seed)
+    dirs = [workdir / ("d" * 120), workdir / ("d" * 120) / ("e" * 120)]
+    dirs += [dirs[1] / ("f" * 60), dirs[1] / ("f" * 60) / "g"]
+    binaries = [str(d / n) for d in dirs for n in ("run", "x")]
+    for b in binaries:
+        Path(b).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny, b)
+    if seed is None:
+        kinds = {
+            "exactLong": [binaries[2]],
+            "childrenLong": [f"{dirs[2]}/*"],
+            "recursiveLong": [f"{dirs[1]}/**"],
+            "recursiveShort": [f"{dirs[0]}/**"],
+        }
+        assert all(len(p.encode()) > 255 for p in (binaries[2], f"{dirs[1]}/**"))
+        selectors: list[dict[str, Any]] = [
+            {"name": n, "processExecutable": p} for n, p in kinds.items()
+        ]
+        responses: list[dict[str, Any]] = [{"match": [n], "actions": ["log"]} for n in kinds]
+    else:
+        patterns = [*binaries, *(f"{d}/*" for d in dirs), *(f"{d}/**" for d in dirs)]
+        selectors = [
+            {"name": f"s{i}", "operation": ["exec"], "processExecutable": some(rng, patterns)}
+            for i in range(rng.randint(2, 6))
+        ]
+        names: list[str] = [s["name"] for s in selectors]
+        responses = [
+            {"match": some(rng, names, 2), "actions": some(rng, ["log", "alert"])}
+            | ({"exclude": some(rng, names, 1)} if rng.random() < 0.3 else {})
+            for _ in range(rng.randint(1, 4))
+        ]
+    policy = {"process": {"selectors": selectors, "responses": responses}}
+    applied = harness.apply([policy], {cgroup: container(rng)})
+    ops: list[Op] = [["exec", b] for b in rng.sample(binaries, len(binaries))]
+    res, docs = harness.run(driver_argv(ops), cgroup)
+    assert res.returncode == 0, res.stderr
+    seen = kernel_operations(ops, "/", dict.fromkeys(binaries, 0o755), mount_volume, harness.mode)
+    assert [outcome(d) for d in docs] == predict(applied, cgroup.id, seen, harness.mode)
+    return {name for d in docs for name in d["cloud_defend"]["matched_selectors"]}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kernel_decides_on_long_executable_paths(
+    seed: int, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    long_example(seed, harness, cgroup, workdir, tiny)
+
+
+def test_every_kind_of_long_pattern_matches_in_the_kernel(
+    harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    matched = long_example(None, harness, cgroup, workdir, tiny)
+    assert matched == {"exactLong", "childrenLong", "recursiveLong", "recursiveShort"}
+
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "d4c" / "valid"
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_corpus_loads_into_the_kernel(
+    path: Path, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    """Every Defend for Containers policy of tests/corpus (256 selectors, 511-byte paths)
+    goes into the kernel's tables, which decide an exec and a file creation as predicted
+    (blocks dropped: this checks decisions, not kills)."""
+    binary = workdir / "bin"
+    shutil.copy(tiny, binary)
+    policy = yaml.safe_load(path.read_text())
+    policy.pop("version", None)
+    for part in ("process", "file"):  # a kill would end the driver (its python is in /root)
+        for response in policy.get(part, {}).get("responses", []):
+            response["actions"] = [a for a in response["actions"] if a != "block"]
+    applied = harness.apply([policy], {cgroup: container(random.Random(0))})
+    ops: list[Op] = [["exec", str(binary)], ["create", f"{workdir}/new", 0o755]]
+    res, docs = harness.run(driver_argv(ops), cgroup)
+    assert res.returncode == 0, res.stderr
+    seen = kernel_operations(ops, "/", {str(binary): 0o755}, mount_volume, harness.mode)
+    assert [outcome(d) for d in docs] == predict(applied, cgroup.id, seen, harness.mode)

@@ -124,7 +124,8 @@ def test_cli_reloads_refuses_bad_input_and_reports(
     containers.write_text(json.dumps({str(cgroup.path): {"kubernetes": {"namespace": "shop"}}}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "stockade.sensor.cli", "--standalone", "--policy", str(policy),
-         "--containers", str(containers), "--output", f"jsonl:{out}", "--stats-interval", "1"],
+         "--containers", str(containers), "--output", f"jsonl:{out}", "--stats-interval", "1",
+         "--state-dir", str(workdir / "state")],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
@@ -187,8 +188,8 @@ def test_cli_refuses_bad_containers_at_start(workdir: Path, _built: None) -> Non
     res = subprocess.run(
         [sys.executable, "-m", "stockade.sensor.cli", "--standalone", "--policy",
          str(workdir / "p.yaml"), "--containers", str(workdir / "c.json"), "--output",
-         f"jsonl:{workdir}/out"],
+         f"jsonl:{workdir}/out", "--state-dir", str(workdir / "state")],
         capture_output=True, text=True, check=False, env={**os.environ},
     )  # fmt: skip
     assert res.returncode == 1
-    assert "c.json: /tmp: not a cgroup v2 directory; no policy stays in force" in res.stderr
+    assert "c.json: '/tmp': not a cgroup v2 directory; no policy stays in force" in res.stderr

@@ -112,7 +112,7 @@ def test_every_operation_as_predicted(
     assert [outcome(d) for d in docs] == expected
     assert len(expected) == 20  # not vacuous: forks, execs and every file hook
     for d in docs:
-        assert d["container"] == {"image": {"name": "docker.io/library/nginx"}}
+        assert d["container"] == {"image": {"name": "nginx"}}  # Elastic's short name
         assert d["orchestrator"]["resource"] == {
             "type": "pod",
             "name": "web-1",

@@ -1,13 +1,12 @@
 """Fixtures for the operator tests: the real apiserver, the CRDs, and the operator as a process.
 
 The operator runs as `stockade operator` (a subprocess, as in production) in
-its own namespace, with its own peering object, so parallel runs and other
+its own namespace, with its own Lease, so parallel runs and other
 suites' objects don't disturb it (it sees them, the tests ignore them).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from kubernetes import client
 
 from stockade.operator.metrics import scrape
@@ -32,7 +32,7 @@ kubectl = integration.kubectl
 namespace = integration.namespace
 unique = integration.unique
 
-__all__ = ["Cluster", "Kubectl", "Operator", "wait_for"]
+__all__ = ["Cluster", "Kubectl", "Operator", "service_account_kubeconfig", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
@@ -62,22 +62,21 @@ def free_port() -> int:
 class Operator:
     """`stockade operator` as a child process; restartable."""
 
-    def __init__(self, kubeconfig: str, namespace: str, peering: str, log: Path) -> None:
+    def __init__(self, kubeconfig: str, namespace: str, log: Path) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.peering = peering
         self.log = log
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str, wait: bool = True) -> None:
-        """Start; `wait`: until the first full reconcile (a paused replica never does one)."""
+        """Start; `wait`: until the first full reconcile (a standby never does one)."""
         self.port = free_port()
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
                     str(STOCKADE), "operator", "--namespace", self.namespace,
-                    "--peering", self.peering, "--metrics-port", str(self.port),
+                    "--metrics-port", str(self.port),
                     "--cluster", "test-cluster", *extra,
                 ],
                 stdout=out, stderr=subprocess.STDOUT,
@@ -96,7 +95,7 @@ class Operator:
         return self.metrics().get("stockade_operator_synced") == 1.0
 
     def stop(self) -> None:
-        """SIGTERM, as Kubernetes does: kopf leaves the peering cleanly."""
+        """SIGTERM, as Kubernetes does: the operator releases its Lease."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -107,15 +106,33 @@ class Operator:
         self.proc = None
 
 
+def service_account_kubeconfig(
+    k8s_api: client.ApiClient, kubeconfig: str, namespace: str, name: str, out: Path
+) -> Path:
+    """A kubeconfig for ServiceAccount `namespace/name` (created here), by a bound token."""
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
+    request = core.create_namespaced_service_account_token(
+        name,
+        namespace,
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
+    )
+    assert request.status is not None
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    admin["users"] = [{"name": name, "user": {"token": request.status.token}}]
+    for context in admin["contexts"]:
+        context["context"]["user"] = name
+    out.write_text(yaml.safe_dump(admin))
+    return out
+
+
 @pytest.fixture(scope="session")
 def operator_crds(kubectl: Kubectl) -> Iterator[None]:
     args = [a for f in CRD_FILES for a in ("-f", str(f))]
-    peering = ["-f", str(REPO / "operator" / "kopf-peering.yaml")]
     kubectl("apply", "--server-side", *args)
-    kubectl("apply", "--server-side", "--force-conflicts", *peering, check=False)
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/clusterkopfpeerings.kopf.dev")  # fmt: skip
     yield
 
 
@@ -129,20 +146,15 @@ def operator(
 ) -> Iterator[Operator]:
     suffix = os.urandom(4).hex()
     ns = f"stockade-op-{suffix}"
-    peering = f"stockade-test-{suffix}"
     core = client.CoreV1Api(k8s_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    kubectl("apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}
-    ))  # fmt: skip
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = Operator(kubeconfig, ns, peering, log)
+    op = Operator(kubeconfig, ns, log)
     op.start()
     try:
         yield op
     finally:
         op.stop()
-        kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found")
         force_delete_namespace(kubectl, k8s_api, ns)
 
 

@@ -260,3 +260,13 @@ def test_compile_refuses_an_invalid_policy(tmp_path: Path) -> None:
     result = stockade("compile", bad)
     assert result.returncode == 1
     assert result.stderr.startswith(f"{bad}: process.selectors: ")
+
+
+def test_operator_refuses_election_timings_out_of_order() -> None:
+    """A renew deadline past the lease duration would let two replicas write at once."""
+    proc = stockade("operator", "--lease-duration", "5", "--renew-deadline", "10")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "stockade operator: leader election needs retry period < renew deadline"
+        " < lease duration (got 2.0, 10.0, 5.0)"
+    )

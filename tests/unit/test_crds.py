@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from stockade.policy.crd import all_crds, render
 
@@ -20,3 +21,26 @@ def test_no_defaults_in_the_schema() -> None:
     """A schema default shows as a permanent diff in GitOps tools."""
     for name in all_crds():
         assert "default:" not in render(all_crds()[name])
+
+
+def test_every_field_is_described() -> None:
+    """`kubectl explain` shows each field's description; metadata is the apiserver's own."""
+    missing: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            if "description" not in sub and name != "metadata":
+                missing.append(f"{path}.{name}")
+            walk(sub, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}{{}}")
+
+    for name, crd in all_crds().items():
+        walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], name)
+    assert missing == []
+
+
+def test_every_crd_is_in_the_stockade_category() -> None:
+    assert all(crd["spec"]["names"]["categories"] == ["stockade"] for crd in all_crds().values())

@@ -186,6 +186,10 @@ def test_process_name(name: str, ok: bool) -> None:
         ("containerImageFullName", "docker.io/nginx", True),
         ("containerImageFullName", "docker.io/library/nginx", True),
         ("containerImageFullName", "registry.local:5000/team/app", True),
+        ("containerImageFullName", "[fe80::1]:5000/app", True),  # bracketed IPv6 host
+        ("containerImageFullName", "[::1]/team/app", True),
+        ("containerImageFullName", "fe80::1:5000/app", False),  # IPv6 needs brackets
+        ("containerImageFullName", "[fe80::1/app", False),
         ("containerImageFullName", "nginx", False),  # no registry and path
         ("containerImageFullName", "docker.io/nginx:latest", False),  # a tag is not part of it
         ("containerImageName", "nginx", True),
@@ -242,6 +246,11 @@ def crd_selector_schema(part: str) -> dict[str, Any]:
     spec = structural(ContainerPolicySpec)
     items: dict[str, Any] = spec["properties"][part]["properties"]["selectors"]["items"]
     return items
+
+
+def crd_part_schema(part: str) -> dict[str, Any]:
+    properties: dict[str, Any] = structural(ContainerPolicySpec)["properties"][part]["properties"]
+    return properties
 
 
 def test_the_table_covers_every_string_condition() -> None:
@@ -319,15 +328,60 @@ def test_selector_needs_a_condition() -> None:
         ),
         file_policy([{"name": "x", "targetFilePath": [""]}]),
         file_policy([{"name": "", "operation": ["createFile"]}]),
-        file_policy(
-            [{"name": "x", "operation": ["createFile"]}],
-            [{"match": ["x"], "exclude": [], "actions": ["log"]}],
-        ),
         {},
     ],
 )
 def test_no_empty_lists_or_strings(data: dict[str, Any]) -> None:
     assert errors(data)
+
+
+def test_an_empty_exclude_means_no_exclude() -> None:
+    """Defend for Containers accepts `exclude: []`; so does the CRD (minItems 0)."""
+    data = file_policy(
+        [{"name": "x", "operation": ["createFile"]}],
+        [{"match": ["x"], "exclude": [], "actions": ["log"]}],
+    )
+    assert policy(data).policy.file is not None
+    response = crd_part_schema("file")["responses"]["items"]["properties"]
+    assert response["exclude"]["minItems"] == 0 and response["match"]["minItems"] == 1
+
+
+def test_a_top_level_version_is_accepted_and_ignored() -> None:
+    data = {"version": "1", **file_policy([{"name": "x", "operation": ["createFile"]}])}
+    assert policy(data).policy.parts().keys() == {"file"}
+
+
+@pytest.mark.parametrize(
+    ("condition", "part"),
+    [
+        ("sessionLeaderInteractive", "process"),
+        ("ignoreVolumeMounts", "file"),
+        ("ignoreVolumeFiles", "file"),
+    ],
+)
+@pytest.mark.parametrize("value", ["true", "false", 1, 0, "yes"])
+def test_boolean_conditions_take_booleans_only(condition: str, part: str, value: Any) -> None:
+    selector = {"name": "x", "operation": ["exec" if part == "process" else "createFile"]}
+    make = process_policy if part == "process" else file_policy
+    assert errors(make([{**selector, condition: True}])) == []
+    assert errors(make([{**selector, condition: value}])) == [
+        f"{part}.selectors[0].{condition}: Input should be a valid boolean"
+    ]
+
+
+def test_a_quoted_true_is_refused_from_yaml() -> None:
+    text = """
+process:
+  selectors:
+    - name: x
+      sessionLeaderInteractive: "true"
+  responses:
+    - match: [x]
+      actions: [alert]
+"""
+    assert errors(text) == [
+        "process.selectors[0].sessionLeaderInteractive: Input should be a valid boolean"
+    ]
 
 
 def test_unknown_fields_and_operations_are_named() -> None:

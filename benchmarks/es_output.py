@@ -1,0 +1,163 @@
+"""The Elasticsearch output's two rates (not a test):
+
+    .venv/bin/python benchmarks/es_output.py enrich [--records 200000]
+    eval "$(services/up)"; .venv/bin/python benchmarks/es_output.py index [--docs 100000]
+
+`enrich`: ring-buffer record bytes → decode → ECS document → JSON (what the writer thread
+sends), with a null sink, on one core: records/s per record kind and for the default
+policy's mix (target: >= 50,000/s, issue 14). `index`: documents through `ElasticOutput`
+(bulk create, `--batch` per request) into this machine's Elasticsearch: documents/s from the
+first write until Elasticsearch holds the last one. Data streams of the namespace `bench`
+are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stockade.policy.compiler import compile_bundle
+from stockade.policy.evaluator import ContainerFacts, KubernetesFacts
+from stockade.policy.loader import iter_policies
+from stockade.sensor.abi import (
+    FILE_REC,
+    PROC_REC,
+    REC_HDR,
+    ActionBits,
+    Const,
+    Hook,
+    Op,
+    RecordKind,
+)
+from stockade.sensor.containers import Container
+from stockade.sensor.ecs import Applied, Host, document
+from stockade.sensor.processes import ProcessCache
+from stockade.sensor.records import decode
+
+REPO = Path(__file__).resolve().parents[1]
+CGROUP = 77
+PROCESS, EXIT, FILE = RecordKind.PROCESS, RecordKind.EXIT, RecordKind.FILE
+HOOK = {RecordKind.PROCESS: Hook.EXEC, RecordKind.EXIT: Hook.EXIT, RecordKind.FILE: Hook.OPENAT}
+
+
+def raw_record(kind: RecordKind, seq: int) -> bytes:
+    """A record as the kernel writes it: selector bit 0 matched, in the listed cgroup."""
+    actions = ActionBits.ALERT if kind == RecordKind.FILE else ActionBits.LOG
+    hdr = REC_HDR.pack_fields(
+        version=Const.RECORD_VERSION, kind=kind, hook=HOOK[kind], actions=actions,
+        ktime_ns=10**12 + seq, cgroup_id=CGROUP, generation=1, mntns=4026531840, pid=4242,
+        tgid=4242, ppid=1, matched=(1).to_bytes(Const.MASK_WORDS * 8, "little"),
+    )  # fmt: skip
+    if kind == RecordKind.FILE:
+        path = f"/var/www/html/uploads/file-{seq}.php".encode()
+        return FILE_REC.pack_fields(
+            h=hdr, ops=1 << Op.CREATE_EXECUTABLE, flags=0o101, mode=0o100755, path_len=len(path),
+            comm=b"php-fpm",
+        ) + path  # fmt: skip
+    exe, cwd = b"/usr/sbin/nginx", b"/"
+    args = b"nginx\0-g\0daemon off;\0"
+    return PROC_REC.pack_fields(
+        h=hdr, start_time_ns=10**11, parent_start_time_ns=1, sid=1, pgid=4242, comm=b"nginx",
+        exe_len=len(exe), cwd_len=len(cwd), args_len=len(args),
+    ) + exe + cwd + args  # fmt: skip
+
+
+def applied() -> Applied:
+    bundle = compile_bundle(list(iter_policies([REPO / "examples/policies/default.yaml"])))
+    container = Container(
+        "/sys/fs/cgroup/c", CGROUP,
+        ContainerFacts(image_full_name="docker.io/library/nginx", image_tag="1.27"),
+        KubernetesFacts(cluster_id="c1", cluster_name="prod", namespace="shop",
+                        pod_name="web-1", pod_labels={"app": "web", "tier": "front"}),
+    )  # fmt: skip
+    return Applied(1, bundle, {CGROUP: container})
+
+
+def enrich(n: int) -> None:
+    host, app = Host.detect(), applied()
+    mixes = {
+        "exec": [PROCESS], "exit": [EXIT], "file": [FILE],
+        "mix (2 exec : 2 exit : 1 file)": [PROCESS, EXIT] * 2 + [FILE],
+    }  # fmt: skip
+    for name, kinds in mixes.items():
+        raws = [raw_record(kinds[i % len(kinds)], i) for i in range(n)]
+        cache = ProcessCache()
+        t0 = time.process_time()
+        for raw in raws:  # what the ring-buffer reader does per record (Standalone._on_record)
+            rec = decode(raw)
+            cache.enrich(document(rec, app, "kill", host), rec)
+        t1 = time.process_time()
+        size = 0
+        for raw in raws:  # and, on the writer thread, the JSON
+            rec = decode(raw)
+            doc = document(rec, app, "kill", host)
+            cache.enrich(doc, rec)
+            size += len(json.dumps(doc, separators=(",", ":")))
+        t2 = time.process_time()
+        print(
+            f"enrich {name}: {n / (t1 - t0):,.0f} records/s to documents, "
+            f"{n / (t2 - t1):,.0f}/s with JSON ({size / n:.0f} bytes each), one core"
+        )
+
+
+def index(n: int, batch: int) -> None:
+    from stockade.sensor.elastic.config import ElasticConfig
+    from stockade.sensor.elastic.writer import ElasticOutput
+
+    env = os.environ
+    ca = env.get("ELASTICSEARCH_CA_CERTS")
+    cfg = ElasticConfig(env["ELASTICSEARCH_URL"], "bench", username=env.get(
+        "ELASTICSEARCH_USERNAME"), password=env.get("ELASTICSEARCH_PASSWORD"),
+        ca_certs=Path(ca) if ca else None)  # fmt: skip
+    host, app = Host.detect(), applied()
+    docs = [
+        document(decode(raw_record(RecordKind.PROCESS, i)), app, "kill", host) for i in range(n)
+    ]
+    spool = Path(tempfile.mkdtemp(prefix="stk-bench-spool-"))
+    out = ElasticOutput(cfg, spool, queue_max=n + 1, batch_docs=batch, log=io.StringIO())
+    try:
+        t0 = time.monotonic()
+        for d in docs:
+            out.write(d)
+        while (s := out.stats())["es_delivered"] + s["es_dead_letter"] < n:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        print(
+            f"index ({batch} per bulk): {n:,} documents in {elapsed:.1f} s = "
+            f"{n / elapsed:,.0f} documents/s "
+            f"({s['es_failed_requests']} failed requests, {s['es_spooled']} spooled)"
+        )
+    finally:
+        out.close()
+        client = cfg.client()
+        client.options(ignore_status=404).indices.delete_data_stream(
+            name="logs-cloud_defend.*-bench"
+        )
+        client.close()
+        shutil.rmtree(spool)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    sub.add_parser("enrich").add_argument("--records", type=int, default=200_000)
+    p_index = sub.add_parser("index")
+    p_index.add_argument("--docs", type=int, default=100_000)
+    p_index.add_argument("--batch", type=int, default=1000, help="documents per bulk request")
+    args = p.parse_args()
+    if args.what == "enrich":
+        enrich(args.records)
+    else:
+        index(args.docs, args.batch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
