@@ -27,6 +27,32 @@ int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
 	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
 }
 
+/*
+ * A program's code can run without an exec of it: the loader (`ld.so PROGRAM`) maps it
+ * PROT_EXEC. Such a mapping of a file other than the executable is decided as an exec of
+ * that file (its path, its name), but only a BLOCK acts — every shared library is mapped
+ * so. The SIGKILL lands before the mapping returns to user space: no code of it runs.
+ */
+#define PROT_EXEC 4
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int stk_mmap_exec(struct trace_event_raw_sys_enter *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file *f, *exe;
+
+	if (!(ctx->args[2] & PROT_EXEC))
+		return 0;
+	f = fd_file((__s64)ctx->args[4]);
+	if (!f)
+		return 0;
+	exe = task->mm ? task->mm->exe_file : NULL;
+	if (exe && BPF_CORE_READ(exe, f_inode) == BPF_CORE_READ(f, f_inode))
+		return 0;
+	return handle_process(ctx, STK_HOOK_EXEC_MAPPED, NULL, f,
+			      (const char *)BPF_CORE_READ(f, f_path.dentry, d_name.name), PROC_MAPPED);
+}
+
 SEC("tracepoint/sched/sched_process_exit")
 int stk_exit(struct trace_event_raw_sched_process_template *ctx)
 {
@@ -49,29 +75,13 @@ struct {
 	__type(value, struct inflight);
 } stk_inflight SEC(".maps");
 
-/*
- * Attached to every syscalls/sys_enter_* of interest, with the syscall's
- * STK_HOOK_* as the attachment's BPF cookie (syscall numbers differ between
- * architectures; the cookie doesn't): stashes the arguments of the calls that
- * can be file operations of a listed cgroup.
- */
-SEC("tracepoint/syscalls/sys_enter_openat")
-int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
+/* a syscall's entry: stash the arguments of a call that can be a file operation of a listed cgroup */
+static __always_inline int stash(__u32 hook, __u64 *args)
 {
 	struct inflight *v;
 	struct entry e;
-	__u32 hook, extra = 0;
-	__u64 args[5];
+	__u32 extra = 0;
 
-	hook = bpf_get_attach_cookie(ctx);
-	if (hook < STK_HOOK_OPEN || hook > STK_HOOK_MKNODAT)
-		return 0;
-	/*
-	 * One copy of the five argument slots: the context of a syscall with
-	 * fewer arguments is shorter, and a program that reads past it directly
-	 * is refused at attach.
-	 */
-	bpf_probe_read_kernel(args, sizeof(args), (void *)ctx + offsetof(typeof(*ctx), args));
 	switch (hook) {
 	case STK_HOOK_OPEN:
 		extra = args[1];
@@ -111,21 +121,86 @@ int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
 		stat_inc(STK_STAT_INFLIGHT_FAIL);
 		return 0;
 	}
-	__builtin_memcpy(v->args, args, sizeof(args));
+	__builtin_memcpy(v->args, args, sizeof(v->args));
 	v->extra = extra;
 	v->hook = hook;
 	return 0;
 }
 
-/* Attached to the matching syscalls/sys_exit_*: decides and reports. */
-SEC("tracepoint/syscalls/sys_exit_openat")
-int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
+/*
+ * Attached to every syscalls/sys_enter_* of interest, with the syscall's
+ * STK_HOOK_* as the attachment's BPF cookie (syscall numbers differ between
+ * architectures; the cookie doesn't).
+ */
+SEC("tracepoint/syscalls/sys_enter_openat")
+int stk_sys_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 hook = bpf_get_attach_cookie(ctx);
+	__u64 args[5];
+
+	if (hook < STK_HOOK_OPEN || hook > STK_HOOK_MKNODAT)
+		return 0;
+	/*
+	 * One copy of the five argument slots: the context of a syscall with
+	 * fewer arguments is shorter, and a program that reads past it directly
+	 * is refused at attach.
+	 */
+	bpf_probe_read_kernel(args, sizeof(args), (void *)ctx + offsetof(typeof(*ctx), args));
+	return stash(hook, args);
+}
+
+static __always_inline int has_prefix(const char *s, const char *p, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (s[i] != p[i])
+			return 0;
+	return 1;
+}
+
+/*
+ * The open file a path string names without a path (chmod, truncate follow it): "" (only
+ * accepted with AT_EMPTY_PATH: the dirfd itself), or procfs' magic links "/proc/self/fd/N",
+ * "/proc/thread-self/fd/N", "/dev/fd/N". NULL: a plain path.
+ */
+static __always_inline struct file *string_file(__u64 upath, __s64 dirfd)
+{
+	char s[32] = {};
+	__u32 start, i;
+	__s64 fd = 0;
+	char c;
+
+	if (bpf_probe_read_user_str(s, sizeof(s), (void *)upath) < 1)
+		return NULL;
+	if (!s[0])
+		return fd_file(dirfd);
+	if (has_prefix(s, "/proc/self/fd/", 14))
+		start = 14;
+	else if (has_prefix(s, "/dev/fd/", 8))
+		start = 8;
+	else if (has_prefix(s, "/proc/thread-self/fd/", 21))
+		start = 21;
+	else
+		return NULL;
+	for (i = 0; i < 8; i++) {
+		c = s[(start + i) & 31];
+		if (!c)
+			break;
+		if (c < '0' || c > '9')
+			return NULL;
+		fd = fd * 10 + (c - '0');
+	}
+	return i && !s[(start + i) & 31] ? fd_file(fd) : NULL;
+}
+
+/* a syscall's exit: decide and report what its entry stashed */
+static __always_inline int finish(long ret)
 {
 	struct inflight *vp, v;
 	struct path_src src = { .dirfd = AT_FDCWD };
 	struct entry e;
 	__u32 ops = 0, mode = 0, fmode = 0, flags = 0;
-	long ret = ctx->ret;
 
 	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!vp || !vp->hook)
@@ -248,8 +323,194 @@ int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
 			      (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
 			break;
 		}
+		if (ops & (1u << STK_OP_MODIFY_FILE) && !(ops & (1u << STK_OP_DELETE_FILE))) {
+			/* chmod, truncate: through an fd named by "" or /proc/self/fd/N? */
+			struct file *f = string_file(src.upath, src.dirfd);
+
+			if (f) {
+				src.dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
+				src.mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+			}
+		}
 		break;
 	}
+	src.moves = v.hook == STK_HOOK_RENAME || v.hook == STK_HOOK_RENAMEAT ||
+		    v.hook == STK_HOOK_RENAMEAT2;
 	file_decide(&e, v.hook, ops, flags, mode, fmode, &src, 0);
+	if (src.moves) {
+		/* the old name is gone (or, exchanged, replaced): a decision of its own */
+		struct path_src old = { .dirfd = AT_FDCWD, .upath = v.args[0], .moves = 1 };
+
+		if (v.hook != STK_HOOK_RENAME) {
+			old.dirfd = (__s32)v.args[0];
+			old.upath = v.args[1];
+		}
+		file_decide(&e, v.hook, flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE,
+			    flags, mode, fmode, &old, 0);
+	}
+	return 0;
+}
+
+/* Attached to the matching syscalls/sys_exit_*. */
+SEC("tracepoint/syscalls/sys_exit_openat")
+int stk_sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return finish(ctx->ret);
+}
+
+/*
+ * The 32-bit system-call ABI (int $0x80, sysenter; a 64-bit process may use it too): the
+ * syscalls/ tracepoints never fire for these calls, so raw sys_enter/sys_exit programs
+ * recognise them (the task's TS_COMPAT status) and map the i386 numbers to the same hooks.
+ * Every syscall of the machine passes here; anything not compat returns after one load.
+ * x86 only: arm64's AArch32 tasks are not covered (docs/kernel.md, "Attacks").
+ */
+#define TS_COMPAT 0x0002
+
+static __always_inline int in_compat_syscall(void)
+{
+#ifdef __TARGET_ARCH_x86
+	return bpf_get_current_task_btf()->thread_info.status & TS_COMPAT;
+#else
+	return 0;
+#endif
+}
+
+static __always_inline __u32 compat_hook(long nr)
+{
+	switch (nr) { /* arch/x86/entry/syscalls/syscall_32.tbl */
+	case 5: return STK_HOOK_OPEN;
+	case 8: return STK_HOOK_CREAT;
+	case 9: return STK_HOOK_LINK;
+	case 10: return STK_HOOK_UNLINK;
+	case 14: return STK_HOOK_MKNOD;
+	case 15: return STK_HOOK_CHMOD;
+	case 38: return STK_HOOK_RENAME;
+	case 92: case 193: return STK_HOOK_TRUNCATE; /* truncate, truncate64 */
+	case 93: case 194: return STK_HOOK_FTRUNCATE; /* ftruncate, ftruncate64 */
+	case 94: return STK_HOOK_FCHMOD;
+	case 295: return STK_HOOK_OPENAT;
+	case 297: return STK_HOOK_MKNODAT;
+	case 301: return STK_HOOK_UNLINKAT;
+	case 302: return STK_HOOK_RENAMEAT;
+	case 303: return STK_HOOK_LINKAT;
+	case 306: return STK_HOOK_FCHMODAT;
+	case 353: return STK_HOOK_RENAMEAT2;
+	case 437: return STK_HOOK_OPENAT2;
+	case 452: return STK_HOOK_FCHMODAT2;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(stk_compat_enter, struct pt_regs *regs, long id)
+{
+	__u32 hook;
+	__u64 args[5];
+
+	if (!in_compat_syscall())
+		return 0;
+	hook = compat_hook(id);
+	if (!hook)
+		return 0;
+#ifdef __TARGET_ARCH_x86
+	/* ebx, ecx, edx, esi, edi: 32-bit values (dirfds sign-extend where they are used) */
+	args[0] = (__u32)regs->bx;
+	args[1] = (__u32)regs->cx;
+	args[2] = (__u32)regs->dx;
+	args[3] = (__u32)regs->si;
+	args[4] = (__u32)regs->di;
+#endif
+	return stash(hook, args);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(stk_compat_exit, struct pt_regs *regs, long ret)
+{
+	return in_compat_syscall() ? finish(ret) : 0;
+}
+
+/* ------------------------------------------------------------ io_uring */
+
+/*
+ * io_uring's file requests never pass the syscall tracepoints. Decided when submitted, in
+ * the submitter (or its SQPOLL thread), from the request io_uring has prepared: the path
+ * is the kernel's own copy (struct filename), so no other thread can change it after the
+ * decision. The request may run at once (kill mode kills after, as for syscalls); its
+ * result is not known here, so a request that will fail is decided too.
+ */
+SEC("tp_btf/io_uring_submit_req")
+int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
+{
+	struct path_src src = { .kstr = 1 }, old = { .kstr = 1 };
+	struct filename *name;
+	struct entry e;
+	__u32 ops, flags = 0, mode = 0, hook;
+	void *cmd = (void *)req + bpf_core_field_offset(struct io_kiocb, cmd);
+
+	switch (BPF_CORE_READ(req, opcode)) {
+	case IORING_OP_OPENAT:
+	case IORING_OP_OPENAT2: {
+		struct io_open *o = cmd;
+
+		flags = BPF_CORE_READ(o, how.flags);
+		if ((flags & O_ACCMODE) == 0 && !(flags & (O_CREAT | O_TRUNC)))
+			return 0; /* read-only open */
+		mode = BPF_CORE_READ(o, how.mode);
+		src.dirfd = BPF_CORE_READ(o, dfd);
+		name = BPF_CORE_READ(o, filename);
+		hook = STK_HOOK_IO_URING_OPENAT;
+		/* a new file or an existing one: without a lookup we can't tell which */
+		ops = 1u << STK_OP_MODIFY_FILE;
+		if (flags & O_CREAT)
+			ops |= 1u << STK_OP_CREATE_FILE |
+			       (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
+		break;
+	}
+	case IORING_OP_UNLINKAT: {
+		struct io_unlink *u = cmd;
+
+		flags = BPF_CORE_READ(u, flags);
+		if (flags & AT_REMOVEDIR)
+			return 0;
+		src.dirfd = BPF_CORE_READ(u, dfd);
+		name = BPF_CORE_READ(u, filename);
+		hook = STK_HOOK_IO_URING_UNLINKAT;
+		ops = 1u << STK_OP_DELETE_FILE;
+		break;
+	}
+	case IORING_OP_RENAMEAT: {
+		struct io_rename *r = cmd;
+
+		flags = BPF_CORE_READ(r, flags);
+		src.dirfd = BPF_CORE_READ(r, new_dfd);
+		name = BPF_CORE_READ(r, newpath);
+		old.dirfd = BPF_CORE_READ(r, old_dfd);
+		old.upath = (__u64)BPF_CORE_READ(r, oldpath, name);
+		src.moves = old.moves = 1;
+		hook = STK_HOOK_IO_URING_RENAMEAT;
+		ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
+		break;
+	}
+	case IORING_OP_LINKAT: {
+		struct io_link *l = cmd;
+
+		flags = BPF_CORE_READ(l, flags);
+		src.dirfd = BPF_CORE_READ(l, new_dfd);
+		name = BPF_CORE_READ(l, newpath);
+		hook = STK_HOOK_IO_URING_LINKAT;
+		ops = 1u << STK_OP_CREATE_FILE;
+		break;
+	}
+	default:
+		return 0;
+	}
+	if (!name || !enter(&e))
+		return 0;
+	src.upath = (__u64)BPF_CORE_READ(name, name);
+	file_decide(&e, hook, ops, flags, mode, 0, &src, 0);
+	if (old.upath) /* a rename's old name, as for the syscall */
+		file_decide(&e, hook, flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE,
+			    flags, mode, 0, &old, 0);
 	return 0;
 }

@@ -157,17 +157,25 @@ int BPF_PROG(stk_lsm_rename, const struct path *old_dir, struct dentry *old_dent
 {
 	struct path_src src = {};
 	struct entry e;
-	__u32 ops;
+	__u32 ops, mode;
 
 	if (ret)
 		return ret;
 	if (!enter(&e))
 		return 0;
-	/* as in kill mode: the new name, create + modify + delete */
+	/* as in kill mode: the new name, create + modify + delete; then the old name, gone
+	 * (deleteFile) or, exchanged, replaced */
 	ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
+	mode = BPF_CORE_READ(old_dentry, d_inode, i_mode);
 	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &src);
-	return file_decide(&e, STK_HOOK_LSM_PATH_RENAME, ops, flags,
-			   BPF_CORE_READ(old_dentry, d_inode, i_mode), 0, &src, 1);
+	src.moves = 1; /* a directory moves the paths below it */
+	ret = file_decide(&e, STK_HOOK_LSM_PATH_RENAME, ops, flags, mode, 0, &src, 1);
+	if (ret)
+		return ret;
+	kpath(old_dentry, BPF_CORE_READ(old_dir, mnt), &src);
+	return file_decide(&e, STK_HOOK_LSM_PATH_RENAME,
+			   flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE, flags, mode, 0,
+			   &src, 1);
 }
 
 SEC("lsm/path_link")
@@ -206,18 +214,14 @@ int BPF_PROG(stk_lsm_chmod, const struct path *path, umode_t mode, int ret)
 	return file_decide(&e, STK_HOOK_LSM_PATH_CHMOD, ops, 0, mode, 0, &src, 1);
 }
 
-SEC("lsm/path_truncate")
-int BPF_PROG(stk_lsm_truncate, const struct path *path, int ret)
+/* truncate, ftruncate, open(O_TRUNC) (skipped: decided at file_open) of (d, m) */
+static __always_inline int truncate_decide(struct dentry *d, struct vfsmount *m, __u32 hook)
 {
 	struct path_src src = {};
 	struct entry e;
-	struct dentry *d;
 	__u64 id, *marked;
 	__u32 mode;
 
-	if (ret)
-		return ret;
-	d = BPF_CORE_READ(path, dentry);
 	id = bpf_get_current_pid_tgid();
 	marked = bpf_map_lookup_elem(&stk_open_trunc, &id);
 	if (marked) {
@@ -232,8 +236,27 @@ int BPF_PROG(stk_lsm_truncate, const struct path *path, int ret)
 	mode = BPF_CORE_READ(d, d_inode, i_mode);
 	if (!is_reg(mode))
 		return 0;
-	/* as kill mode's truncate by path: modifyFile (ftruncate comes here too) */
-	kpath(d, BPF_CORE_READ(path, mnt), &src);
-	return file_decide(&e, STK_HOOK_LSM_PATH_TRUNCATE, 1u << STK_OP_MODIFY_FILE, 0, mode, 0,
-			   &src, 1);
+	/* as kill mode's truncate by path: modifyFile */
+	kpath(d, m, &src);
+	return file_decide(&e, hook, 1u << STK_OP_MODIFY_FILE, 0, mode, 0, &src, 1);
+}
+
+/* truncate; before 6.2 also ftruncate and open(O_TRUNC) */
+SEC("lsm/path_truncate")
+int BPF_PROG(stk_lsm_truncate, const struct path *path, int ret)
+{
+	if (ret)
+		return ret;
+	return truncate_decide(BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt),
+			       STK_HOOK_LSM_PATH_TRUNCATE);
+}
+
+/* 6.2+: ftruncate and open(O_TRUNC) (not loaded where the hook doesn't exist: LsmSensor) */
+SEC("lsm/file_truncate")
+int BPF_PROG(stk_lsm_file_truncate, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	return truncate_decide(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt),
+			       STK_HOOK_LSM_FILE_TRUNCATE);
 }

@@ -10,7 +10,7 @@
 #define STK_ABI_H
 
 enum stk_const {
-	STK_RECORD_VERSION = 1,
+	STK_RECORD_VERSION = 2,
 	STK_MASK_WORDS = 16,       /* 1024 selector bits per policy part */
 	STK_PATH_KEY = 256,        /* zero-padded path key bytes */
 	STK_LPM_PATH = 255,        /* path bytes in an LPM key (1 tag byte + 255 = 256) */
@@ -55,6 +55,7 @@ enum stk_hook {
 	STK_HOOK_EXEC = 1,
 	STK_HOOK_FORK = 2,
 	STK_HOOK_EXIT = 3,
+	STK_HOOK_EXEC_MAPPED = 4, /* kill mode: a file's code mapped PROT_EXEC (ld.so PROGRAM) */
 	STK_HOOK_OPEN = 10,
 	STK_HOOK_OPENAT = 11,
 	STK_HOOK_OPENAT2 = 12,
@@ -74,6 +75,11 @@ enum stk_hook {
 	STK_HOOK_FTRUNCATE = 61,
 	STK_HOOK_MKNOD = 70,
 	STK_HOOK_MKNODAT = 71,
+	/* io_uring requests, decided when submitted (tp_btf/io_uring_submit_req) */
+	STK_HOOK_IO_URING_OPENAT = 80, /* IORING_OP_OPENAT, IORING_OP_OPENAT2 */
+	STK_HOOK_IO_URING_UNLINKAT = 81,
+	STK_HOOK_IO_URING_RENAMEAT = 82,
+	STK_HOOK_IO_URING_LINKAT = 83,
 	/* lsm mode (BPF LSM hooks) */
 	STK_HOOK_LSM_BPRM_CHECK = 100, /* bprm_check_security: exec */
 	STK_HOOK_LSM_TASK_ALLOC = 101, /* task_alloc: fork */
@@ -84,17 +90,21 @@ enum stk_hook {
 	STK_HOOK_LSM_PATH_LINK = 114,
 	STK_HOOK_LSM_PATH_CHMOD = 115,
 	STK_HOOK_LSM_PATH_TRUNCATE = 116,
+	STK_HOOK_LSM_FILE_TRUNCATE = 117, /* 6.2+: ftruncate, open(O_TRUNC) */
 };
 
 enum stk_stat {
-	STK_STAT_RB_FAIL = 0,        /* ring-buffer output failed (record lost) */
+	STK_STAT_RB_FAIL = 0,        /* records lost (full ring buffer): the sum of the LOST_* */
 	STK_STAT_INFLIGHT_FAIL = 1,  /* could not stash syscall args */
 	STK_STAT_PATH_TRUNCATED = 2, /* a path was truncated (depth or length) */
 	STK_STAT_RECORDS = 3,        /* records written */
 	STK_STAT_KILLS = 4,          /* SIGKILLs sent */
 	STK_STAT_KILL_FAIL = 5,      /* bpf_send_signal failures */
 	STK_STAT_DENIALS = 6,        /* lsm mode: -EPERM returned */
-	STK_STAT_COUNT = 8,          /* stk_stats entries (one spare) */
+	STK_STAT_LOST_LOG = 7,       /* log-only records lost (stk_events full) */
+	STK_STAT_LOST_ALERT = 8,     /* alert/block/would-block records lost (stk_alerts full) */
+	STK_STAT_LOST_EXIT = 9,      /* exit records lost (stk_events full) */
+	STK_STAT_COUNT = 16,         /* stk_stats entries (spares for new counters) */
 };
 
 struct stk_mask {
@@ -222,7 +232,9 @@ struct stk_proc_rec {
 	__u32 tty_major;
 	__u32 exit_code;
 	__u8 interactive;           /* session has a controlling tty */
-	__u8 pad[3];
+	__u8 exe_truncated;         /* 1: exe is the tail of a path too long to resolve */
+	__u8 exe_fileless;          /* 1: exe is in no directory (memfd, deleted file) */
+	__u8 pad;
 	char comm[16];
 	__u16 exe_len;
 	__u16 cwd_len;
@@ -240,7 +252,8 @@ struct stk_file_rec {
 	__u8 volume;  /* enum stk_volume */
 	__u8 path_from_fd; /* 1: path and volume from the opened file */
 	__u16 path_len;
-	__u32 pad;
+	__u8 path_truncated; /* 1: path is the tail of a path too long to resolve */
+	__u8 pad[3];
 	char comm[16];
 	char path[];
 }; /* fixed part: 192 + 40 = 232 bytes */

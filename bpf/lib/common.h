@@ -17,7 +17,8 @@
 #define STK_MATCH_MAX 255          /* paths longer than this never match exact/children */
 #define STK_PATH_REC_MAX 4095      /* paths in records are truncated to this many bytes */
 #define STK_ARGS_MAX 1023          /* argv bytes in a process record */
-#define STK_MAX_DEPTH 64           /* path components walked per path */
+#define STK_MAX_DEPTH 2080         /* walk steps per path: every component of a path that
+				    * fits the 4 KiB buffer (2048) and 32 mount crossings */
 #define STK_MAX_CGROUP_DEPTH 32    /* cgroup levels searched for a listed ancestor */
 
 /* the kernel's constants (vmlinux.h has types, not macros) */
@@ -26,6 +27,7 @@
 #define CLONE_THREAD 0x10000
 #define AT_FDCWD -100
 #define AT_REMOVEDIR 0x200
+#define RENAME_EXCHANGE 2
 #define O_ACCMODE 3
 #define O_CREAT 0100
 #define O_TRUNC 01000

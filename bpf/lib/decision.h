@@ -20,6 +20,8 @@ struct eval_in {
 	__u8 tables; /* STK_TABLE_* bits: the path tables to look the path up in */
 	__u8 volume;
 	__u8 interactive;
+	__u8 truncated; /* the path is a tail: it may match any blocking selector */
+	__u8 moves;     /* a rename's name: selectors below it match too (stk_dir_paths) */
 	char comm[16];
 };
 
@@ -263,6 +265,16 @@ __noinline int stk_evaluate(void)
 		if (len > STK_MATCH_MAX)
 			long_lookups(s, b, start, len, dlen, slot, part);
 	}
+	if (s->in.ok && s->in.moves && len <= STK_MATCH_MAX && s->in.tables) {
+		__builtin_memset(&s->pkey, 0, sizeof(s->pkey));
+		s->pkey.tag = slot << 8 | part;
+		bpf_probe_read_kernel(s->pkey.path, bound(len, 255), &b[start]);
+		m = bpf_map_lookup_elem(&stk_dir_paths, &s->pkey);
+		if (m)
+			mask_or(&s->tmp, m);
+	}
+	if (s->in.truncated) /* fail closed: a path we can't see whole may be any blocked one */
+		mask_or(&s->tmp, &pm->blocking);
 	if (!mask_and(&s->matched, &s->tmp))
 		return 0; /* the usual end: no selector matches the path */
 
@@ -454,7 +466,7 @@ static __always_inline int may_block(struct entry *e, __u32 part)
 
 /* The rest of the decision, after candidates() (see stk_evaluate). */
 static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const char *comm,
-				      int interactive)
+				      int interactive, int moves)
 {
 	s->in.start = rp->start;
 	s->in.len = rp->len;
@@ -463,6 +475,8 @@ static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const
 	s->in.tables = rp->tables;
 	s->in.volume = rp->volume;
 	s->in.interactive = interactive;
+	s->in.truncated = rp->ok && rp->truncated;
+	s->in.moves = moves;
 	__builtin_memcpy(s->in.comm, comm, 16);
 	return stk_evaluate();
 }

@@ -10,14 +10,17 @@
 
 /*
  * Where a file operation's path comes from: a kernel (dentry, mnt), walked,
- * or a user string relative to dirfd (kill mode's path-string syscalls).
- * Plain integers: 6.1 refuses trusted BTF pointers as global-function args.
+ * or a path string relative to dirfd (kill mode's path-string syscalls; in
+ * kernel memory when kstr: io_uring). Plain integers: 6.1 refuses trusted BTF
+ * pointers as global-function args.
  */
 struct path_src {
 	__u64 dentry;
 	__u64 mnt;
 	__u64 upath;
 	__s64 dirfd;
+	__u32 kstr;
+	__u32 moves; /* a rename's name: a directory moves the paths below it */
 };
 
 /* resolves src into stk_rpaths[0] and *rp (head_tag: see stk_resolve_kpath) */
@@ -26,7 +29,7 @@ static __always_inline void resolve_src(struct path_src *src, __u32 head_tag, st
 	if (src->dentry)
 		stk_resolve_kpath(0, src->dentry, src->mnt, head_tag);
 	else
-		stk_resolve_user(src->dirfd, src->upath);
+		stk_resolve_user(src->dirfd, src->upath, src->kstr);
 	get_rpath(0, rp);
 }
 
@@ -54,7 +57,7 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	resolve_src(src, HEAD_FILTER(e->slot, STK_PART_FILE), &rp);
 	if (!rp.ok)
 		return 0;
-	actions = evaluate(e->s, &rp, comm, 0); /* names are process-part only */
+	actions = evaluate(e->s, &rp, comm, 0, src->moves); /* names: process part only */
 	if (!actions)
 		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));
@@ -86,7 +89,8 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	r->fmode = fmode;
 	r->volume = rp.volume;
 	r->path_from_fd = src->dentry != 0;
-	r->pad = 0;
+	r->path_truncated = rp.truncated;
+	__builtin_memset(r->pad, 0, sizeof(r->pad));
 	__builtin_memcpy(r->comm, comm, 16);
 	plen = rp.len;
 	if (plen > STK_PATH_REC_MAX)

@@ -50,6 +50,15 @@ struct {
 	__type(value, struct stk_mask);
 } stk_child_paths SEC(".maps");
 
+/* directory → the selectors with a pattern at or below it (PathTables.below): a rename
+ * of the directory moves the paths they match */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct stk_path_key);
+	__type(value, struct stk_mask);
+} stk_dir_paths SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);

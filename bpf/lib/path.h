@@ -39,6 +39,7 @@ struct rpath {
 	__u8 ok;
 	__u8 truncated;
 	__u8 tables;
+	__u8 fileless; /* (d, m) is in no directory: a memfd, or a deleted file */
 };
 
 /* offset (from start) of the last '/' in [start, start+len); leaf names are <= 255 bytes */
@@ -108,6 +109,7 @@ struct walk_ctx {
 	__u8 copy;
 	__u8 trunc;
 	__u8 done;
+	__u8 detached; /* ended at a dentry that is its own parent: pseudo (memfd) or disconnected */
 };
 
 static long walk_cb(__u32 i, void *data)
@@ -134,12 +136,12 @@ static long walk_cb(__u32 i, void *data)
 		return 0;
 	}
 	parent = BPF_CORE_READ(d, d_parent);
-	if (parent == d)
-		goto done;
 	w->head = d;
 	w->d = parent;
+	if (parent == d) /* its own name is all the path there is ("/memfd:x") */
+		w->detached = w->done = 1;
 	if (!w->copy)
-		return 0;
+		return parent == d; /* bpf_loop: 0 or 1, nothing the verifier can't bound */
 	pb = bpf_map_lookup_elem(&stk_pathbufs, &w->buf);
 	if (!pb)
 		return 1;
@@ -158,7 +160,7 @@ static long walk_cb(__u32 i, void *data)
 	w->pos = pos & (PB_END - 1); /* stable range: lets the verifier converge */
 	if (w->leaf_pos == PB_END)
 		w->leaf_pos = w->pos;
-	return 0;
+	return parent == d;
 done:
 	w->done = 1;
 	return 1;
@@ -185,6 +187,7 @@ static __always_inline void walk(struct walk_ctx *w, __u32 buf, __u8 copy, struc
 	w->copy = copy;
 	w->trunc = 0;
 	w->done = 0;
+	w->detached = 0;
 	bpf_loop(STK_MAX_DEPTH, walk_cb, w, 0);
 	if (!w->done)
 		w->trunc = 1;
@@ -226,6 +229,8 @@ static __always_inline void resolve_kpath(char *b, __u32 buf, struct dentry *d,
 	rp->leaf = w.leaf_pos < PB_END ? w.leaf_pos - pos : 0;
 	rp->volume = volume_kind(m, root->m);
 	rp->truncated = w.trunc;
+	/* detached, or unlinked while in use (an unhashed dentry) */
+	rp->fileless = w.detached || !BPF_CORE_READ(d, d_hash.pprev);
 	rp->ok = 1;
 }
 
@@ -375,17 +380,21 @@ static __always_inline __u32 normalize(__u32 start, __u32 len, __u8 *trunc)
 }
 
 /*
- * Path as the process sees it from a user string: absolute strings are
- * taken as they are, relative ones are joined to the dirfd's path (or the
- * cwd). No "."/".." normalisation (see docs/kernel.md).
+ * Path as the process sees it from a path string (in user memory, or in the kernel's
+ * copy when kstr: io_uring's struct filename): absolute strings are taken as they
+ * are, relative ones are joined to the dirfd's path (or the cwd); then normalised.
  */
 static __always_inline void resolve_user(char *b, struct task_struct *task, __s64 dirfd,
-					 const char *upath, struct troot *root, struct rpath *rp)
+					 const char *upath, int kstr, struct troot *root,
+					 struct rpath *rp)
 {
 	long n;
 
 	rp->ok = 0;
-	n = bpf_probe_read_user_str(&b[PB_END + 1], STK_PATH_REC_MAX, upath);
+	if (kstr)
+		n = bpf_probe_read_kernel_str(&b[PB_END + 1], STK_PATH_REC_MAX, upath);
+	else
+		n = bpf_probe_read_user_str(&b[PB_END + 1], STK_PATH_REC_MAX, upath);
 	if (n <= 1)
 		return;
 	if (b[PB_END + 1] == '/') {
@@ -465,6 +474,7 @@ __noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt, __u32 head
 		rp->leaf = 0;
 		rp->volume = volume_kind((struct vfsmount *)vmnt, root.m);
 		rp->truncated = 0;
+		rp->fileless = 0;
 		rp->ok = 1;
 		return 1;
 	}
@@ -472,7 +482,7 @@ __noinline int stk_resolve_kpath(__u32 buf, __u64 dentry, __u64 vmnt, __u32 head
 	return rp->ok;
 }
 
-__noinline int stk_resolve_user(__s64 dirfd, __u64 upath)
+__noinline int stk_resolve_user(__s64 dirfd, __u64 upath, __u32 kstr)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct pathbuf *pb;
@@ -487,7 +497,7 @@ __noinline int stk_resolve_user(__s64 dirfd, __u64 upath)
 	rp->ok = 0;
 	rp->tables = STK_TABLE_ALL;
 	task_root(&root);
-	resolve_user(pb->b, task, dirfd, (const char *)upath, &root, rp);
+	resolve_user(pb->b, task, dirfd, (const char *)upath, kstr, &root, rp);
 	return rp->ok;
 }
 

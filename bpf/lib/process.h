@@ -73,15 +73,22 @@ static __noinline void exec_comm(const char *filename, char *comm)
 	}
 }
 
+/* handle_process's `lsm` */
+#define PROC_REPORT 0 /* a sched_process_* tracepoint */
+#define PROC_DENY 1   /* an LSM hook */
+#define PROC_MAPPED 2 /* kill mode: a file's code mapped without exec (ld.so PROGRAM) */
+
 /*
  * exec/fork: decide and report. From the sched_process_* tracepoints
- * (lsm = 0): after the operation, every action is reported, BLOCK kills (in
+ * (PROC_REPORT): after the operation, every action is reported, BLOCK kills (in
  * lsm mode the LSM hook has denied it already, with the same slot: see
  * remember_slot; a tracepoint sees BLOCK only when the process moved to
  * another cgroup between the two). From an LSM hook
- * (lsm = 1; exe_in/filename from the linux_binprm for exec): only a BLOCK is
+ * (PROC_DENY; exe_in/filename from the linux_binprm for exec): only a BLOCK is
  * handled there (record `denied`, returns -EPERM); what is allowed is
- * reported by the tracepoint once it has happened.
+ * reported by the tracepoint once it has happened. PROC_MAPPED (exe_in: the
+ * file mapped PROT_EXEC, filename: its name): an exec of that file, only a
+ * BLOCK acts (killed before the code runs; every library would be reported else).
  */
 static __always_inline int handle_process(void *ctx, __u32 hook, struct task_struct *child,
 					  struct file *exe_in, const char *filename, int lsm)
@@ -97,8 +104,10 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 	__u64 astart, aend, exe_d = 0, exe_m = 0;
 	int interactive, verdict = 0;
 
-	op = hook == STK_HOOK_EXEC || hook == STK_HOOK_LSM_BPRM_CHECK ? STK_OP_EXEC : STK_OP_FORK;
-	if (!enter_slot(&e, lsm ? remember_slot(op) : recall_slot(op)))
+	op = hook == STK_HOOK_FORK || hook == STK_HOOK_LSM_TASK_ALLOC ? STK_OP_FORK : STK_OP_EXEC;
+	if (!enter_slot(&e, lsm == PROC_DENY     ? remember_slot(op)
+			    : lsm == PROC_MAPPED ? ACTIVE_SLOT
+						 : recall_slot(op)))
 		return 0;
 	if (!candidates(&e, STK_PART_PROCESS, 1u << op))
 		return 0;
@@ -124,7 +133,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		bpf_get_current_comm(comm, sizeof(comm));
 	interactive = BPF_CORE_READ(task, signal, tty) != NULL;
 
-	actions = evaluate(e.s, &rp, comm, interactive);
+	actions = evaluate(e.s, &rp, comm, interactive, 0);
 	if (!actions)
 		return 0;
 	if (lsm && !(actions & STK_ACTION_BLOCK))
@@ -136,7 +145,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 
 	fill_hdr(&r->h, task, e.s, STK_KIND_PROCESS, hook, e.slot, e.ctl, e.cgid, actions);
 	if (actions & STK_ACTION_BLOCK) {
-		if (lsm) {
+		if (lsm == PROC_DENY) {
 			stat_inc(STK_STAT_DENIALS);
 			r->h.outcome = STK_OUTCOME_DENIED;
 			verdict = -STK_EPERM;
@@ -171,6 +180,10 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 	if (alen > STK_PATH_REC_MAX)
 		alen = STK_PATH_REC_MAX;
 	r->exe_len = alen;
+	r->exe_truncated = rp.ok && rp.truncated;
+	r->exe_fileless = rp.ok && rp.fileless;
+	if (r->exe_truncated)
+		stat_inc(STK_STAT_PATH_TRUNCATED);
 	bpf_probe_read_kernel(&r->data[0], bound(alen, 4095), &pb->b[rp.start & (PB_SIZE - 1 - 4096)]);
 	off = alen & 4095;
 
@@ -196,7 +209,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 	astart = BPF_CORE_READ(task, mm, arg_start);
 	aend = BPF_CORE_READ(task, mm, arg_end);
 	alen = aend > astart ? aend - astart : 0;
-	if (filename)
+	if (lsm == PROC_DENY)
 		alen = 0; /* a denied exec: the new argv is in the new mm, not readable here */
 	if (alen > STK_ARGS_MAX)
 		alen = STK_ARGS_MAX;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Records: building one in the per-CPU record buffer (stk_recbufs), its header, the kill
- * that a kill-mode BLOCK sends, and writing it to the ring buffer (stk_events).
+ * that a kill-mode BLOCK sends, and writing it to a ring buffer: alerts and blocks to their
+ * own (stk_alerts), so that a flood of log and exit records (stk_events) can't push them out.
  */
 #ifndef STK_RECORDS_H
 #define STK_RECORDS_H
@@ -14,6 +15,13 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } stk_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 2 << 20);
+} stk_alerts SEC(".maps");
+
+#define STK_ALERTING (STK_ACTION_ALERT | STK_ACTION_BLOCK | STK_ACTION_AUDIT_BLOCK)
 
 struct recbuf {
 	char b[REC_SIZE];
@@ -58,15 +66,22 @@ static __always_inline __u8 kill_current(void)
 	return STK_OUTCOME_KILL_FAILED;
 }
 
+/* rec starts with its header: alerts and blocks go to stk_alerts, the rest to stk_events */
 static __always_inline void output(void *rec, __u64 size)
 {
+	struct stk_rec_hdr *h = rec;
+	int alert = h->actions & STK_ALERTING;
+
 	asm volatile("" : "+r"(size));
 	if (size > REC_SIZE)
 		size = REC_SIZE;
-	if (bpf_ringbuf_output(&stk_events, rec, size, 0))
-		stat_inc(STK_STAT_RB_FAIL);
-	else
+	if (!bpf_ringbuf_output(alert ? (void *)&stk_alerts : (void *)&stk_events, rec, size, 0)) {
 		stat_inc(STK_STAT_RECORDS);
+		return;
+	}
+	stat_inc(STK_STAT_RB_FAIL);
+	stat_inc(alert ? STK_STAT_LOST_ALERT
+		       : h->kind == STK_KIND_EXIT ? STK_STAT_LOST_EXIT : STK_STAT_LOST_LOG);
 }
 
 #endif

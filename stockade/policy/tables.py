@@ -58,6 +58,20 @@ class PathTables:
         return cls(exact=paths.exact, children=paths.children, recursive_lpm=lpm, any=paths.any)
 
     @cached_property
+    def below(self) -> Mapping[str, int]:
+        """Directory (not "/") → the selectors with a pattern at or below it: renaming the
+        directory moves the paths they match (the kernel's stk_dir_paths, looked up for both
+        names of a rename)."""
+        dirs = [(parent_dir(p), m) for p, m in self.exact.items()]
+        dirs += self.children.items()
+        dirs += [(key.rstrip("/") or "/", m) for key, m in self.recursive_lpm.items()]
+        out: dict[str, int] = {}
+        for directory, mask in dirs:
+            for d in _self_and_ancestors(directory)[:-1]:  # not "/": it can't be renamed
+                out[d] = out.get(d, 0) | mask
+        return out
+
+    @cached_property
     def heads(self) -> Mapping[str, PathTable] | None:
         """First component → the tables with an entry under it; None when an entry matches
         every path (children of "/", "/**"). A path is looked up only in the tables its first

@@ -51,7 +51,7 @@ __all__ = [
 class Const(IntEnum):
     """enum stk_const: sizes and limits both sides build on."""
 
-    RECORD_VERSION = 1
+    RECORD_VERSION = 2
     MASK_WORDS = 16  # u64 words per selector mask: 1024 selectors per part
     PATH_KEY = 256
     LPM_PATH = 255
@@ -131,6 +131,7 @@ class Hook(IntEnum):
     EXEC = 1
     FORK = 2
     EXIT = 3
+    EXEC_MAPPED = 4  # kill mode: a file's code mapped PROT_EXEC (ld.so PROGRAM)
     OPEN = 10
     OPENAT = 11
     OPENAT2 = 12
@@ -150,6 +151,10 @@ class Hook(IntEnum):
     FTRUNCATE = 61
     MKNOD = 70
     MKNODAT = 71
+    IO_URING_OPENAT = 80  # io_uring requests, decided when submitted
+    IO_URING_UNLINKAT = 81
+    IO_URING_RENAMEAT = 82
+    IO_URING_LINKAT = 83
     LSM_BPRM_CHECK = 100
     LSM_TASK_ALLOC = 101
     LSM_FILE_OPEN = 110
@@ -159,6 +164,7 @@ class Hook(IntEnum):
     LSM_PATH_LINK = 114
     LSM_PATH_CHMOD = 115
     LSM_PATH_TRUNCATE = 116
+    LSM_FILE_TRUNCATE = 117  # 6.2+: ftruncate, open(O_TRUNC)
 
     @property
     def point(self) -> str:
@@ -172,7 +178,7 @@ class Hook(IntEnum):
         return special.get(self) or self.name.removeprefix("LSM_").lower()
 
 
-SYSCALL_HOOKS: Final = tuple(h for h in Hook if Hook.OPEN <= h < Hook.LSM_BPRM_CHECK)
+SYSCALL_HOOKS: Final = tuple(h for h in Hook if Hook.OPEN <= h <= Hook.MKNODAT)
 
 
 class Stat(IntEnum):
@@ -185,6 +191,9 @@ class Stat(IntEnum):
     KILLS = 4
     KILL_FAIL = 5
     DENIALS = 6
+    LOST_LOG = 7  # RB_FAIL = LOST_LOG + LOST_ALERT + LOST_EXIT
+    LOST_ALERT = 8
+    LOST_EXIT = 9
 
 
 class PathTable(IntFlag):
@@ -339,7 +348,9 @@ PROC_REC: Final = Layout(
         ("tty_major", "I"),
         ("exit_code", "I"),
         ("interactive", "B"),
-        ("pad", "3s"),
+        ("exe_truncated", "B"),
+        ("exe_fileless", "B"),
+        ("pad", "B"),
         ("comm", "16s"),
         ("exe_len", "H"),
         ("cwd_len", "H"),
@@ -359,7 +370,8 @@ FILE_REC: Final = Layout(
         ("volume", "B"),
         ("path_from_fd", "B"),
         ("path_len", "H"),
-        ("pad", "I"),
+        ("path_truncated", "B"),
+        ("pad", "3s"),
         ("comm", "16s"),
         ("path", "0s"),
     ),

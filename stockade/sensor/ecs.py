@@ -166,7 +166,9 @@ _FILE_ACTIONS = {
     "truncate": "modification", "ftruncate": "modification", "mknod": "creation",
     "mknodat": "creation", "path_mknod": "creation", "path_unlink": "deletion",
     "path_rename": "rename", "path_link": "link", "path_chmod": "modification",
-    "path_truncate": "modification",
+    "path_truncate": "modification", "file_truncate": "modification",
+    "io_uring_unlinkat": "deletion",
+    "io_uring_renameat": "rename", "io_uring_linkat": "link",
 }  # fmt: skip
 _ECS_TYPES = {
     "creation": "creation", "deletion": "deletion", "rename": "change", "link": "creation",
@@ -320,7 +322,7 @@ def document(
     elif h.kind == RecordKind.EXIT:
         action = "end"
     else:
-        action = "exec" if h.hook in (Hook.EXEC, Hook.LSM_BPRM_CHECK) else "fork"
+        action = "exec" if h.hook in (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.EXEC_MAPPED) else "fork"
     actions = _action_names(h.actions)
     types = [_ECS_TYPES[action]]
     if h.outcome == "denied":
@@ -362,5 +364,9 @@ def document(
         doc["file"] = _file(rec)
         doc["cloud_defend"]["file_operations"] = sorted(rec.ops)
         doc["cloud_defend"]["volume"] = rec.volume
+    if rec.executable_truncated if isinstance(rec, ProcessRecord) else rec.path_truncated:
+        doc["cloud_defend"]["path_truncated"] = True  # a path's tail: decided fail-closed
+    if isinstance(rec, ProcessRecord) and rec.executable_fileless:
+        doc["cloud_defend"]["fileless"] = True  # a memfd or deleted executable
     doc.update(_container(applied.containers.get(h.cgroup_id) if applied else None))
     return doc

@@ -49,6 +49,7 @@ __all__ = [
     "mask_bytes",
     "open_sensor",
     "present_file_syscalls",
+    "present_lsm_hooks",
 ]
 
 MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
@@ -62,8 +63,19 @@ LSM_HOOKS: Final[Mapping[str, Hook]] = {
     "stk_lsm_file_open": Hook.LSM_FILE_OPEN, "stk_lsm_mknod": Hook.LSM_PATH_MKNOD,
     "stk_lsm_unlink": Hook.LSM_PATH_UNLINK, "stk_lsm_rename": Hook.LSM_PATH_RENAME,
     "stk_lsm_link": Hook.LSM_PATH_LINK, "stk_lsm_chmod": Hook.LSM_PATH_CHMOD,
-    "stk_lsm_truncate": Hook.LSM_PATH_TRUNCATE,
+    "stk_lsm_truncate": Hook.LSM_PATH_TRUNCATE, "stk_lsm_file_truncate": Hook.LSM_FILE_TRUNCATE,
 }  # fmt: skip
+VMLINUX_BTF: Final = Path("/sys/kernel/btf/vmlinux")
+
+
+def present_lsm_hooks() -> dict[str, Hook]:
+    """The LSM_HOOKS this kernel has (file_truncate since 6.2): BPF LSM's attach points are
+    the bpf_lsm_<hook> functions, named in the kernel's BTF."""
+    btf = VMLINUX_BTF.read_bytes()
+    return {
+        prog: hook for prog, hook in LSM_HOOKS.items()
+        if f"\0bpf_lsm_{hook.point}\0".encode() in btf
+    }  # fmt: skip
 
 
 def present_file_syscalls() -> list[Hook]:
@@ -153,6 +165,8 @@ class KillSensor(Closing):
         ensure_fs()
         t0 = time.monotonic()
         self.obj = BpfObject(obj_file or object_path(self.OBJECT))
+        for name in self._absent_programs():
+            self.obj.program(name).set_autoload(False)
         self.obj.load()
         self.load_seconds = time.monotonic() - t0
         self.grace_s = grace_s
@@ -162,10 +176,14 @@ class KillSensor(Closing):
             n: self.obj.map(f"stk_{n}")
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
-                "child_paths", "recursive_paths", "long_paths", "path_heads", "names",
-                "responses", "events", "stats",
+                "child_paths", "dir_paths", "recursive_paths", "long_paths", "path_heads",
+                "names", "responses", "alerts", "events", "stats",
             )
         }  # fmt: skip
+
+    def _absent_programs(self) -> list[str]:
+        """Programs for what this kernel lacks: not loaded (the verifier would refuse them)."""
+        return []
 
     # -- attach -----------------------------------------------------------------
 
@@ -182,7 +200,18 @@ class KillSensor(Closing):
                 enter.attach_tracepoint("syscalls", f"sys_enter_{hook.point}", cookie=hook)
             )
             done.append(f"syscalls/{hook.point}")
-        return done
+        # the 32-bit syscall ABI, which the syscalls/ tracepoints don't see (exit first too)
+        self.links.append(self.obj.program("stk_compat_exit").attach())
+        self.links.append(self.obj.program("stk_compat_enter").attach())
+        self.links.append(self.obj.program("stk_uring_submit").attach())
+        # code mapped without exec: ld.so PROGRAM
+        self.links.append(
+            self.obj.program("stk_mmap_exec").attach_tracepoint("syscalls", "sys_enter_mmap")
+        )
+        return [
+            *done, "tp_btf/sys_exit", "tp_btf/sys_enter", "tp_btf/io_uring_submit_req",
+            "syscalls/mmap",
+        ]  # fmt: skip
 
     def _attach_process(self) -> list[str]:
         """The sched_process_{exec,exit,fork} programs (the same in both modes)."""
@@ -234,6 +263,7 @@ class KillSensor(Closing):
         self._clear_slot("cgroup_masks", slot, lambda k: CGROUP_KEY.member(k, "slot"))
         self._clear_slot("exact_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("child_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
+        self._clear_slot("dir_paths", slot, lambda k: PATH_KEY.member(k, "tag") >> 8)
         self._clear_slot("recursive_paths", slot, lambda k: LPM_KEY.member(k, "tag") >> 4)
         self._clear_slot("long_paths", slot, lambda k: LONG_KEY.member(k, "tag") >> 4)
         self._clear_slot("path_heads", slot, lambda k: HEAD_KEY.member(k, "tag") >> 8)
@@ -292,6 +322,15 @@ class KillSensor(Closing):
                     else:
                         long.append((_long_key(slot, kind, part, raw), mask_bytes(m)))
                 self.maps[name].update_batch(short)
+            # renames of these directories move the patterns below them (longer ones: not
+            # looked up, the kernel matches directories of at most STK_MATCH_MAX bytes)
+            self.maps["dir_paths"].update_batch(
+                [
+                    (PATH_KEY.pack(tag, raw), mask_bytes(m))
+                    for d, m in t.paths.below.items()
+                    if len(raw := _path_bytes(d)) < Const.PATH_KEY
+                ]
+            )
             lpm = self.maps["recursive_paths"]
             for key, m in t.paths.recursive_lpm.items():
                 prefix = _path_bytes(key)
@@ -356,11 +395,11 @@ class KillSensor(Closing):
     # -- output -----------------------------------------------------------------
 
     def ring(self, callback: Callable[[bytes], None]) -> RingBuffer:
-        """A consumer of the events ring buffer."""
-        return RingBuffer(self.maps["events"], callback)
+        """A consumer of both ring buffers: alerts and blocks first, then the rest."""
+        return RingBuffer([self.maps["alerts"], self.maps["events"]], callback)
 
     def stats(self) -> dict[str, int]:
-        """Counters summed over CPUs (rb_fail: records lost)."""
+        """Counters summed over CPUs (rb_fail: records lost; lost_*: of which log, alert, exit)."""
         out = {}
         for stat in Stat:
             vals = self.maps["stats"].lookup_percpu(_U32.pack(stat))
@@ -375,11 +414,15 @@ class LsmSensor(KillSensor):
     OBJECT = "stockade_lsm.bpf.o"
     MODE = "lsm"
 
+    def _absent_programs(self) -> list[str]:
+        self.hooks = present_lsm_hooks()
+        return [prog for prog in LSM_HOOKS if prog not in self.hooks]
+
     def attach(self) -> list[str]:
-        """Attach the LSM programs first (so nothing listed runs undecided), then the
-        process tracepoints; returns the attach points."""
+        """Attach the LSM programs of the hooks this kernel has first (so nothing listed
+        runs undecided), then the process tracepoints; returns the attach points."""
         done = []
-        for prog, hook in LSM_HOOKS.items():
+        for prog, hook in self.hooks.items():
             self.links.append(self.obj.program(prog).attach_lsm())
             done.append(f"lsm/{hook.point}")
         return done + self._attach_process()

@@ -7,7 +7,7 @@ import ctypes
 import ctypes.util
 import errno as errno_mod
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
@@ -91,6 +91,7 @@ _sig("btf__type_by_id", _vp, _vp, _u32)
 _sig("btf__name_by_offset", _cp, _vp, _u32)
 _SAMPLE_CB = ctypes.CFUNCTYPE(_int, _vp, _vp, ctypes.c_size_t)
 _sig("ring_buffer__new", _vp, _int, _SAMPLE_CB, _vp, _vp)
+_sig("ring_buffer__add", _int, _vp, _int, _SAMPLE_CB, _vp)
 _sig("ring_buffer__poll", _int, _vp, _int)
 _sig("ring_buffer__consume", _int, _vp)
 _sig("ring_buffer__free", None, _vp)
@@ -431,17 +432,24 @@ class Btf(Closing):
 
 
 class RingBuffer:
-    """A libbpf ring-buffer consumer calling `callback(record_bytes)`."""
+    """A libbpf ring-buffer consumer calling `callback(record_bytes)` for the records of one
+    or more ring-buffer maps (each consume reads them in the order given)."""
 
-    def __init__(self, bpf_map: Map, callback: Callable[[bytes], None]) -> None:
+    def __init__(self, maps: Sequence[Map], callback: Callable[[bytes], None]) -> None:
         self._callback = callback
         self._error: BaseException | None = None
         self._limit = 0  # records per poll/consume (0: all there are)
         self._taken = 0
         self._cb = _SAMPLE_CB(self._on_sample)
+        first, *rest = maps
         self._ptr: int | None = _ptr(
-            _lib.ring_buffer__new(bpf_map.fd, self._cb, None, None), f"ring_buffer {bpf_map.name}"
+            _lib.ring_buffer__new(first.fd, self._cb, None, None), f"ring_buffer {first.name}"
         )
+        for m in rest:
+            ret = _lib.ring_buffer__add(self._ptr, m.fd, self._cb, None)
+            if ret < 0:
+                self.close()
+                raise BpfError(f"ring_buffer__add {m.name}", -ret)
 
     def _on_sample(self, _ctx: int | None, data: int | None, size: int) -> int:
         try:

@@ -53,6 +53,8 @@ class ProcessRecord:
     executable: str
     cwd: str
     args: list[str]
+    executable_truncated: bool = False  # the tail of a path too long to resolve (fail closed)
+    executable_fileless: bool = False  # in no directory: a memfd, or a deleted file
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class FileRecord:
     path_from_fd: bool
     comm: str
     path: str
+    path_truncated: bool = False  # the tail of a path too long to resolve (fail closed)
 
 
 def _name(enum: type[Outcome] | type[Volume], value: int) -> str:
@@ -100,6 +103,8 @@ def decode(raw: bytes) -> ProcessRecord | FileRecord:
             tty_index=p["tty_index"], tty_major=p["tty_major"], exit_code=p["exit_code"],
             interactive=bool(p["interactive"]), comm=_cstr(p["comm"]),
             executable=exe.decode(errors="surrogateescape"),
+            executable_truncated=bool(p["exe_truncated"]),
+            executable_fileless=bool(p["exe_fileless"]),
             cwd=cwd.decode(errors="surrogateescape"),
             args=[a.decode(errors="surrogateescape") for a in args.rstrip(b"\0").split(b"\0")]
             if args else [],
@@ -112,5 +117,6 @@ def decode(raw: bytes) -> ProcessRecord | FileRecord:
             flags=q["flags"], mode=q["mode"], fmode=q["fmode"],
             volume=_name(Volume, q["volume"]), path_from_fd=bool(q["path_from_fd"]),
             comm=_cstr(q["comm"]), path=path.decode(errors="surrogateescape"),
+            path_truncated=bool(q["path_truncated"]),
         )  # fmt: skip
     raise ValueError(f"unknown record kind {hdr.kind}")

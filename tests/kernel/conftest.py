@@ -117,11 +117,12 @@ class Collector:
         self.rb = sensor.ring(lambda raw: self.records.append(decode(raw)))
 
     def drain(self) -> list[Record]:
-        """Everything written so far (waits for the stream to go quiet)."""
+        """Everything written so far (waits for the stream to go quiet), in the order it
+        happened (alerts come from their own ring buffer, ahead of the rest)."""
         while self.rb.poll(150):
             pass
         out, self.records = self.records, []
-        return out
+        return sorted(out, key=lambda r: r.header.ktime_ns)
 
     def run(
         self, argv: list[str], cg: Cgroup | None

@@ -124,6 +124,8 @@ def kernel_operations(
                 {"createFile", "modifyFile", "deleteFile"} if kind == "rename" else {"createFile"}
             )
             out.append(file(ops_, target, string_volume(op[2], target)))
+            if kind == "rename":  # the old name is gone
+                out.append(file({"deleteFile"}, path, string_volume(raw, path)))
         elif kind == "truncate":
             out.append(file({"modifyFile"}, path, string_volume(raw, path)))
         elif kind == "delete":
@@ -213,14 +215,15 @@ class Harness:
         return self.sa.applied[self.sa.generation]
 
     def docs(self) -> list[Doc]:
-        """Documents written since the last call (waits for the stream to go quiet)."""
+        """Documents written since the last call (waits for the stream to go quiet), in the
+        order they happened (alerts come from their own ring buffer, ahead of the rest)."""
         assert self.sa is not None
         while self.sa.pump(150):
             pass
         lines = self.out.getvalue().splitlines()
         self.out.seek(0)
         self.out.truncate()
-        return [json.loads(line) for line in lines]
+        return sorted((json.loads(line) for line in lines), key=lambda d: str(d["@timestamp"]))
 
     def run(
         self, argv: list[str], cg: Cgroup | None, **kw: Any

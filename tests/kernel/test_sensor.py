@@ -85,6 +85,7 @@ def test_file_operations_exact_records(
         ("open", {"modifyFile"}, f"{d}/abs.txt"),
         ("chmod", {"modifyFile", "createExecutable"}, f"{d}/abs.txt"),
         ("rename", {"createFile", "modifyFile", "deleteFile"}, f"{d}/sub/moved.txt"),
+        ("rename", {"deleteFile"}, f"{d}/abs.txt"),  # the old name is gone
         ("unlink", {"deleteFile"}, f"{d}/sub/at.txt"),
         ("truncate", {"modifyFile"}, f"{d}/rel.txt"),
     ]

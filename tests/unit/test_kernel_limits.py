@@ -43,6 +43,16 @@ def test_heads_name_the_tables_under_each_first_component() -> None:
     assert PathTables({}, {"/": 16}, {}, 0).lookup("/anything") == 16
 
 
+def test_below_names_the_directories_a_rename_moves_patterns_out_of() -> None:
+    paths = PathTables(
+        exact={"/etc/passwd": 1, "/": 2},
+        children={"/etc/ssh": 4},
+        recursive_lpm={"/usr/lib/": 8, "/": 16},
+        any=0,
+    )
+    assert paths.below == {"/etc": 1 | 4, "/etc/ssh": 4, "/usr": 8, "/usr/lib": 8}
+
+
 def _documents(count: int, responses: int) -> list[PolicyDocument]:
     part = {
         "selectors": [{"name": "s", "operation": ["exec"]}],

@@ -1,0 +1,379 @@
+"""Kill mode against the attacks of issue 15: a flood that would push alerts out, paths
+deeper than the walk, and the other ways to reach a guarded file (docs/kernel.md, "Attacks")."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stockade.policy.model import PartName
+from stockade.policy.tables import PartTables
+from stockade.sensor.abi import ActionBits, Hook
+from stockade.sensor.kernel import Bundle, KillSensor
+from stockade.sensor.records import FileRecord, ProcessRecord
+
+from .conftest import Cgroup, Collector, part_tables
+from .test_sensor import py
+
+pytestmark = pytest.mark.kernel
+
+Load = Callable[[Bundle], int]
+
+
+PROGS = Path(__file__).with_name("progs")
+
+
+def build_c(directory: Path, name: str, *flags: str) -> Path:
+    """progs/<name>.c compiled into directory."""
+    out = directory / name
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(PROGS / f"{name}.c")], check=True)
+    return out
+
+
+@pytest.fixture
+def own_sensor(_built: None) -> Iterator[KillSensor]:
+    """A sensor of the test's own, whose losses don't count against the session's."""
+    with KillSensor() as s:
+        s.attach()
+        yield s
+
+
+def test_alerts_survive_an_exec_flood(
+    own_sensor: KillSensor, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    """20,000 execs logged, every 200th one alerting, with nobody reading: the log records
+    overflow their ring buffer, every alert arrives, and the losses are counted by kind."""
+    sensor = own_sensor
+    flood = build_c(workdir, "flood")
+    alarm = workdir / "alarm"
+    shutil.copy(tiny, alarm)
+    tables = part_tables(
+        "process",
+        {"exec": 0b11},
+        [(0b01, 0, ActionBits.LOG), (0b10, 0, ActionBits.ALERT)],
+        any_path=0b01,
+        exact={str(alarm): 0b10},
+        any_name=0b11,
+    )
+    sensor.reload(Bundle(1, {cgroup.id: {"process": 0b11}}, {"process": tables}))
+    collector = Collector(sensor)
+    before = sensor.stats()
+    n, every = 20_000, 200
+    # the consumer is not reading while the flood runs (subprocess.run waits for it)
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [str(flood), str(n), str(every), str(tiny), str(alarm)],
+        preexec_fn=cgroup.join(),
+        check=False,
+    )
+    assert res.returncode == 0
+    print(f"flood: {n / (time.monotonic() - t0):.0f} execs/s")
+    recs = collector.drain()
+    collector.close()
+    after = sensor.stats()
+    lost = {k: after[k] - before[k] for k in ("rb_fail", "lost_log", "lost_alert", "lost_exit")}
+    alerts = [
+        r for r in recs
+        if isinstance(r, ProcessRecord) and ActionBits.ALERT in ActionBits(r.header.actions)
+    ]  # fmt: skip
+    assert lost["lost_log"] > 0, "the flood did not overflow the log ring buffer"
+    assert lost["rb_fail"] == lost["lost_log"] + lost["lost_alert"] + lost["lost_exit"]
+    assert lost["lost_alert"] == 0
+    assert len(alerts) == n // every
+    assert all(r.executable == str(alarm) for r in alerts)
+
+
+def deep_dir(base: Path, name: str, depth: int) -> None:
+    """base/name/name/... `depth` levels down, made through directory fds (the whole path
+    may be longer than PATH_MAX)."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=fd)
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+
+
+# argv: base, name, depth, then "exec" (exec ./tiny there) or "create" (create f.txt there)
+DEEP_SCRIPT = """
+import os, sys
+base, name, depth, what = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+os.chdir(base)
+for _ in range(depth):
+    os.chdir(name)
+if what == "exec":
+    os.execv("./tiny", ["./tiny"])
+os.close(os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o644))
+print("created")
+"""
+
+
+def guard_below(d: Path, cg: Cgroup) -> Bundle:
+    """Blocks (and alerts) every exec of a program below d, every file created below d."""
+    block = [(1, 0, ActionBits.ALERT | ActionBits.BLOCK)]
+    below = {str(d) + "/": 1}
+    parts: dict[PartName, PartTables] = {
+        "process": part_tables("process", {"exec": 1}, block, recursive_lpm=below, any_name=1),
+        "file": part_tables("file", {"createFile": 1}, block, recursive_lpm=below),
+    }
+    return Bundle(1, {cg.id: {"process": 1, "file": 1}}, parts)
+
+
+@pytest.mark.parametrize(
+    ("name", "depth", "truncated"),
+    [("d", 100, False), ("x" * 200, 25, True)],
+    ids=["100-deep", "over-4KiB"],
+)
+def test_deep_paths_resolved_or_fail_closed(
+    sensor: KillSensor,
+    collector: Collector,
+    cgroup: Cgroup,
+    workdir: Path,
+    tiny: Path,
+    load: Load,
+    name: str,
+    depth: int,
+    truncated: bool,
+) -> None:
+    """A program and a file 100 directories deep are seen at their whole absolute paths and
+    blocked; one whose path is over 4 KiB (longer than the walk's buffer) is blocked all the
+    same (fail closed), its record carries the path's tail, flagged, and counted."""
+    deep_dir(workdir, name, depth)
+    bottom = "/".join([str(workdir), *[name] * depth])
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(tiny, "rb") as src:
+        out = os.open("tiny", os.O_WRONLY | os.O_CREAT, 0o755, dir_fd=fd)
+        os.write(out, src.read())
+        os.close(out)
+    os.close(fd)
+    load(guard_below(workdir, cgroup))
+    before = sensor.stats()["path_truncated"]
+    got = []
+    for what in ("exec", "create"):
+        res, recs = collector.run(py(DEEP_SCRIPT, str(workdir), name, str(depth), what), cgroup)
+        assert res.returncode == -9, res.stdout + res.stderr  # killed at once, created nothing
+        assert len(recs) >= 1 and recs[0].header.outcome == "killed"
+        got.append(recs[0])
+    proc, file = got
+    assert isinstance(proc, ProcessRecord) and isinstance(file, FileRecord)
+    assert (proc.executable_truncated, file.path_truncated) == (truncated, truncated)
+    assert sensor.stats()["path_truncated"] - before == (2 if truncated else 0)
+    for path, leaf in ((proc.executable, "/tiny"), (file.path, "/f.txt")):
+        assert path.startswith("/")
+        if truncated:  # the tail that fits
+            assert len(path) > 3500 and (bottom + leaf).endswith(path)
+        else:
+            assert path == bottom + leaf
+
+
+def guard_files(d: Path, cg: Cgroup) -> Bundle:
+    """Blocks (and alerts) every file operation below d."""
+    ops = {op: 1 for op in ("createExecutable", "createFile", "modifyFile", "deleteFile")}
+    block = [(1, 0, ActionBits.ALERT | ActionBits.BLOCK)]
+    tables = part_tables("file", ops, block, recursive_lpm={str(d) + "/": 1})
+    return Bundle(1, {cg.id: {"file": 1}}, {"file": tables})
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="int $0x80 is x86's")
+def test_compat_syscalls_are_seen_and_blocked(
+    collector: Collector, cgroup: Cgroup, workdir: Path, tmp_path: Path, load: Load
+) -> None:
+    """open, creat, unlink, rename, chmod and truncate through the 32-bit ABI from a 64-bit
+    process are decided as the 64-bit calls are: alerted and killed."""
+    compat = build_c(tmp_path, "compat", "-static", "-no-pie")
+    load(guard_files(workdir, cgroup))
+    d = str(workdir)
+    cases = [
+        (["open", f"{d}/new"], Hook.OPEN, [f"{d}/new"]),
+        (["creat", f"{d}/new2"], Hook.CREAT, [f"{d}/new2"]),
+        (["unlink", f"{d}/a"], Hook.UNLINK, [f"{d}/a"]),
+        (["rename", f"{d}/b", f"{d}/c"], Hook.RENAME, [f"{d}/c", f"{d}/b"]),  # both names
+        (["chmod", f"{d}/e"], Hook.CHMOD, [f"{d}/e"]),
+        (["truncate", f"{d}/f"], Hook.TRUNCATE, [f"{d}/f"]),
+    ]
+    for name in "abef":
+        (workdir / name).write_text("x")
+    got = []
+    for argv, _, _ in cases:
+        res, recs = collector.run([str(compat), *argv], cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
+    assert got == [(-9, [(hook, p, "killed") for p in paths]) for _, hook, paths in cases]
+
+
+# argv: path, form — changes the file through an fd, naming it without its path
+FD_FORMS_SCRIPT = """
+import ctypes, os, sys
+path, form = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDONLY)  # a read-only open is no file operation
+if form == "fchmodat2-empty":
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(452, fd, b"", 0o755, 0x1000) != 0:  # AT_EMPTY_PATH
+        sys.exit(f"fchmodat2: {os.strerror(ctypes.get_errno())}")
+elif form == "truncate-proc":
+    os.truncate(f"/proc/self/fd/{fd}", 0)
+else:
+    os.chmod(form.replace("N", str(fd)), 0o755)
+print("done")
+"""
+
+
+def test_fd_forms_are_the_file(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """fchmodat2(fd, "", AT_EMPTY_PATH) and chmod/truncate of /proc/self/fd/N, /dev/fd/N,
+    /proc/thread-self/fd/N act on the file the fd has open: decided by its path, killed."""
+    load(guard_files(workdir, cgroup))
+    target = workdir / "guarded"
+    target.write_text("x")
+    forms = {
+        "fchmodat2-empty": Hook.FCHMODAT2, "truncate-proc": Hook.TRUNCATE,
+        "/proc/self/fd/N": Hook.CHMOD, "/dev/fd/N": Hook.CHMOD,
+        "/proc/thread-self/fd/N": Hook.CHMOD,
+    }  # fmt: skip
+    got = {}
+    for form in forms:
+        res, recs = collector.run(py(FD_FORMS_SCRIPT, str(target), form), cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got[form] = (res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files])
+    assert got == {f: (-9, [(hook, str(target), "killed")]) for f, hook in forms.items()}
+
+
+def test_io_uring_requests_are_seen_and_blocked(
+    collector: Collector, cgroup: Cgroup, workdir: Path, tmp_path: Path, load: Load
+) -> None:
+    """openat, unlinkat, renameat and linkat submitted through io_uring are decided when
+    submitted, by the path io_uring copied: alerted and the submitter killed."""
+    uring = build_c(tmp_path, "uring")
+    load(guard_files(workdir, cgroup))
+    d = str(workdir)
+    for name in "abe":
+        (workdir / name).write_text("x")
+    cases = [
+        (["open", f"{d}/new"], Hook.IO_URING_OPENAT, [f"{d}/new"]),
+        (["unlink", f"{d}/a"], Hook.IO_URING_UNLINKAT, [f"{d}/a"]),
+        (["rename", f"{d}/b", f"{d}/c"], Hook.IO_URING_RENAMEAT, [f"{d}/c", f"{d}/b"]),
+        (["link", f"{d}/e", f"{d}/g"], Hook.IO_URING_LINKAT, [f"{d}/g"]),
+    ]
+    got = []
+    for argv, _, _ in cases:
+        res, recs = collector.run([str(uring), *argv], cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got.append((res.returncode, [(r.header.hook, r.path, r.header.outcome) for r in files]))
+    assert got == [(-9, [(hook, p, "killed") for p in paths]) for _, hook, paths in cases]
+
+
+RENAME = "import os, sys; os.rename(sys.argv[1], sys.argv[2])"
+
+
+def test_directory_renames_above_a_guarded_path(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """Renaming a directory moves every path below it: renaming the guarded directory, a
+    directory above it, or another directory into its place is decided as deleteFile/createFile
+    of what it moves — killed."""
+    w = workdir
+    load(guard_files(w / "top" / "guarded", cgroup))
+    cases = [  # (old, new, the name that is decided as moving guarded paths)
+        (w / "top", w / "moved", w / "top"),
+        (w / "top" / "guarded", w / "top" / "g2", w / "top" / "guarded"),
+        (w / "evil", w / "top", w / "top"),
+    ]
+    got = []
+    for old, new, _ in cases:
+        shutil.rmtree(w / "top", ignore_errors=True)
+        shutil.rmtree(w / "moved", ignore_errors=True)
+        (w / "top" / "guarded").mkdir(parents=True)
+        (w / "top" / "guarded" / "file").write_text("x")
+        if old.name == "evil":
+            (w / "evil" / "guarded").mkdir(parents=True)
+            shutil.rmtree(w / "top")
+        res, recs = collector.run(py(RENAME, str(old), str(new)), cgroup)
+        files = [r for r in recs if isinstance(r, FileRecord)]
+        got.append((res.returncode, [(r.path, r.header.outcome) for r in files]))
+    assert got == [(-9, [(str(moving), "killed")]) for _, _, moving in cases]
+
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+@pytest.mark.skipif(not Path(LOADER).exists(), reason="no x86-64 glibc loader")
+def test_exec_through_the_loader_is_the_program(
+    collector: Collector, cgroup: Cgroup, load: Load
+) -> None:
+    """`ld.so /usr/bin/echo` runs echo's code without an exec of echo: a block on
+    /usr/bin/echo (by path, or by name) kills it before that code runs, and the record names
+    echo; a program through the loader that nothing blocks runs, its libraries unreported."""
+    tables = part_tables(
+        "process",
+        {"exec": 0b11},
+        [
+            (0b01, 0, ActionBits.ALERT | ActionBits.BLOCK),
+            (0b10, 0, ActionBits.ALERT | ActionBits.BLOCK),
+        ],
+        exact={"/usr/bin/echo": 0b01},
+        any_path=0b10,
+        names={"printf": 0b10},
+        any_name=0b01,
+    )
+    load(Bundle(1, {cgroup.id: {"process": 0b11}}, {"process": tables}))
+    for program in ("/usr/bin/echo", "/usr/bin/printf"):
+        res, recs = collector.run([LOADER, program, "MARKER-NEVER"], cgroup)
+        assert "MARKER-NEVER" not in res.stdout and res.returncode == -9
+        mapped = [
+            r for r in recs if isinstance(r, ProcessRecord) and r.header.hook == Hook.EXEC_MAPPED
+        ]
+        assert [(r.executable, r.comm, r.header.outcome) for r in mapped] == [
+            (program, Path(program).name, "killed")
+        ]
+        assert mapped[0].args == [LOADER, program, "MARKER-NEVER"]
+    res, recs = collector.run([LOADER, "/usr/bin/true"], cgroup)
+    assert res.returncode == 0
+    assert not [r for r in recs if r.header.hook == Hook.EXEC_MAPPED]
+
+
+# argv: tiny, "memfd" | "deleted", a directory — runs tiny's bytes from a memfd, or from a
+# copy deleted after it was opened
+FILELESS_SCRIPT = """
+import os, sys
+tiny, how, d = sys.argv[1:]
+if how == "memfd":
+    fd = os.memfd_create("payload")
+else:
+    fd = os.open(d + "/gone", os.O_RDWR | os.O_CREAT, 0o755)
+    os.unlink(d + "/gone")
+os.write(fd, open(tiny, "rb").read())
+ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)  # no writer left: else ETXTBSY
+os.close(fd)
+os.execve(ro, ["payload"], {})
+"""
+
+
+def test_fileless_execs_are_recorded_as_such(
+    collector: Collector, cgroup: Cgroup, workdir: Path, tiny: Path, load: Load
+) -> None:
+    """An exec from a memfd or from a deleted file is flagged fileless, with the name it
+    has (a memfd's own name, the deleted file's last path)."""
+    tables = part_tables("process", {"exec": 1}, [(1, 0, ActionBits.LOG)], any_path=1, any_name=1)
+    load(Bundle(1, {cgroup.id: {"process": 1}}, {"process": tables}))
+    got = {}
+    for how in ("memfd", "deleted"):
+        res, recs = collector.run(py(FILELESS_SCRIPT, str(tiny), how, str(workdir)), cgroup)
+        assert res.returncode == 0, res.stderr
+        execs = [r for r in recs if isinstance(r, ProcessRecord) and r.args == ["payload"]]
+        got[how] = [(r.executable, r.executable_fileless) for r in execs]
+    assert got == {
+        "memfd": [("/memfd:payload", True)],
+        "deleted": [(f"{workdir}/gone", True)],
+    }
