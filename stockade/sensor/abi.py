@@ -177,6 +177,14 @@ class Hook(IntEnum):
         }
         return special.get(self) or self.name.removeprefix("LSM_").lower()
 
+    @property
+    def hook_point(self) -> str:
+        """`cloud_defend.hook_point` in Defend for Containers' form, KIND__NAME:
+        `tracepoint__sched_process_exec`, `lsm__path_unlink`; kill mode's syscall hooks
+        `tracepoint__openat`."""
+        kind = "lsm" if self >= Hook.LSM_BPRM_CHECK else "tracepoint"
+        return f"{kind}__{self.point}"
+
 
 SYSCALL_HOOKS: Final = tuple(h for h in Hook if Hook.OPEN <= h <= Hook.MKNODAT)
 

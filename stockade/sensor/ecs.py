@@ -177,17 +177,18 @@ _ECS_TYPES = {
 
 
 def _file_action(rec: FileRecord) -> str:
-    hook = _hook_point(rec.header.hook)
+    known = _hook(rec.header.hook)
+    hook = known.point if known else ""
     if hook in _FILE_ACTIONS:
         return _FILE_ACTIONS[hook]
     return "creation" if "createFile" in rec.ops else "open"  # the open family
 
 
-def _hook_point(hook: int) -> str:
+def _hook(hook: int) -> Hook | None:
     try:
-        return Hook(hook).point
+        return Hook(hook)
     except ValueError:
-        return str(hook)
+        return None
 
 
 _ACTIONS = (("log", int(ActionBits.LOG)), ("alert", int(ActionBits.ALERT)),
@@ -349,7 +350,7 @@ def document(
             "policies": policies,
             "package_policy_id": (first["uid"] or first["name"]) if first else None,
             "package_policy_revision": first["generation"] if first else None,
-            "hook_point": _hook_point(h.hook),
+            "hook_point": hook.hook_point if (hook := _hook(h.hook)) else str(h.hook),
             "actions": actions,
             "would_block": bool(h.actions & _AUDIT_BLOCK),
             "outcome": h.outcome,

@@ -73,7 +73,7 @@ def test_exec_and_drift_alert_land_in_their_data_streams(
         [sys.executable, "-m", "stockade.sensor.cli", "--standalone",
          "--policy", str(REPO / "examples" / "policies" / "default.yaml"),
          "--containers", str(containers), "--output", "elasticsearch",
-         "--es-namespace", ns, "--spool-dir", str(workdir / "spool")],
+         "--es-namespace", ns, "--state-dir", str(workdir / "state")],
         stderr=subprocess.PIPE, text=True,
         env={"PATH": "/usr/bin:/bin",  # URL, and credentials and CA when security is on
              **{k: v for k, v in services_env.items() if k.startswith("ELASTICSEARCH_")}},

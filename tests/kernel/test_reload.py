@@ -22,10 +22,10 @@ pytestmark = pytest.mark.kernel
 EXECS = 3000
 # a blocked exec as its record and the shell's `$?` show it: (outcome, $?, hook)
 BLOCKED_EXEC = {
-    "kill": ("killed", 137, "sched_process_exec"),  # SIGKILL before its first instruction
-    "lsm": ("denied", 126, "bprm_check_security"),  # execve fails with EPERM
+    "kill": ("killed", 137, "tracepoint__sched_process_exec"),  # SIGKILL before it runs
+    "lsm": ("denied", 126, "lsm__bprm_check_security"),  # execve fails with EPERM
 }
-ALLOWED_EXEC = ("allowed", 0, "sched_process_exec")
+ALLOWED_EXEC = ("allowed", 0, "tracepoint__sched_process_exec")
 
 
 def tiny_policy(binary: Path, actions: list[str]) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from stockade.policy.model import FileOperation, ProcessOperation
 from stockade.sensor import abi
+from stockade.sensor.abi import Hook
 from stockade.sensor.libbpf import Btf
 from stockade.sensor.paths import BPF_ARCH, bpf_build_dir
 
@@ -70,3 +71,17 @@ def test_every_layout_matches(btf: Btf) -> None:
 
 def test_operations_are_the_policy_languages() -> None:
     assert set(abi.OPERATIONS) == {*ProcessOperation, *FileOperation}
+
+
+def test_hook_points_are_written_as_defend_for_containers_writes_them() -> None:
+    """`cloud_defend.hook_point` values from the seed's field list, so queries and detection
+    rules written for Defend for Containers match."""
+    assert Hook.FORK.hook_point == "tracepoint__sched_process_fork"
+    assert Hook.EXEC.hook_point == "tracepoint__sched_process_exec"
+    assert [
+        h.hook_point for h in (Hook.LSM_PATH_CHMOD, Hook.LSM_FILE_OPEN, Hook.LSM_PATH_UNLINK)
+    ] == [
+        "lsm__path_chmod",
+        "lsm__file_open",
+        "lsm__path_unlink",
+    ]

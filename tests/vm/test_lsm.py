@@ -113,7 +113,7 @@ def test_blocked_exec_is_denied_not_killed(harness: LsmHarness, cgroup: Cgroup) 
         ("process", "/usr/bin/echo", ("echo",), ("alert", "block"), False, "denied")
     ]
     d = docs[0]
-    assert d["cloud_defend"]["hook_point"] == "bprm_check_security"
+    assert d["cloud_defend"]["hook_point"] == "lsm__bprm_check_security"
     assert d["cloud_defend"]["enforcement_mode"] == "lsm"
     assert d["event"]["action"] == "exec" and "denied" in d["event"]["type"]
     assert d["process"]["name"] == "echo"
@@ -139,15 +139,15 @@ def test_blocked_file_operations_are_denied(
     assert stat.S_IMODE((e / "existing").stat().st_mode) == 0o644
     assert (workdir / "outside").read_text() == "o\n"
     assert [(d["file"]["path"], d["cloud_defend"]["hook_point"]) for d in docs] == [
-        (f"{e}/new", "path_mknod"),
-        (f"{e}/existing", "file_open"),
-        (f"{e}/existing", "file_open"),
-        (f"{e}/existing", "path_chmod"),
-        (f"{e}/existing", "path_truncate"),
-        (f"{e}/linked", "path_link"),
-        (f"{e}/renamed", "path_rename"),
-        (f"{e}/node", "path_mknod"),
-        (f"{e}/existing", "path_unlink"),
+        (f"{e}/new", "lsm__path_mknod"),
+        (f"{e}/existing", "lsm__file_open"),
+        (f"{e}/existing", "lsm__file_open"),
+        (f"{e}/existing", "lsm__path_chmod"),
+        (f"{e}/existing", "lsm__path_truncate"),
+        (f"{e}/linked", "lsm__path_link"),
+        (f"{e}/renamed", "lsm__path_rename"),
+        (f"{e}/node", "lsm__path_mknod"),
+        (f"{e}/existing", "lsm__path_unlink"),
     ]
     for d in docs:
         assert d["cloud_defend"]["outcome"] == "denied"

@@ -72,13 +72,13 @@ def test_attacks_are_denied(
     assert (e / "existing").read_text() == "data\n"
     assert stat.S_IMODE((e / "existing").stat().st_mode) == 0o644
     assert [(d["file"]["path"], d["cloud_defend"]["hook_point"]) for d in docs] == [
-        (f"{e}/new", "path_mknod"),
-        (f"{e}/existing", "path_chmod"),
-        (f"{e}/existing", "path_rename"),  # the old name: gone
-        (f"{e}/new2", "path_mknod"),
-        (f"{e}/existing", "path_unlink"),
-        (f"{e}/existing", "path_chmod"),
-        (f"{e}/existing", "path_truncate"),
-        (str(e), "path_rename"),  # the guarded directory: its paths would move
+        (f"{e}/new", "lsm__path_mknod"),
+        (f"{e}/existing", "lsm__path_chmod"),
+        (f"{e}/existing", "lsm__path_rename"),  # the old name: gone
+        (f"{e}/new2", "lsm__path_mknod"),
+        (f"{e}/existing", "lsm__path_unlink"),
+        (f"{e}/existing", "lsm__path_chmod"),
+        (f"{e}/existing", "lsm__path_truncate"),
+        (str(e), "lsm__path_rename"),  # the guarded directory: its paths would move
     ]
     assert all(d["cloud_defend"]["outcome"] == "denied" for d in docs)
