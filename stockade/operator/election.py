@@ -160,9 +160,9 @@ class Elector:
             self._observed = (record, time.monotonic())
         if holder and time.monotonic() < self._observed[1] + self.timing.lease_duration:
             return False  # held, and renewed within the lease duration as seen from here
-        lease["spec"] = self._record(
-            self.identity, _now(), int(spec.get("leaseTransitions") or 0) + (1 if holder else 0)
-        )
+        transitions = int(spec.get("leaseTransitions") or 0) + (1 if holder else 0)
+        # an int32 in the API: wrap rather than be refused forever at 2**31 (a hand edit)
+        lease["spec"] = self._record(self.identity, _now(), transitions % 2**31)
         try:  # the resourceVersion read above is the precondition: one of two racers wins
             self.lease = self._call(
                 self.leases.replace_namespaced_lease,

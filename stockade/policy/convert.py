@@ -104,7 +104,9 @@ def convert(policy: Policy, name: str, source: str, namespace: str | None = None
         "metadata": metadata,
         "spec": spec,
     }
-    header = "".join(f"# {line}\n" for line in _comments(policy, source, namespace))
+    # A comment ends at any line break (YAML's and Unicode's): the source's name is hostile.
+    lines = [c for line in _comments(policy, source, namespace) for c in line.splitlines()]
+    header = "".join(f"# {line}\n" for line in lines)
     return header + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100)
 
 

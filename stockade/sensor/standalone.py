@@ -134,8 +134,9 @@ class Standalone:
                 return False
             applied = decode_applied(raw, self.state.applied)
             slot = self._prepare(applied)
-        except (InputError, BpfError, ValueError, KeyError, TypeError) as exc:
-            self._refuse(f"cached bundle {exc}", then="reading the inputs instead")
+        except Exception as exc:  # a forged or damaged cache: whatever breaks, read the inputs
+            why = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            self._refuse(f"cached bundle {why}", then="reading the inputs instead")
             return False
         self._activate(applied, slot, " from the cache")
         return True
@@ -155,7 +156,9 @@ class Standalone:
             return None
         applied = decode_applied(raw, self.state.pending)
         slot = self._prepare(applied)
-        self.state.commit()
+        problem = self.state.commit(raw)
+        if problem is not None:
+            self._say(f"can't keep the bundle for restarts ({problem}); enforcing it all the same")
         return applied, slot
 
     def advance(self) -> None:

@@ -4,15 +4,20 @@
 (`inputs.encode_applied`); a restarted sensor enforces it before it reads anything else.
 `mode.json` is the enforcement mode the probe found in this boot (with the boot id): the
 kernel's abilities don't change until it reboots, so a restart doesn't probe again.
-A reading of new inputs writes `applied.json.new` (and fsyncs it); once the maps have taken
-it, `commit()` renames it over `applied.json` and fsyncs the directory, so the file is
-always one whole applied document, never a half-written or a refused one.
+A reading of new inputs hands its result over in memory (`/dev/shm`, so a full state disk
+can't stop a policy from being applied); once the maps have taken it, `commit()` writes it
+to `applied.json.tmp`, fsyncs and renames it over `applied.json`, so the file is always one
+whole applied document, never a half-written or a refused one. The cache is a head start
+for restarts, never a condition of enforcing: a commit the disk refuses is reported and
+the bundle is enforced all the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 
 from stockade.sensor.inputs import InputError
@@ -21,6 +26,16 @@ __all__ = ["DEFAULT_STATE_DIR", "StateDir"]
 
 DEFAULT_STATE_DIR = Path("/var/lib/stockade/sensor")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+HANDOFF_DIR = Path("/dev/shm")
+
+
+def _handoff(state: Path) -> Path:
+    """Where the reading child hands its result over: in memory when there is /dev/shm (one
+    name per state directory, so a crashed sensor's is reused), else the state directory."""
+    if HANDOFF_DIR.is_dir() and os.access(HANDOFF_DIR, os.W_OK):
+        key = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:16]
+        return HANDOFF_DIR / f"stockade-sensor-{key}.applied.new"
+    return state / "applied.json.new"
 
 
 class StateDir:
@@ -30,7 +45,7 @@ class StateDir:
         self.path = path
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.applied = path / "applied.json"
-        self.pending = path / "applied.json.new"
+        self.pending = _handoff(path)
         self.mode = path / "mode.json"
 
     def cached(self) -> bytes | None:
@@ -42,14 +57,29 @@ class StateDir:
         except OSError as exc:
             raise InputError(f"{self.applied}: can't read: {exc.strerror}") from None
 
-    def commit(self) -> None:
-        """The pending document is now the applied one."""
-        os.replace(self.pending, self.applied)
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+    def commit(self, raw: bytes) -> str | None:
+        """Keep `raw` (the pending document, now applied) for restarts; why not, when the
+        disk refuses (the cache then still holds the previous one)."""
+        tmp = self.path / "applied.json.tmp"
         try:
-            os.fsync(fd)
+            with open(tmp, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.applied)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink()
+            return f"{self.applied}: can't write: {exc.strerror}"
         finally:
-            os.close(fd)
+            with suppress(OSError):
+                self.pending.unlink()
+        return None
 
     def probed(self) -> tuple[str, str] | None:
         """(mode, reason) as probed earlier in this boot; None when not, or unreadable."""

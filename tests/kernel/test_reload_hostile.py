@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,30 @@ def test_a_record_flood_leaves_room_for_reloads_and_sigterm(
             flood.kill()
             flood.wait()
         sensor.stop()
+
+
+def test_a_full_state_disk_never_stops_enforcement(
+    setup: tuple[Path, Path], cgroup: Cgroup
+) -> None:
+    """The cache is a head start for restarts, not a condition of enforcing (found by attack:
+    a full disk refused a valid policy, and the blocked binary ran)."""
+    workdir, binary = setup
+    disk = workdir / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "state").mkdir()
+        with suppress(OSError), (disk / "fill").open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        sensor = Sensor(workdir, "--state-dir", str(disk / "state"))  # the last one counts
+        try:
+            sensor.wait_for("applied generation 1")
+            assert any("can't keep the bundle for restarts" in line for line in sensor.seen)
+            run = subprocess.run([str(binary)], preexec_fn=cgroup.join(), check=False)
+            assert run.returncode == -9
+        finally:
+            sensor.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

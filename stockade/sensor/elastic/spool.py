@@ -15,7 +15,9 @@ an alert is dropped only when no logs are left to evict. Every drop is counted.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ __all__ = ["LANES", "Item", "Spool"]
 LANES = ("alerts", "logs")
 SEGMENT_BYTES = 1 << 20  # at most; a small spool gets ~16 segments per lane to evict from
 _FIRST = 10**12  # segment numbers start here so that front segments stay positive
+_SEGMENT_NAME = re.compile(r"[0-9]{20}\.seg")
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,13 @@ class Item:
         return b"%s\t%s\t%s\n" % (self.index.encode(), self.id.encode(), self.source)
 
     @classmethod
-    def parse(cls, line: bytes) -> Item:
-        index, id_, source = line.rstrip(b"\n").split(b"\t", 2)
-        return cls(index.decode(), id_.decode(), source)
+    def parse(cls, line: bytes) -> Item | None:
+        """The item a spool line holds; None for a line this spool didn't write."""
+        try:
+            index, id_, source = line.rstrip(b"\n").split(b"\t", 2)
+            return cls(index.decode(), id_.decode(), source)
+        except ValueError:  # also UnicodeDecodeError
+            return None
 
 
 @dataclass
@@ -58,10 +65,15 @@ class _Lane:
     head: list[Item] | None = None  # the head segment's items, read when first needed
     segment_bytes: int = SEGMENT_BYTES
     tail_open: bool = False  # may the last segment still be appended to
+    foreign: list[Path] = field(default_factory=list)  # files here that aren't segments: left
+    unreadable: list[bytes] = field(default_factory=list)  # lines that aren't items: set aside
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.directory.glob("*.seg")):
+        for path in sorted(self.directory.iterdir()):
+            if not (_SEGMENT_NAME.fullmatch(path.name) and path.is_file()):
+                self.foreign.append(path)
+                continue
             data = path.read_bytes()
             if not data.endswith(b"\n"):  # torn by a crash mid-append: keep whole lines
                 data = data[: data.rfind(b"\n") + 1]
@@ -95,15 +107,23 @@ class _Lane:
         tail.count += len(lines)
 
     def peek(self, n: int) -> list[Item]:
-        if not self.segments:
-            return []
-        first = self.segments[0]
-        if self.head is None:
-            if len(self.segments) == 1:
-                self.tail_open = False  # the head is read into memory: append elsewhere
-            data = self.path(first.number).read_bytes()
-            self.head = [Item.parse(line) for line in data.splitlines(keepends=True)]
-        return self.head[first.done : first.done + n]
+        while self.segments:
+            first = self.segments[0]
+            if self.head is None:
+                if len(self.segments) == 1:
+                    self.tail_open = False  # the head is read into memory: append elsewhere
+                self.head = []
+                for line in self.path(first.number).read_bytes().splitlines(keepends=True):
+                    item = Item.parse(line)
+                    if item is not None:
+                        self.head.append(item)
+                    elif first.done == 0:  # read the first time: set it aside once
+                        self.unreadable.append(line)
+                first.count = len(self.head)
+            if first.done < first.count:
+                return self.head[first.done : first.done + n]
+            self.drop_head()  # nothing (left) in it that can be sent
+        return []
 
     def settle(self, n: int, again: list[Item]) -> None:
         """The first n items of the head are done; `again` go back in front of the rest.
@@ -114,7 +134,12 @@ class _Lane:
         if again:
             data = b"".join(i.line() for i in again)
             front = _Segment(first.number - 1, len(data), len(again))
-            self.path(front.number).write_bytes(data)
+            try:
+                self.path(front.number).write_bytes(data)
+            except OSError:  # a full disk: commit nothing, the whole batch is sent again
+                with suppress(OSError):  # (the delivered ones are answered 409)
+                    self.path(front.number).unlink()
+                return
         first.done += n
         if first.done >= first.count:
             self.drop_head()
@@ -168,6 +193,17 @@ class Spool:
             used += len(line)
         if lines:
             self.lanes[lane].append(lines)
+
+    @property
+    def foreign(self) -> list[Path]:
+        return [path for lane in self.lanes.values() for path in lane.foreign]
+
+    def take_unreadable(self) -> list[bytes]:
+        """Lines found in segments that aren't items (damaged, or not written here)."""
+        lines = [line for lane in self.lanes.values() for line in lane.unreadable]
+        for lane in self.lanes.values():
+            lane.unreadable.clear()
+        return lines
 
     def head(self, n: int) -> tuple[str, list[Item]]:
         """The next batch to deliver: the alerts lane first."""

@@ -88,6 +88,10 @@ class ElasticOutput:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._stop = threading.Event()
+        if self.spool.foreign:
+            names = ", ".join(str(p) for p in self.spool.foreign[:3])
+            self._say(f"ignoring {len(self.spool.foreign)} files in the spool that aren't its "
+                      f"segments: {names}")  # fmt: skip
         if self.spool:
             self._say(f"{self.spool.count()} documents spooled from before; draining them")
         self._thread = threading.Thread(target=self._run, name="es-writer", daemon=True)
@@ -188,7 +192,10 @@ class ElasticOutput:
                     self._to_spool([(la, i) for la, i in batch if id(i) in again])
             if self.spool and time.monotonic() >= self._retry_at:
                 lane, head = self.spool.head(self.batch_docs)
-                self.spool.settle(lane, len(head), self._deliver(head))
+                for line in self.spool.take_unreadable():
+                    self._dead_letter_line(line)
+                if head:
+                    self.spool.settle(lane, len(head), self._deliver(head))
             if (
                 deadline is not None
                 and self.queue.empty()
@@ -267,6 +274,16 @@ class ElasticOutput:
                            "error": error}, separators=(",", ":"))  # fmt: skip
         with self.dead_letter.open("ab") as f:
             f.write(head[:-1].encode() + b',"document":' + item.source + b"}\n")
+
+    def _dead_letter_line(self, line: bytes) -> None:
+        """A spool line that isn't a document: kept in the dead-letter file, never resent."""
+        if self.counts["unreadable_spool_lines"] == 0:
+            self._say(f"a spool line is not a document; set aside in {self.dead_letter}")
+        self.counts["dead_letter"] += 1
+        self.counts["unreadable_spool_lines"] += 1
+        entry = {"error": "not a spooled document", "line": line.decode(errors="replace")}
+        with self.dead_letter.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
 
     def _failed(self, problem: str) -> None:
         self.counts["failed_requests"] += 1
