@@ -141,3 +141,22 @@ def test_convert_refuses_a_manifest_and_reports_an_invalid_policy(
     assert code == 1 and "already a ClusterContainerPolicy; nothing to convert" in err
     code, out, _ = run(capsys, "convert", CORPUS / "invalid" / "quoted-boolean.yaml")
     assert code == 1 and "Input should be a valid boolean" in out
+
+
+def test_a_hostile_file_name_stays_in_its_comment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The header comment names the source file; line breaks in the name (YAML's and
+    Unicode's) must not end the comment and inject a document (found by attack)."""
+    part = "process: {selectors: [{name: %s, operation: [exec]}], "
+    part += "responses: [{match: [%s], actions: %s}]}"
+    injected = part % ("b", "b", "[alert, block]")
+    for breaker in ("\n---\n", "\u2028", "\x85"):
+        source = tmp_path / f"x{breaker}{injected}{breaker}#.yaml"
+        source.write_text(part % ("a", "a", "[log]"))
+        capsys.readouterr()
+        assert main(["convert", "--name", "x", str(source)]) == 0
+        out = tmp_path / "out.yaml"
+        out.write_text(capsys.readouterr().out)
+        docs = [d.document for d in load_file(out) if d.document is not None]
+        assert [d.name for d in docs] == ["x"], out.read_text()
