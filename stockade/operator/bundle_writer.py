@@ -18,9 +18,9 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from stockade.kube import backoff
 from stockade.operator import metrics
 from stockade.operator.bundles import configmap, configmap_name, fit, payload_digest
-from stockade.operator.debounce import backoff
 from stockade.operator.election import NotLeading
 from stockade.operator.kube import Kube
 from stockade.operator.objects import PolicyKey, PolicyRecord

@@ -4,16 +4,6 @@ failures are retried after a back-off."""
 from __future__ import annotations
 
 import asyncio
-import random
-
-BACKOFF_FIRST = 1.0  # seconds before the first retry (a bundle write, the pod watch)
-BACKOFF_CAP = 30.0
-
-
-def backoff(attempts: int) -> float:
-    """Seconds before retrying after `attempts` failures: doubling up to the cap, with
-    jitter (the upper half of the interval) so many failing nodes don't retry in step."""
-    return min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
 class Debouncer:

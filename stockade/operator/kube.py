@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from stockade.operator.bundles import (
@@ -38,17 +38,6 @@ PLURALS = {
     "ContainerPolicy": "containerpolicies",
     "ClusterContainerPolicy": "clustercontainerpolicies",
 }
-
-
-def api_client(parallel: int) -> client.ApiClient:
-    """In-cluster config when running in a pod, else the current kubeconfig."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    configuration.connection_pool_maxsize = parallel
-    return client.ApiClient(configuration)
 
 
 def _written(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:

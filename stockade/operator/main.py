@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import kopf
 from prometheus_client import start_http_server
 
+from stockade.kube import api_client
 from stockade.operator import kopf_patches, metrics
 from stockade.operator.election import Elector, StartupError, Timing
 from stockade.operator.handlers import register
-from stockade.operator.kube import Kube, api_client
+from stockade.operator.kube import Kube
 from stockade.operator.pods import PodIndex, PodWatch
 from stockade.operator.reconciler import Options, Reconciler
 

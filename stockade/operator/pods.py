@@ -14,31 +14,18 @@ without locks, like kopf's indexes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from stockade.operator.debounce import backoff
+from stockade.kube import Body, ListWatch
 from stockade.operator.objects import PodRef, pod_ref
 
 log = logging.getLogger("stockade.operator")
 PodKey = tuple[str, str]  # namespace, name
-PAGE = 500
-WATCH_SECONDS = 240  # the apiserver ends a watch after this; it is resumed from its version
-
-
-class Gone(Exception):
-    """The watch's resourceVersion is too old (410): list again."""
-
-
-class WatchError(Exception):
-    """The apiserver ended the watch with an error event."""
 
 
 def lean_ref(body: Mapping[str, Any]) -> tuple[PodKey, str | None, PodRef | None]:
@@ -133,107 +120,36 @@ class PodWatch:
     """List then watch all Pods in a daemon thread, feeding a `PodIndex` on the loop."""
 
     def __init__(self, api: client.ApiClient, index: PodIndex) -> None:
-        self.core = client.CoreV1Api(api)
         self.index = index
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.version: str | None = None  # resourceVersion to resume from; None: list
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.watch = ListWatch(
+            "pod watch",
+            client.CoreV1Api(api).list_pod_for_all_namespaces,
+            self._on_list,
+            self._on_event,
+            log=log,
+            stopped=lambda: self._loop is None or self._loop.is_closed(),  # exiting
+        )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._thread = threading.Thread(
-            target=self._run, args=(loop,), name="stockade pod watch", daemon=True
-        )
-        self._thread.start()
+        self._loop = loop
+        self.watch.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.watch.stop()
 
-    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        """List, then watch from the list's resourceVersion; a watch that fails resumes
-        from the last version seen, after a back-off; only a 410 lists again."""
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                if self.version is None:
-                    self.version = self._list(loop)
-                self._watch(loop)
-                failures = 0
-            except Gone:
-                log.info("pod watch expired: listing again")
-                self.version = None
-            except Exception as exc:
-                if loop.is_closed():  # the operator is exiting
-                    return
-                failures += 1
-                delay = backoff(failures)
-                log.warning(
-                    "pod watch failed; resuming",
-                    extra={"error": str(exc), "attempts": failures, "retry": round(delay, 2)},
-                )
-                self._stop.wait(delay)
+    def _on_list(self, items: list[Body]) -> None:
+        entries = []
+        for item in items:
+            key, node, ref = lean_ref(item)
+            if node is not None and ref is not None:
+                entries.append((key, node, ref))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.index._listed, entries)
 
-    def _list(self, loop: asyncio.AbstractEventLoop) -> str:
-        entries: list[tuple[PodKey, str, PodRef]] = []
-        token = ""
-        while True:
-            resp: Any = self.core.list_pod_for_all_namespaces(
-                limit=PAGE, _continue=token or None, _preload_content=False,
-                _request_timeout=60,
-            )  # fmt: skip
-            page = json.loads(resp.data)
-            for item in page.get("items") or []:
-                key, node, ref = lean_ref(item)
-                if node is not None and ref is not None:
-                    entries.append((key, node, ref))
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or ""
-            if not token:
-                version = str(meta.get("resourceVersion") or "")
-                break
-        loop.call_soon_threadsafe(self.index._listed, entries)
-        return version
-
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Until the apiserver ends the watch; `version` follows every event."""
-        resp: Any
-        try:
-            resp = self.core.list_pod_for_all_namespaces(
-                watch=True, resource_version=self.version, allow_watch_bookmarks=True,
-                timeout_seconds=WATCH_SECONDS, _preload_content=False,
-                _request_timeout=(10, WATCH_SECONDS + 30),
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status == 410:
-                raise Gone from exc
-            raise
-        try:
-            for line in _lines(resp):
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone
-                    raise WatchError(f"pod watch error: {obj.get('message')}")
-                if kind != "BOOKMARK":
-                    key, node, ref = lean_ref(obj)
-                    if kind == "DELETED":
-                        node, ref = None, None
-                    loop.call_soon_threadsafe(self.index._event, key, node, ref)
-                self.version = str(
-                    (obj.get("metadata") or {}).get("resourceVersion") or self.version
-                )
-        finally:
-            resp.release_conn()
-
-
-def _lines(resp: Any) -> Iterable[bytes]:
-    """The watch response's lines (one JSON event each)."""
-    pending = b""
-    for chunk in resp.stream(amt=65536, decode_content=True):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from (line for line in lines if line.strip())
-    if pending.strip():
-        yield pending
+    def _on_event(self, kind: str, obj: Body) -> None:
+        key, node, ref = lean_ref(obj)
+        if kind == "DELETED":
+            node, ref = None, None
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.index._event, key, node, ref)

@@ -43,6 +43,9 @@ class Sensor(_Model):
         default="", description="The node's kernel release"
     )
     mode: EnforcementMode = Field(description="lsm, kill or observe")
+    mode_reason: Annotated[str, Field(max_length=1024)] = Field(
+        default="", description="Why this mode: what the sensor's probe found"
+    )
     heartbeat_time: datetime = Field(description="Last time the sensor wrote this report")
 
 

@@ -211,12 +211,20 @@ class PartTables:
         """(matched-selector mask, actions) for one operation in one container."""
         mask = self.matched(container_mask, op)
         actions = ActionBits(0)
-        if mask == 0:
-            return mask, actions
-        for row in self.responses:
-            if mask & row.match and not mask & row.exclude:
-                actions |= row.actions
+        for policy_actions in self.actions_by_policy(mask).values():
+            actions |= policy_actions
         return mask, actions
+
+    def actions_by_policy(self, matched: int) -> dict[int, ActionBits]:
+        """Policy index → the actions of its responses that `matched` selectors trigger
+        (a response fires when one of its selectors matched and none it excludes did)."""
+        out: dict[int, ActionBits] = {}
+        if matched == 0:
+            return out
+        for row in self.responses:
+            if matched & row.match and not matched & row.exclude:
+                out[row.policy] = out.get(row.policy, ActionBits(0)) | row.actions
+        return out
 
 
 def _row(row: ResponseEntry, mode: Mode) -> ResponseRow:

@@ -8,45 +8,49 @@ the rest of the CLI works on machines without it.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.sensor import output
 from stockade.sensor.state import DEFAULT_STATE_DIR
 
+if TYPE_CHECKING:
+    from stockade.sensor.output import Output
+    from stockade.sensor.state import StateDir
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"stockade sensor: {message}", file=sys.stderr)
+    return code
+
 
 def cmd_sensor(args: argparse.Namespace) -> int:
+    if args.standalone and (args.policy is None or args.containers is None):
+        return _fail("--standalone needs --policy and --containers")
     if not args.standalone:
-        print(
-            "stockade sensor: only --standalone is available (the Kubernetes mode comes with "
-            "the operator)",
-            file=sys.stderr,
-        )
-        return 2
+        if args.policy is not None or args.containers is not None:
+            return _fail("--policy and --containers are for --standalone")
+        args.node_name = args.node_name or os.environ.get("NODE_NAME", "")
+        if not args.node_name:
+            return _fail("--node-name (or NODE_NAME) is required without --standalone")
     from stockade.sensor.elastic.config import ConfigError
-    from stockade.sensor.inputs import Limits
-    from stockade.sensor.kernel import open_sensor
-    from stockade.sensor.libbpf import BpfError
     from stockade.sensor.output import open_output
     from stockade.sensor.probe import Mode, probe_mode
-    from stockade.sensor.standalone import Standalone
     from stockade.sensor.state import StateDir
 
     try:
         state = StateDir(args.state_dir)
     except OSError as exc:
-        print(f"stockade sensor: {args.state_dir}: can't use as the state directory: "
-              f"{exc.strerror}", file=sys.stderr)  # fmt: skip
-        return 1
+        return _fail(f"{args.state_dir}: can't use as the state directory: {exc.strerror}", 1)
     try:
         out = open_output(args)
     except (ConfigError, OSError) as exc:
-        print(f"stockade sensor: --output: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"--output: {exc}")
     probed = state.probed()  # restarted in this boot: the kernel can do what it could
     if probed is None:
         probe = probe_mode()
@@ -55,8 +59,6 @@ def cmd_sensor(args: argparse.Namespace) -> int:
             state.remember_probe(mode, reason)
     else:
         mode, reason = probed[0], f"{probed[1]}; probed earlier in this boot"
-    # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
-    print(f"stockade sensor: mode {mode} ({reason})", file=sys.stderr, flush=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -64,6 +66,24 @@ def cmd_sensor(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    run = _standalone if args.standalone else _node
+    try:
+        return run(args, state, out, mode, reason, lambda: bool(stopping))
+    finally:
+        out.close()
+
+
+def _standalone(
+    args: argparse.Namespace, state: StateDir, out: Output, mode: str, reason: str,
+    stop: Callable[[], bool],
+) -> int:  # fmt: skip
+    from stockade.sensor.inputs import Limits
+    from stockade.sensor.kernel import open_sensor
+    from stockade.sensor.libbpf import BpfError
+    from stockade.sensor.standalone import Standalone
+
+    # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
+    print(f"stockade sensor: mode {mode} ({reason})", file=sys.stderr, flush=True)
     limits = Limits(memory_mib=args.read_memory, seconds=args.read_timeout)
     try:
         with open_sensor(mode) as sensor:
@@ -79,7 +99,7 @@ def cmd_sensor(args: argparse.Namespace) -> int:
                     sa.start_reading()
                 elif not sa.apply():
                     return 1
-                sa.run(lambda: bool(stopping), stats_s=args.stats_interval)
+                sa.run(stop, stats_s=args.stats_interval)
                 out.close()  # delivered or spooled before the last stats line
                 sa.report()
             finally:
@@ -88,8 +108,69 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         print(f"stockade sensor: can't load the BPF programs: {exc}", file=sys.stderr)
         state.forget_probe()
         return 1
-    finally:
-        out.close()
+    return 0
+
+
+def _node(
+    args: argparse.Namespace, state: StateDir, out: Output, mode: str, reason: str,
+    stop: Callable[[], bool],
+) -> int:  # fmt: skip
+    import logging
+    from importlib.metadata import version
+
+    from kubernetes.config import ConfigException
+
+    from stockade.kube import api_client
+    from stockade.sensor.cgroups import v2_root
+    from stockade.sensor.kernel import open_sensor
+    from stockade.sensor.libbpf import BpfError
+    from stockade.sensor.logs import configure_json_logging
+    from stockade.sensor.node import NodeOptions, NodeSensor
+    from stockade.sensor.serve import serve
+
+    configure_json_logging(args.log_level)
+    log = logging.getLogger("stockade.sensor")
+    log.info(f"mode {mode} ({reason})", extra={"mode": mode, "node": args.node_name})
+    root = args.cgroup_root or v2_root()
+    if root is None:
+        log.error("no cgroup v2 filesystem is mounted: containers can't be told apart")
+        return 1
+    try:
+        api = api_client(4)
+    except (ConfigException, OSError) as exc:
+        log.error(f"no apiserver to talk to: {exc}")
+        return 2
+    options = NodeOptions(
+        node=args.node_name,
+        namespace=args.namespace,
+        cluster_name=args.cluster_name or os.environ.get("CLUSTER_NAME") or None,
+        cgroup_root=root,
+        version=version("stockade"),
+        mode_reason=reason,
+        heartbeat_s=args.heartbeat,
+    )
+    try:
+        with open_sensor(mode) as sensor:
+            node = NodeSensor(sensor, api, out, mode, options, state=state)
+            try:
+                # the cached bundle is in the maps before the programs attach, so enforcement
+                # has no gap across a restart, and doesn't wait for the apiserver
+                node.start_offline()
+                sensor.attach()
+                server = serve(node, args.metrics_port) if args.metrics_port else None
+                node.start()
+                node.run(stop)
+                if server is not None:
+                    server.shutdown()
+            finally:
+                node.close()
+    except BpfError as exc:
+        log.error(f"can't load the BPF programs: {exc}")
+        state.forget_probe()
+        return 1
+    except OSError as exc:
+        log.error(f"can't serve --metrics-port {args.metrics_port}: {exc.strerror}")
+        return 1
     return 0
 
 
@@ -101,14 +182,40 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="policy and containers from files instead of the cluster",
     )
-    p.add_argument("--policy", required=True, type=Path, metavar="FILE")
+    p.add_argument("--policy", type=Path, metavar="FILE", help="--standalone: the policies")
     p.add_argument(
         "--containers",
-        required=True,
         type=Path,
         metavar="FILE.json",
-        help="cgroup v2 directory → {container, kubernetes} facts",
+        help="--standalone: cgroup v2 directory → {container, kubernetes} facts",
     )
+    k = p.add_argument_group("Kubernetes (without --standalone)")
+    k.add_argument(
+        "--node-name", default="", metavar="NODE",
+        help="this node (default: $NODE_NAME, as the downward API sets it)",
+    )  # fmt: skip
+    k.add_argument(
+        "--namespace", default="stockade-system",
+        help="where the operator writes the node's bundle ConfigMap (default stockade-system)",
+    )  # fmt: skip
+    k.add_argument(
+        "--cluster-name", default="", metavar="NAME",
+        help="for kubernetesClusterName conditions (default: $CLUSTER_NAME, else the "
+        "operator's --cluster)",
+    )  # fmt: skip
+    k.add_argument(
+        "--cgroup-root", type=Path, default=None, metavar="DIR",
+        help="the cgroup v2 mount (default: found in /proc/self/mountinfo)",
+    )  # fmt: skip
+    k.add_argument(
+        "--metrics-port", type=int, default=9464, metavar="PORT",
+        help="/healthz, /readyz and /metrics (0: none; default 9464)",
+    )  # fmt: skip
+    k.add_argument(
+        "--heartbeat", type=float, default=10.0, metavar="SECONDS",
+        help="the NodePolicyReport is written at least this often (default 10)",
+    )  # fmt: skip
+    k.add_argument("--log-level", default="info", help="debug, info, warning or error")
     output.add_arguments(p)
     p.add_argument(
         "--stats-interval", type=float, default=60.0, metavar="SECONDS",

@@ -143,6 +143,12 @@ def _blocking(tables: PartTables) -> int:
     return mask
 
 
+def _cgroup_entry(slot: int, cgid: int, masks: Mapping[PartName, int]) -> tuple[bytes, bytes]:
+    """A stk_cgroup_masks entry: the cgroup's process and file selector masks in `slot`."""
+    value = mask_bytes(masks.get("process", 0)) + mask_bytes(masks.get("file", 0))
+    return CGROUP_KEY.pack(slot, 0, cgid), value
+
+
 def _head_keys(heads: Mapping[str, PathTable]) -> dict[tuple[int, bytes], int]:
     """First components as stk_path_heads (len, head): the length, HEAD_BYTES + 1 when longer,
     and the first HEAD_BYTES bytes → their tables' bits, OR-ed where long components share a
@@ -270,13 +276,7 @@ class KillSensor(Closing):
         self._clear_slot("names", slot, lambda k: NAME_KEY.member(k, "slot"))
 
         self.maps["cgroup_masks"].update_batch(
-            [
-                (
-                    CGROUP_KEY.pack(slot, 0, cgid),
-                    mask_bytes(masks.get("process", 0)) + mask_bytes(masks.get("file", 0)),
-                )
-                for cgid, masks in bundle.cgroups.items()
-            ]
+            [_cgroup_entry(slot, cgid, masks) for cgid, masks in bundle.cgroups.items()]
         )
         ops = dict.fromkeys(OPERATIONS, 0)
         for tables in bundle.parts.values():
@@ -369,6 +369,15 @@ class KillSensor(Closing):
             t = bundle.parts.get(_PART_NAMES[part])
             counts[slot * 2 + part] = len(t.responses) if t is not None else 0
         self._write_control(active, gens, counts)
+
+    def set_cgroup(self, slot: int, cgroup_id: int, masks: Mapping[PartName, int] | None) -> None:
+        """List one cgroup in `slot` with its masks, or unlist it (None): how a container that
+        appears or changes while a bundle is in force is decided, without a slot flip. Each
+        map entry is replaced whole, so a program reads the old masks or the new ones."""
+        if masks is None:
+            self.maps["cgroup_masks"].delete(CGROUP_KEY.pack(slot, 0, cgroup_id))
+        else:
+            self.maps["cgroup_masks"].update(*_cgroup_entry(slot, cgroup_id, masks))
 
     def activate(self, slot: int) -> None:
         """Flip the programs to `slot` (one u32 write)."""

@@ -47,6 +47,7 @@ class StateDir:
         self.applied = path / "applied.json"
         self.pending = _handoff(path)
         self.mode = path / "mode.json"
+        self.unreported = path / "unreported.json"
 
     def cached(self) -> bytes | None:
         """The last applied document, None when there is none."""
@@ -80,6 +81,24 @@ class StateDir:
             with suppress(OSError):
                 self.pending.unlink()
         return None
+
+    def keep_unreported(self, counts: list[list[object]]) -> None:
+        """Counts a stopping sensor couldn't report, for the next one to carry on."""
+        new = self.unreported.with_suffix(".new")
+        try:
+            new.write_text(json.dumps(counts))
+            os.replace(new, self.unreported)
+        except OSError:
+            pass  # then they are lost, as a crash loses them
+
+    def take_unreported(self) -> list[list[object]]:
+        """What `keep_unreported` kept, once ([] when nothing or unreadable)."""
+        try:
+            data = json.loads(self.unreported.read_text())
+        except (OSError, ValueError):
+            data = []
+        self.unreported.unlink(missing_ok=True)
+        return data if isinstance(data, list) else []
 
     def probed(self) -> tuple[str, str] | None:
         """(mode, reason) as probed earlier in this boot; None when not, or unreadable."""

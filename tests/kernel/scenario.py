@@ -212,7 +212,7 @@ class Harness:
                 state=StateDir(self.directory / "state"), log=self.log,
             )  # fmt: skip
         assert self.sa.apply(), self.log.getvalue()
-        return self.sa.applied[self.sa.generation]
+        return self.sa.generations[self.sa.generation].applied
 
     def docs(self) -> list[Doc]:
         """Documents written since the last call (waits for the stream to go quiet), in the

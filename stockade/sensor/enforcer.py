@@ -1,0 +1,254 @@
+"""What every sensor mode does with loaded programs: generations in, documents and counts out.
+
+A generation is one bundle written into the inactive slot and flipped into force
+(`KillSensor.prepare` + `activate`); records name the generation that decided them, and the
+last few are kept to say what a record's selector bits meant. Where the bundle comes from
+is the mode's business: files (`standalone.Standalone`) or the node's ConfigMap
+(`node.NodeSensor`). Writing a slot happens in a worker thread, so the record loop only
+ever flips.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TextIO
+
+from stockade.policy.bundle import PolicyEntry
+from stockade.policy.model import PartName
+from stockade.policy.tables import PartTables
+from stockade.sensor.abi import ActionBits, RecordKind
+from stockade.sensor.containers import Container
+from stockade.sensor.ecs import Applied, Host, document
+from stockade.sensor.inputs import InputError, decode_applied
+from stockade.sensor.kernel import Bundle, KillSensor
+from stockade.sensor.output import Output
+from stockade.sensor.processes import ProcessCache
+from stockade.sensor.records import CgroupRecord, FileRecord, ProcessRecord, decode
+from stockade.sensor.state import StateDir
+
+__all__ = ["Enforcer", "Generation", "Tally"]
+
+KEEP_GENERATIONS = 16  # far more than can be in the ring buffer at once (0.2 s grace per flip)
+DRAIN_RECORDS = 1 << 15  # more than the 4 MiB ring buffer holds (records are >= 232 bytes)
+POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGTERM get a turn
+
+
+_KIND_NAMES: dict[int, str] = {
+    RecordKind.PROCESS: "process",
+    RecordKind.FILE: "file",
+    RecordKind.EXIT: "exit",
+}
+
+
+@dataclass
+class Tally:
+    """One policy generation's counts since the sensor started."""
+
+    policy: PolicyEntry
+    blocked: int = 0
+    alerted: int = 0
+    logged: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation in force now or earlier: its inputs and the tables the kernel read."""
+
+    applied: Applied
+    parts: Mapping[PartName, PartTables]
+    cgroups: Mapping[int, Mapping[PartName, int]]  # the slot's cgroups, as written
+
+
+class Enforcer:
+    """Generations of one loaded sensor, and its records written as documents.
+
+    `tallies` are the per-policy counters of the NodePolicyReport: blocked, alerted and
+    logged per (policy UID, generation) of the bundle in force, from this sensor's start.
+    """
+
+    WITHOUT_CACHE = "starting without it"  # what a refused cached bundle leaves
+
+    def __init__(
+        self,
+        sensor: KillSensor,
+        output: Output,
+        mode: str,
+        *,
+        state: StateDir,
+        log: TextIO = sys.stderr,
+    ) -> None:
+        self.sensor = sensor
+        self.output = output
+        self.mode = mode
+        self.state = state
+        self.log = log
+        self.host = Host.detect()
+        self.processes = ProcessCache()
+        self.generations: OrderedDict[int, Generation] = OrderedDict()
+        self.generation = 0  # the generation in force (0: none yet)
+        self.counts: Counter[str] = Counter()
+        self.records: Counter[tuple[str, str]] = Counter()  # (kind, outcome) → documents
+        self.tallies: dict[tuple[str, int], Tally] = {}
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="stockade-reload")
+        self._ring = sensor.ring(self._on_record)
+
+    def say(self, message: str) -> None:
+        print(f"stockade sensor: {message}", file=self.log, flush=True)
+
+    def refuse(self, reason: str, then: str | None = None) -> None:
+        self.counts["refused"] += 1
+        kept = f"generation {self.generation}" if self.generation else "no policy"
+        self.say(f"refused: {reason}; {then or kept + ' stays in force'}")
+
+    @property
+    def in_force(self) -> Generation | None:
+        return self.generations.get(self.generation)
+
+    # -- generations ------------------------------------------------------------
+
+    def documented_containers(self, applied: Applied) -> Mapping[int, Container]:
+        """Where documents find a cgroup's container (the mode may know more than `applied`)."""
+        return applied.containers
+
+    def prepare(self, applied: Applied) -> tuple[Generation, int]:
+        """Write `applied` into the inactive slot as the next generation; returns it and the
+        slot, for `activate`."""
+        containers = {cgid: c.workload for cgid, c in applied.containers.items()}
+        bundle = Bundle.from_policy(applied.bundle, containers, self.generation + 1)
+        slot = self.sensor.prepare(bundle)
+        return Generation(applied, bundle.parts, bundle.cgroups), slot
+
+    def activate(self, prepared: Generation, slot: int, how: str) -> None:
+        """Flip to the prepared slot: its generation is in force from now on."""
+        generation = self.generation + 1
+        applied = prepared.applied
+        containers = self.documented_containers(applied)
+        self.generations[generation] = Generation(
+            Applied(generation, applied.bundle, containers), prepared.parts, prepared.cgroups
+        )
+        self.sensor.activate(slot)
+        self.generation = generation
+        while len(self.generations) > KEEP_GENERATIONS:
+            self.generations.popitem(last=False)
+        self._tally_policies(applied)
+        self.say(
+            f"applied generation {generation}{how}: bundle {applied.bundle.hash}, "
+            f"{len(applied.bundle.policies)} policies, {len(applied.containers)} cgroups"
+        )
+
+    def apply_cached(self) -> bool:
+        """Enforce the state directory's last applied bundle; False if there is none or it is
+        refused. Meant for before the programs attach."""
+        try:
+            raw = self.state.cached()
+            if raw is None:
+                return False
+            applied = self.restored(decode_applied(raw, self.state.applied))
+            prepared, slot = self.prepare(applied)
+        except Exception as exc:  # a forged or damaged cache: whatever breaks, go on without
+            why = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            self.refuse(f"cached bundle {why}", then=self.WITHOUT_CACHE)
+            return False
+        self.activate(prepared, slot, " from the cache")
+        return True
+
+    def restored(self, applied: Applied) -> Applied:
+        """What of a cached generation to enforce again (the mode may drop stale cgroups)."""
+        return applied
+
+    # -- records ----------------------------------------------------------------
+
+    def on_cgroup(self, rec: CgroupRecord) -> None:
+        """A cgroup made or removed (the Kubernetes mode learns containers from them)."""
+        self.counts["cgroup_records"] += 1
+
+    def _on_record(self, raw: bytes) -> None:
+        try:
+            rec = decode(raw)
+        except (ValueError, IndexError):
+            self.counts["undecodable"] += 1
+            return
+        if isinstance(rec, CgroupRecord):
+            self.on_cgroup(rec)
+            return
+        generation = self.generations.get(rec.header.generation)
+        if generation is None:
+            self.counts["unknown_generation"] += 1
+        applied = generation.applied if generation is not None else None
+        doc = document(rec, applied, self.mode, self.host)
+        self.processes.enrich(doc, rec)
+        self.output.write(doc)
+        self.counts["written"] += 1
+        self.records[_KIND_NAMES.get(rec.header.kind, "other"), rec.header.outcome] += 1
+        if generation is not None:
+            self._tally(rec, generation)
+
+    def _tally_policies(self, applied: Applied) -> None:
+        """Counters for the policies of the bundle now in force: those of earlier
+        generations that left it are dropped (the report's contract: they don't return)."""
+        tallies: dict[tuple[str, int], Tally] = {}
+        for p in applied.bundle.policies:
+            key = (p.uid, p.generation)
+            tallies[key] = self.tallies.get(key) or Tally(p)
+        self.tallies = tallies
+
+    def _tally(self, rec: ProcessRecord | FileRecord, generation: Generation) -> None:
+        h = rec.header
+        if h.kind == RecordKind.EXIT or not h.matched:
+            return
+        part: PartName = "file" if isinstance(rec, FileRecord) else "process"
+        tables = generation.parts.get(part)
+        if tables is None:
+            return
+        policies = generation.applied.bundle.policies
+        for index, actions in tables.actions_by_policy(h.matched).items():
+            p = policies[index]
+            tally = self.tallies.get((p.uid, p.generation))
+            if tally is None:  # its generation left the bundle since
+                self.counts["late_counts"] += 1
+                continue
+            if ActionBits.BLOCK in actions and h.outcome != "allowed":
+                tally.blocked += 1
+            if actions & (ActionBits.ALERT | ActionBits.AUDIT_BLOCK):
+                tally.alerted += 1
+            if ActionBits.LOG in actions:
+                tally.logged += 1
+
+    def pump(self, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for records and write them; returns how many."""
+        n = self._ring.poll(timeout_ms, POLL_RECORDS)
+        if n:
+            self.output.flush()
+        return n
+
+    def drain(self) -> None:
+        """Write what is in the ring buffer now (at most what it can hold: a flood goes on)."""
+        if self._ring.consume(DRAIN_RECORDS):
+            self.output.flush()
+
+    def stats(self) -> dict[str, int]:
+        """Kernel counters (rb_fail: records lost to a full ring buffer) and ours."""
+        kernel = self.sensor.stats()
+        return {
+            **kernel,
+            "written": self.counts["written"],
+            "dropped": kernel["rb_fail"] + kernel["inflight_fail"] + self.counts["undecodable"],
+            "undecodable": self.counts["undecodable"],
+            "unknown_generation": self.counts["unknown_generation"],
+            "refused_inputs": self.counts["refused"],
+            "generation": self.generation,
+            **self.output.stats(),
+        }
+
+    def report(self) -> None:
+        self.say("stats " + json.dumps(self.stats(), sort_keys=True))
+
+    def close(self) -> None:
+        """Let a slot being written finish, free the ring consumer."""
+        self._worker.shutdown(wait=True)
+        self._ring.close()

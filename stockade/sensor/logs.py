@@ -1,0 +1,39 @@
+"""JSON-lines logs for the Kubernetes sensor (what log collectors on a node parse)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+__all__ = ["configure_json_logging"]
+
+# what every LogRecord has: anything else was passed as `extra` and is written as a field
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_json_logging(level: str) -> None:
+    """One JSON object per line on stderr; the client libraries only from warnings up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    numeric = logging.getLevelName(level.upper())
+    root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
+    for noisy in ("kubernetes", "urllib3", "elastic_transport"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,248 @@
+"""The sensor on Kubernetes: the operator's bundle enforced for the node's real containers.
+
+Real apiserver, real operator, the sensor as a process in `kill` mode on the real kernel,
+real processes in cgroups named as containerd names them. The tests stand in for the
+kubelet (`kubelet.Kubelet`) and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.node.kubelet import Kubelet, Pod
+
+from tests.node.sensor import SensorProcess
+from tests.operator.conftest import Kubectl, wait_for
+
+pytestmark = pytest.mark.kernel
+
+KILLED = -9
+
+
+def block_exec(name: str, namespace: str, labels: dict[str, str], tool: Path, **spec: Any) -> str:
+    """A ContainerPolicy that blocks (kills, here) the exec of `tool` in matching pods."""
+    return json.dumps(
+        {
+            "apiVersion": "stockade.dev/v1alpha1",
+            "kind": "ContainerPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "podSelector": {"matchLabels": labels},
+                "process": {
+                    "selectors": [
+                        {"name": "tool", "operation": ["exec"], "processExecutable": [str(tool)]}
+                    ],
+                    "responses": [{"match": ["tool"], "actions": spec.pop("actions", ["block"])}],
+                },
+                **spec,
+            },
+        }
+    )
+
+
+def row(kubectl: Kubectl, namespace: str, name: str) -> dict[str, str]:
+    """The policy's `kubectl get containerpolicies` row, by column."""
+    out = kubectl("get", "containerpolicies", "-n", namespace, name).stdout
+    header, values = (line.split() for line in out.strip().splitlines())
+    return dict(zip(header, values, strict=True))
+
+
+def policy_status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    obj: Any = custom.get_namespaced_custom_object(
+        "stockade.dev", "v1alpha1", namespace, "containerpolicies", name
+    )
+    status: dict[str, Any] = obj.get("status") or {}
+    return status
+
+
+def ready_reason(status: dict[str, Any]) -> str | None:
+    cond = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+    return f"{cond['status']}/{cond['reason']}" if cond else None
+
+
+@pytest.fixture
+def tool(tmp_path: Path) -> Path:
+    """A binary of its own (a copy of `true`), so that the policy touches nothing else."""
+    path = tmp_path / "bin" / "stk-tool"
+    path.parent.mkdir()
+    shutil.copy("/bin/true", path)
+    return path
+
+
+@pytest.fixture
+def web_and_db(kubelet: Kubelet, namespace: str) -> Iterator[tuple[Pod, Pod]]:
+    web = kubelet.start_pod(namespace, "web-1", {"app": "web"})
+    db = kubelet.start_pod(namespace, "db-1", {"app": "db"})
+    yield web, db
+
+
+def test_a_policy_applied_with_kubectl_blocks_in_web_pods_only(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+    custom: client.CustomObjectsApi,
+) -> None:
+    web, db = web_and_db
+    node_sensor.start()
+    assert web.run("app", [str(tool)]).returncode == 0  # no policy yet
+    t0 = time.monotonic()
+    kubectl("apply", "-f", "-", input=block_exec("no-tool", namespace, {"app": "web"}, tool))
+    wait_for("the exec killed in the web pod", lambda: web.run("app", [str(tool)]).returncode
+             == KILLED, timeout=20)  # fmt: skip
+    print(f"kubectl apply → first enforced operation: {time.monotonic() - t0:.2f} s")
+    assert db.run("app", [str(tool)]).returncode == 0
+    wait_for(
+        "READY True, nodes 1/1, BLOCKED 1",
+        lambda: (r := row(kubectl, namespace, "no-tool"))["READY"] == "True"
+        and r["NODES"] == "1/1" and r["BLOCKED"] == "1" and r,
+        timeout=20,
+    )  # fmt: skip
+    docs = [d for d in node_sensor.documents() if d["process"].get("executable") == str(tool)]
+    blocked = [d for d in docs if d["cloud_defend"]["outcome"] == "killed"]
+    assert len(blocked) == 1
+    doc = blocked[0]
+    assert doc["orchestrator"]["namespace"] == namespace
+    assert doc["orchestrator"]["resource"]["name"] == "web-1"
+    assert "app:web" in doc["orchestrator"]["resource"]["label"]
+    assert doc["container"]["image"]["name"] == "busybox"
+    assert doc["container"]["id"] == web.containers["app"].id
+    assert doc["cloud_defend"]["matched_selectors"] == ["tool"]
+    status = policy_status(custom, namespace, "no-tool")
+    assert status["nodes"]["modes"] == {"kill": 1}
+
+
+def test_edit_delete_and_relabel_take_effect_on_the_next_operation(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    web, _ = web_and_db
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("edit-me", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    node_sensor.documents()
+    kubectl(
+        "apply", "-f", "-",
+        input=block_exec("edit-me", namespace, {"app": "web"}, tool, actions=["log"]),
+    )  # fmt: skip
+    wait_for("block → log", lambda: web.run("app", [str(tool)]).returncode == 0)
+    logged = [d for d in node_sensor.documents() if d["process"].get("executable") == str(tool)]
+    assert logged and logged[-1]["cloud_defend"]["actions"] == ["log"]
+    assert logged[-1]["cloud_defend"]["outcome"] == "allowed"
+
+    kubectl("apply", "-f", "-", input=block_exec("edit-me", namespace, {"app": "web"}, tool))
+    wait_for("log → block", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    web.relabel({"app": "db"})
+    wait_for("relabelled out of scope", lambda: web.run("app", [str(tool)]).returncode == 0)
+    web.relabel({"app": "web"})
+    wait_for("relabelled into scope", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    kubectl("delete", "containerpolicy", "-n", namespace, "edit-me")
+    wait_for("deleted", lambda: web.run("app", [str(tool)]).returncode == 0)
+    node_sensor.documents()
+    assert web.run("app", [str(tool)]).returncode == 0
+    assert not [d for d in node_sensor.documents() if d["process"].get("executable") == str(tool)]
+
+
+def test_pod_level_predicates_hold_before_the_status_names_the_container(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("early", namespace, {"app": "web"}, tool))
+    # the policy in force on the node: a pod of it is there (the operator targets nodes by pods)
+    first = kubelet.start_pod(namespace, "web-0", {"app": "web"})
+    wait_for("in force", lambda: first.run("app", [str(tool)]).returncode == KILLED)
+    pod = kubelet.start_pod(namespace, "web-early", {"app": "web"}, status=False)
+    # the cgroup exists, the status doesn't name the container: its first exec is decided
+    assert pod.run("app", [str(tool)]).returncode == KILLED
+    docs = [d for d in node_sensor.documents() if d["process"].get("executable") == str(tool)]
+    early = [d for d in docs if d["orchestrator"]["resource"]["name"] == "web-early"]
+    assert early and "image" not in early[-1].get("container", {})
+    pod.write_status()
+    wait_for(
+        "the image known",
+        lambda: pod.run("app", [str(tool)]).returncode == KILLED
+        and any(
+            d.get("container", {}).get("image", {}).get("name") == "busybox"
+            for d in node_sensor.documents()
+            if d["orchestrator"]["resource"]["name"] == "web-early"
+        ),
+    )  # fmt: skip
+
+
+def test_restart_without_the_apiserver_enforces_the_cached_bundle(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+    custom: client.CustomObjectsApi,
+    tmp_path: Path,
+) -> None:
+    web, _ = web_and_db
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("sticky", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    wait_for("counted", lambda: policy_status(custom, namespace, "sticky").get("counts", {})
+             .get("blocked") == 1)  # fmt: skip
+    assert node_sensor.stop() == 0
+
+    # the apiserver as the sensor sees it when it is down: nothing answers
+    away = tmp_path / "away.kubeconfig"
+    config = json.loads(kubectl("config", "view", "--raw", "-o", "json").stdout)
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = "https://127.0.0.1:9"
+    away.write_text(json.dumps(config))
+    node_sensor.start(kubeconfig=str(away))
+    assert web.run("app", [str(tool)]).returncode == KILLED  # from the cache, at once
+    assert node_sensor.stop() == 0
+
+    node_sensor.start()  # back: catches up without applying the same bundle again
+    assert web.run("app", [str(tool)]).returncode == KILLED
+    wait_for("counts that add up (1 + 1 + 1)", lambda: policy_status(custom, namespace, "sticky")
+             .get("counts", {}).get("blocked") == 3, timeout=20)  # fmt: skip
+    messages = [line["message"] for line in node_sensor.log_lines()]
+    started = max(i for i, m in enumerate(messages) if m.startswith("mode "))
+    applied = [m for m in messages[started:] if "applied generation" in m]
+    assert len(applied) == 1 and applied[0].endswith("from the cache"), applied
+    assert any("is the one in force" in m for m in messages[started:])
+
+
+def test_a_silent_sensor_makes_its_policies_not_ready_and_back(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+    custom: client.CustomObjectsApi,
+) -> None:
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("watched", namespace, {"app": "web"}, tool))
+    wait_for("Ready", lambda: ready_reason(policy_status(custom, namespace, "watched"))
+             == "True/Applied", timeout=20)  # fmt: skip
+    node_sensor.stop()
+    t0 = time.monotonic()
+    wait_for("SensorSilent", lambda: ready_reason(policy_status(custom, namespace, "watched"))
+             == "False/SensorSilent", timeout=30)  # fmt: skip
+    print(f"silent → SensorSilent in {time.monotonic() - t0:.1f} s")
+    node_sensor.start()
+    wait_for("Ready again", lambda: ready_reason(policy_status(custom, namespace, "watched"))
+             == "True/Applied", timeout=20)  # fmt: skip

@@ -1,0 +1,117 @@
+"""The node's containers: pods from the apiserver joined to cgroups by the kubelet's names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stockade.sensor.pods import NodeContainers, PodError, image_facts, pod_facts
+
+UID = "0b6d6a6e-6f0a-4c3e-9d55-2f7f3f0f9a11"
+CID = "a" * 64
+POD_SLICE = f"kubepods-besteffort-pod{UID.replace('-', '_')}.slice"
+POD_CG = f"/kubepods.slice/kubepods-besteffort.slice/{POD_SLICE}"
+CTR_CG = f"{POD_CG}/cri-containerd-{CID}.scope"
+
+
+def pod(
+    labels: dict[str, str] | None = None, statuses: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "uid": UID,
+            "namespace": "shop",
+            "name": "web-1",
+            "labels": labels if labels is not None else {"app": "web"},
+            "ownerReferences": [{"kind": "ReplicaSet", "controller": True, "name": "web"}],
+        },
+        "status": {"podIP": "10.0.0.7", "containerStatuses": statuses or []},
+    }
+
+
+RUNNING = [
+    {"name": "app", "containerID": f"containerd://{CID}", "image": "docker.io/library/nginx:1.25"}
+]
+
+
+@pytest.mark.parametrize(
+    ("image", "facts"),
+    [
+        ("docker.io/library/nginx:1.25", ("docker.io/library/nginx", "nginx", "1.25")),
+        ("registry:5000/team/app@sha256:" + "0" * 64, ("registry:5000/team/app", "app", None)),
+        ("registry:5000/team/app:v1@sha256:" + "0" * 64, ("registry:5000/team/app", "app", "v1")),
+        ("nginx", ("nginx", "nginx", None)),
+        ("sha256:" + "0" * 64, (None, None, None)),
+        ("", (None, None, None)),
+        ("docker.io/library/NGINX:1", (None, None, None)),
+    ],
+)
+def test_image_facts(image: str, facts: tuple[str | None, ...]) -> None:
+    assert image_facts(image) == facts
+
+
+def test_pod_level_facts_hold_before_the_status_names_the_container() -> None:
+    table = NodeContainers(cluster_name="prod")
+    assert table.add_cgroup(2, POD_CG) == set()  # no pod known yet: nothing listed
+    assert table.add_cgroup(3, CTR_CG) == set()
+    assert table.put_pod(pod_facts(pod())) == {2, 3}
+    workload = table.listed[3].workload
+    assert (workload.namespace, workload.pod_name, workload.pod_labels) == (
+        "shop",
+        "web-1",
+        {"app": "web"},
+    )
+    assert workload.image_name is None and workload.cluster_name == "prod"
+    assert table.put_pod(pod_facts(pod(statuses=RUNNING))) == {3}  # the pod's own: unchanged
+    named = table.listed[3]
+    assert (named.container.name, named.container.image_name, named.container.image_tag) == (
+        "app",
+        "nginx",
+        "1.25",
+    )
+    assert table.set_cluster("kube-system-uid", "prod") == {2, 3}
+    assert table.listed[3].workload.cluster_id == "kube-system-uid"
+
+
+def test_relabel_delete_and_a_full_list() -> None:
+    table = NodeContainers()
+    table.add_cgroup(3, CTR_CG)
+    table.put_pod(pod_facts(pod()))
+    assert table.put_pod(pod_facts(pod(labels={"app": "db"}))) == {3}
+    assert table.listed[3].workload.pod_labels == {"app": "db"}
+    assert table.put_pod(pod_facts(pod(labels={"app": "db"}))) == set()  # the same again
+    assert table.replace_pods([]) == {3} and table.listed == {}
+    table.put_pod(pod_facts(pod()))
+    assert table.remove_cgroup(3) == {3} and 3 not in table.listed
+
+
+def test_cgroups_that_are_not_a_kubelets_are_ignored() -> None:
+    table = NodeContainers()
+    table.put_pod(pod_facts(pod()))
+    for path in (
+        "/system.slice/containerd.service",
+        f"{POD_CG}/cri-containerd-{'z' * 64}.scope",
+        f"/kubepods.slice/cri-containerd-{CID}.scope",
+        f"/user.slice/{POD_SLICE}",
+    ):
+        assert table.add_cgroup(9, path) == set(), path
+    assert table.listed == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"metadata": {"uid": UID, "namespace": "shop"}},
+        {"metadata": {"uid": UID, "namespace": "shop", "name": "p", "labels": {"a": 1}}},
+        {"metadata": {"uid": UID, "namespace": "shop", "name": "p"}, "status": []},
+        {
+            "metadata": {"uid": UID, "namespace": "shop", "name": "p"},
+            "status": {"containerStatuses": [{"name": 3, "containerID": "containerd://x"}]},
+        },
+    ],
+)
+def test_a_pod_object_that_is_not_one_is_refused_with_a_reason(body: dict[str, Any]) -> None:
+    with pytest.raises(PodError):
+        pod_facts(body)
