@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["CgroupScanError", "KubeCgroup", "parse", "scan", "v2_root"]
 
-MAX_PATH = 4096  # PATH_MAX
+MAX_PATH = 1000  # a kubelet path is under 300; cgroup_mkdir truncates at 1023 characters
 MAX_NAME = 255  # NAME_MAX
 MAX_PREFIX = 8  # components of the kubelet's --cgroup-root we accept before kubepods
 # prefix, kubepods, QoS class, pod, container: no kubelet cgroup lies deeper.

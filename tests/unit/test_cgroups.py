@@ -165,6 +165,22 @@ def test_deepest_accepted_prefix() -> None:
     assert parse("/r" * 8 + f"/kubepods/pod{UID}") == pod("Guaranteed")
 
 
+def systemd_path(roots: list[str]) -> str:
+    """A container's path under the systemd driver with --cgroup-root=/<roots joined by ->."""
+    stems: list[str] = []
+    for level in [*roots, "kubepods", "burstable", f"pod{ESC}"]:
+        stems.append(f"{stems[-1]}-{level}" if stems else level)
+    return "".join(f"/{s}.slice" for s in stems) + f"/crio-{CID}.scope"
+
+
+def test_a_path_the_tracepoint_may_have_truncated_is_refused() -> None:
+    # cgroup_mkdir's path is cut at 1023 characters; no kubelet path comes near.
+    near = systemd_path(["r" * 40] * 3)
+    assert len(near) < 1000 and parse(near) == ctr("Burstable", "cri-o")
+    far = systemd_path(["r" * 40] * 4)
+    assert len(far) > 1000 and parse(far) is None
+
+
 NAMES = st.sampled_from(
     ["kubepods", "kubepods.slice", "burstable", f"pod{UID}", f"pod{ESC}", CID, f"crio-{CID}",
      f"cri-containerd-{CID}.scope", "kubepods-burstable.slice", "..", ".", "", "\0", "x.scope"]
