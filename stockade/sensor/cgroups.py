@@ -153,7 +153,8 @@ def scan(root: Path, max_entries: int = 100_000) -> Iterator[tuple[int, str, Kub
 
     Depth-first, so a pod comes before its containers; descends only where a kubelet
     cgroup can still lie, never follows a symlink, and skips a directory that vanishes
-    while it is read. Raises CgroupScanError after max_entries directories.
+    while it is read. Raises CgroupScanError after max_entries directories, OSError if
+    root can't be read.
     """
     seen = 0
     stack = [""]
@@ -171,6 +172,8 @@ def scan(root: Path, max_entries: int = 100_000) -> Iterator[tuple[int, str, Kub
                             )
                         children.append(entry)
         except (FileNotFoundError, NotADirectoryError):
+            if not rel:
+                raise  # the root itself: the caller named the wrong directory
             continue  # removed while we walked
         below = []
         for entry in sorted(children, key=lambda e: e.name):

@@ -328,7 +328,8 @@ def test_scan_tolerates_directories_vanishing(tmp_path: Path) -> None:
     (tmp_path / f"kubepods/pod{UID}/{CID}").rmdir()
     (tmp_path / f"kubepods/pod{UID}").rmdir()
     assert list(walk) == []
-    assert list(scan(tmp_path / "gone")) == []
+    with pytest.raises(FileNotFoundError):
+        list(scan(tmp_path / "gone"))
 
 
 # --- scan over real cgroup v2 directories --------------------------------------------------
