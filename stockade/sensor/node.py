@@ -14,6 +14,7 @@ directory and enforced at start, before the apiserver answers.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -35,7 +36,7 @@ from stockade.policy.bundle import BundleError, from_configmap
 from stockade.policy.model import PartName
 from stockade.policy.reports import AppliedBundle, NodeError, Sensor
 from stockade.policy.tables import container_masks
-from stockade.sensor.cgroups import scan
+from stockade.sensor.cgroups import CgroupScanError, scan
 from stockade.sensor.containers import Container
 from stockade.sensor.ecs import Applied
 from stockade.sensor.enforcer import Enforcer, Generation
@@ -54,6 +55,7 @@ log = logging.getLogger("stockade.sensor")
 POLL_MS = 50  # the loop's longest wait for records: what the watches' news may wait
 KEEP_GONE = 4096  # facts of removed cgroups kept for their records still in the ring buffer
 MAX_ERRORS = 8
+MAX_PREFIX_PARTS = 8  # cgroup levels above a cgroup namespace's root we look through
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class NodeSensor(Enforcer):
         self.node_uid: str | None = None
         self._written: dict[int, Mapping[PartName, int]] = {}  # the active slot's cgroups
         self._slot = 0
+        self._prefix = 0  # path components the kernel's cgroup paths have above our mount
         self._pending: Body | None = None  # the newest bundle ConfigMap not yet applied
         self._writing: Future[tuple[Generation, int, float] | None] | None = None
         self._cgroup_fail = 0
@@ -164,13 +167,11 @@ class NodeSensor(Enforcer):
         self._rescan()
         cached = self.apply_cached()
         for entry in self.state.take_unreported():
-            try:
-                uid, generation, blocked, alerted, logged = entry
-                tally = self.tallies.get((uid, generation))
-            except (TypeError, ValueError):
-                continue
-            if tally is not None and all(isinstance(n, int) and n >= 0 for n in entry[2:]):
-                tally.blocked, tally.alerted, tally.logged = blocked, alerted, logged
+            match entry:
+                case [str(uid), int(generation), int(blocked), int(alerted), int(logged)] if min(
+                    blocked, alerted, logged
+                ) >= 0 and (tally := self.tallies.get((uid, generation))):
+                    tally.blocked, tally.alerted, tally.logged = blocked, alerted, logged
         return cached
 
     def restored(self, applied: Applied) -> Applied:
@@ -315,12 +316,40 @@ class NodeSensor(Enforcer):
             self.counts["cgroup_paths_truncated"] += 1
             return
         if rec.created:
-            self._table_change(self.table.add_cgroup, rec.cgroup_id, rec.path)
+            path = self._local_path(rec.path, rec.cgroup_id)
+            if path is not None:
+                self._table_change(self.table.add_cgroup, rec.cgroup_id, path)
         else:
             self._table_change(self.table.remove_cgroup, rec.cgroup_id)
 
+    def _local_path(self, path: str, cgroup_id: int) -> str | None:
+        """The kernel's path (from the hierarchy's root) as seen below our cgroup2 mount,
+        which shows a subtree when the sensor runs in a cgroup namespace (a kind node):
+        the prefix to strip is the one whose directory has the record's cgroup id. None
+        when the cgroup is gone already (the next scan settles it)."""
+        parts = path.split("/")
+        candidates = [self._prefix] + [n for n in range(len(parts)) if n != self._prefix]
+        for n in candidates[: MAX_PREFIX_PARTS + 1]:
+            local = "/" + "/".join(p for p in parts[n:] if p)
+            try:
+                if os.lstat(f"{self.options.cgroup_root}{local}").st_ino == cgroup_id:
+                    self._prefix = n
+                    return local
+            except (OSError, ValueError):
+                continue
+        self.counts["cgroup_paths_unresolved"] += 1
+        return None
+
     def _rescan(self) -> None:
-        found = [(cgid, path) for cgid, path, _ in scan(self.options.cgroup_root)]
+        """The node's cgroups from the cgroup filesystem (at start, periodically, and when
+        the kernel lost cgroup records)."""
+        root = self.options.cgroup_root
+        try:
+            found = [(cgid, path) for cgid, path, _ in scan(root)]
+        except (OSError, CgroupScanError) as exc:
+            self._error("scan", f"can't scan the cgroups under {root}: {exc}")
+            return
+        self._error("scan", None)
         self._table_change(self.table.replace_cgroups, found)
 
     # -- the apiserver's news -----------------------------------------------------------

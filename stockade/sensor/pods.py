@@ -28,6 +28,7 @@ __all__ = ["NodeContainers", "PodError", "PodFacts", "image_facts", "pod_facts"]
 _IMAGE_NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _STATUS_LISTS = ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses")
 MAX_IMAGE = 4096
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 
 class PodError(ValueError):
@@ -80,10 +81,13 @@ def pod_facts(body: Mapping[str, Any]) -> PodFacts:
         raise PodError("metadata: uid, namespace and name must be strings")
     assert isinstance(uid, str) and isinstance(namespace, str) and isinstance(name, str)
     owners = meta.get("ownerReferences") or []
+    if not isinstance(owners, list):
+        raise PodError("metadata.ownerReferences: not a list")
     owner_kind = next(
         (o.get("kind") for o in owners if isinstance(o, dict) and o.get("controller")), None
     )
-    status = body.get("status") or {}
+    status = body.get("status")
+    status = {} if status is None else status
     if not isinstance(status, dict):
         raise PodError("status: not an object")
     containers: dict[str, tuple[str, str]] = {}
@@ -99,13 +103,16 @@ def pod_facts(body: Mapping[str, Any]) -> PodFacts:
                 raise PodError(f"status.{key}: name and image must be strings")
             containers[runtime_id.split("://", 1)[1]] = (cname, image)
     ip = status.get("podIP")
+    # a static pod's cgroups carry the kubelet's uid for it, which its mirror pod names
+    annotations = _strings(meta.get("annotations"), "metadata.annotations")
+    mirror = annotations.get(MIRROR_ANNOTATION)
     return PodFacts(
-        uid=uid.lower(),
+        uid=(mirror if isinstance(mirror, str) and mirror else uid).lower(),
         kubernetes=KubernetesFacts(
             namespace=namespace,
             pod_name=name,
             pod_labels=_strings(meta.get("labels"), "metadata.labels"),
-            pod_annotations=_strings(meta.get("annotations"), "metadata.annotations") or None,
+            pod_annotations=annotations or None,
             pod_ip=ip if isinstance(ip, str) and ip else None,
             pod_owner_kind=owner_kind if isinstance(owner_kind, str) else None,
         ),

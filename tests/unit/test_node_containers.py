@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stockade.sensor.pods import NodeContainers, PodError, image_facts, pod_facts
 
@@ -114,4 +117,32 @@ def test_cgroups_that_are_not_a_kubelets_are_ignored() -> None:
 )
 def test_a_pod_object_that_is_not_one_is_refused_with_a_reason(body: dict[str, Any]) -> None:
     with pytest.raises(PodError):
+        pod_facts(body)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "metadata": st.dictionaries(
+                st.sampled_from(["uid", "namespace", "name", "labels", "annotations",
+                                 "ownerReferences"]), _JSON, max_size=6),
+            "status": st.dictionaries(
+                st.sampled_from(["podIP", *(s for s in ("containerStatuses",
+                                 "initContainerStatuses"))]), _JSON, max_size=3) | _JSON,
+        },
+    )
+)  # fmt: skip
+def test_any_pod_object_is_read_or_refused_never_crashes(body: dict[str, Any]) -> None:
+    with contextlib.suppress(PodError):
         pod_facts(body)
