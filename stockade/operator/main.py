@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from stockade.operator import kopf_patches, metrics
 from stockade.operator.election import Elector, StartupError, Timing
 from stockade.operator.handlers import register
+from stockade.operator.heartbeats import DEFAULT_AFTER
 from stockade.operator.kube import Kube, api_client
 from stockade.operator.pods import PodIndex, PodWatch
 from stockade.operator.reconciler import Options, Reconciler
@@ -33,6 +34,7 @@ class Config:
     lease: str | None = "stockade-operator"  # in `namespace`; None: standalone, no election
     timing: Timing = field(default_factory=Timing)
     resync: float = 300.0
+    sensor_silent_after: float = DEFAULT_AFTER
 
 
 def configure_logging(level: str) -> None:
@@ -61,7 +63,13 @@ async def run(config: Config, elector: Elector | None) -> None:
     if elector is not None:
         kube.write_timeout = elector.write_timeout
     reconciler = Reconciler(
-        kube, Options(namespace=config.namespace, cluster=config.cluster, resync=config.resync)
+        kube,
+        Options(
+            namespace=config.namespace,
+            cluster=config.cluster,
+            resync=config.resync,
+            sensor_silent_after=config.sensor_silent_after,
+        ),
     )
     kopf_patches.apply()
     pods = PodIndex(on_change=reconciler.pods_changed)
