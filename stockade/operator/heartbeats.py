@@ -19,10 +19,6 @@ from stockade.policy.reports import NodePolicyReport
 DEFAULT_AFTER = 60.0  # seconds: six missed heartbeats of a sensor beating every 10 s
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -44,7 +40,7 @@ class Heartbeats:
         silent: dict[str, str] = {}
         due: datetime | None = None
         for node, report in reports.items():
-            beat = _utc(report.sensor.heartbeat_time)
+            beat = report.sensor.heartbeat_time  # the CRD admits only RFC 3339, with an offset
             known = self._seen.get(node)
             first = known[1] if known is not None and known[0] == beat else now
             seen[node] = (beat, first)

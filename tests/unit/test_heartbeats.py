@@ -67,11 +67,6 @@ def test_a_heartbeat_ahead_of_the_operators_clock_is_trusted_only_for_the_thresh
     )
 
 
-def test_a_heartbeat_without_a_time_zone_is_utc() -> None:
-    beats = Heartbeats(after=60)
-    assert beats.update({"n1": report(T0.replace(tzinfo=None))}, at(61)) == {"n1"}
-
-
 def status(silent: dict[str, str], **given: Any) -> tuple[str, str]:
     record = policy_record(
         {
