@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stockade.operator.heartbeats import DEFAULT_AFTER as DEFAULT_SILENT_AFTER
 from stockade.policy.bundle import encode, render_json_schema
 from stockade.policy.compiler import CompileError, Pod, compile_bundle
 from stockade.policy.convert import MAX_OBJECT_NAME, OBJECT_NAME, convert, object_name
@@ -244,6 +246,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"stockade operator: {exc}", file=sys.stderr)
         return 2
+    if not (args.sensor_silent_after > 0 and math.isfinite(args.sensor_silent_after)):
+        print(
+            "stockade operator: --sensor-silent-after must be a number of seconds > 0,"
+            f" not {args.sensor_silent_after:g}",
+            file=sys.stderr,
+        )
+        return 2
 
     return main(
         Config(
@@ -254,6 +263,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             lease=None if args.standalone else args.lease,
             timing=timing,
             resync=args.resync,
+            sensor_silent_after=args.sensor_silent_after,
         )
     )
 
@@ -330,6 +340,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS")
     p.add_argument(
         "--resync", type=float, default=300.0, metavar="SECONDS", help="between full passes"
+    )
+    p.add_argument(
+        "--sensor-silent-after",
+        type=float,
+        default=DEFAULT_SILENT_AFTER,
+        metavar="SECONDS",
+        help="a targeted node whose sensor's last heartbeat is older than this makes its"
+        " policies Ready=False, reason SensorSilent (default %(default)g: sensors beat at least"
+        " every 10 s, so several missed heartbeats, not one late write)",
     )
     p.set_defaults(run=cmd_operator)
 

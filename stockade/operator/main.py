@@ -17,6 +17,7 @@ from stockade.kube import api_client
 from stockade.operator import kopf_patches, metrics
 from stockade.operator.election import Elector, StartupError, Timing
 from stockade.operator.handlers import register
+from stockade.operator.heartbeats import DEFAULT_AFTER
 from stockade.operator.kube import Kube
 from stockade.operator.pods import PodIndex, PodWatch
 from stockade.operator.reconciler import Options, Reconciler
@@ -34,6 +35,7 @@ class Config:
     lease: str | None = "stockade-operator"  # in `namespace`; None: standalone, no election
     timing: Timing = field(default_factory=Timing)
     resync: float = 300.0
+    sensor_silent_after: float = DEFAULT_AFTER
 
 
 def configure_logging(level: str) -> None:
@@ -62,7 +64,13 @@ async def run(config: Config, elector: Elector | None) -> None:
     if elector is not None:
         kube.write_timeout = elector.write_timeout
     reconciler = Reconciler(
-        kube, Options(namespace=config.namespace, cluster=config.cluster, resync=config.resync)
+        kube,
+        Options(
+            namespace=config.namespace,
+            cluster=config.cluster,
+            resync=config.resync,
+            sensor_silent_after=config.sensor_silent_after,
+        ),
     )
     kopf_patches.apply()
     pods = PodIndex(on_change=reconciler.pods_changed)

@@ -14,13 +14,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from stockade.operator import metrics
 from stockade.operator.bundle_writer import BundleWriter, Plan
 from stockade.operator.debounce import Debouncer
+from stockade.operator.heartbeats import DEFAULT_AFTER, Heartbeats
 from stockade.operator.kube import Kube
 from stockade.operator.objects import PolicyKey
-from stockade.operator.status_writer import StatusWriter
+from stockade.operator.status_writer import StatusWriter, current_reports
 from stockade.operator.targeting import Indexes, Targeting, first
 
 log = logging.getLogger("stockade.operator")
@@ -33,6 +35,7 @@ class Options:
     quiet: float = 0.1
     max_delay: float = 1.0
     resync: float = 300.0
+    sensor_silent_after: float = DEFAULT_AFTER
     component: str = "stockade-operator"
 
 
@@ -52,6 +55,7 @@ class Reconciler:
     bundles: BundleWriter = field(init=False)
     status: StatusWriter = field(init=False)
     debounce: Debouncer = field(init=False)
+    silence_check: asyncio.TimerHandle | None = None  # wakes the loop when a sensor goes silent
 
     def __post_init__(self) -> None:
         self.bundles = BundleWriter(
@@ -61,7 +65,12 @@ class Reconciler:
             targets=self.targeting.of_node,
             retry=self.node_changed,
         )
-        self.status = StatusWriter(self.kube, self.options.component, retry=self._status_later)
+        self.status = StatusWriter(
+            self.kube,
+            self.options.component,
+            retry=self._status_later,
+            heartbeats=Heartbeats(self.options.sensor_silent_after),
+        )
         self.debounce = Debouncer(self.options.quiet, self.options.max_delay)
 
     # --- called by the watch handlers: cheap, no I/O --------------------------
@@ -99,6 +108,15 @@ class Reconciler:
         self.dirty_policies.add(key)
         self.handled.pop(key, None)
         self.debounce.later(seconds)
+
+    def _check_silence_at(self, due: datetime | None) -> None:
+        """Wake the loop when the next heartbeat crosses the threshold: no event says so."""
+        if self.silence_check is not None:
+            self.silence_check.cancel()
+            self.silence_check = None
+        if due is not None:
+            seconds = max(0.0, (due - datetime.now(UTC)).total_seconds())
+            self.silence_check = asyncio.get_running_loop().call_later(seconds, self.debounce.wake)
 
     # --- the loop --------------------------------------------------------------
 
@@ -183,7 +201,11 @@ class Reconciler:
         status_keys |= {by_uid[uid] for uid in counted if uid in by_uid}
         if not await self.status.ledger.flush(self.kube):
             self.debounce.later(2.0)  # the counts not written are written then
+        heartbeats = self.status.heartbeats
+        for node in heartbeats.update(current_reports(ix), datetime.now(UTC)):
+            status_keys |= targeting.of_node(node)
         await self.status.write(status_keys, records, ix, targeting, self.bundles)
+        self._check_silence_at(heartbeats.due)
         if not self.synced:
             self.synced = True
             metrics.SYNCED.set(1)

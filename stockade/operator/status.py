@@ -32,10 +32,13 @@ LISTED = 5  # nodes named in a message before "and N more"
 BUNDLE_TOO_LARGE = "BundleTooLarge"
 COMPILING = "Compiling"
 WRITE_FAILED = "WriteFailed"
+SENSOR_SILENT = "SensorSilent"
 # The reason shown when a policy's nodes have problems of several kinds: the first.
 PROBLEM_ORDER = (BUNDLE_TOO_LARGE, COMPILING, WRITE_FAILED)
 IN_PROGRESS = frozenset({COMPILING, WRITE_FAILED, "Applying"})
-NEEDS_A_USER = frozenset({"Invalid", BUNDLE_TOO_LARGE, "NodeErrors"})
+# SensorSilent too: after several missed heartbeats only someone bringing the sensor
+# (or its node) back resolves it, as with NodeErrors.
+NEEDS_A_USER = frozenset({"Invalid", BUNDLE_TOO_LARGE, SENSOR_SILENT, "NodeErrors"})
 AFTERWORD = {
     BUNDLE_TOO_LARGE: "the other policies there are in their bundles",
     COMPILING: "those nodes keep their previous bundle",
@@ -51,9 +54,9 @@ class NodeProblem:
     detail: str
 
 
-def _names(nodes: Sequence[str]) -> str:
-    shown = ", ".join(nodes[:LISTED])
-    return shown + (f" and {len(nodes) - LISTED} more" if len(nodes) > LISTED else "")
+def _listed(items: Sequence[str], separator: str = ", ") -> str:
+    shown = separator.join(items[:LISTED])
+    return shown + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
 
 
 def _lag_reason(report: NodePolicyReport | None, record: PolicyRecord) -> str:
@@ -120,6 +123,7 @@ def policy_status(
     bundled: set[str],
     node_problems: Mapping[str, NodeProblem],
     reports: Mapping[str, NodePolicyReport],
+    silent: Mapping[str, str],
     counts: CountsStatus,
     previous: PolicyStatus | None,
     now: datetime,
@@ -129,6 +133,7 @@ def policy_status(
     `targeted`: nodes with a pod in its scope; `bundled`: those whose written
     bundle holds this generation; `node_problems`: nodes whose bundle can't hold
     it, can't be compiled or written, with why; `reports`: the NodePolicyReports by node;
+    `silent`: nodes whose sensor stopped reporting, with since when (`heartbeats`);
     `counts`: summed over nodes (`ledger`).
     """
 
@@ -179,9 +184,20 @@ def policy_status(
         if len(problems) > LISTED:
             parts.append(f"and {len(problems) - LISTED} more nodes")
         if unbundled:
-            parts.append(f"not yet in the bundle of {_names(unbundled)}")
+            parts.append(f"not yet in the bundle of {_listed(unbundled)}")
         conditions = ready(
             ConditionStatus.FALSE, reason, "; ".join(parts) + f" ({AFTERWORD[reason]})"
+        )
+        return PolicyStatus(**common, conditions=conditions)
+
+    # Before anything read from the reports: a silent node's report is stale.
+    quiet = [f"{n}: {silent[n]}" for n in targeted if n in silent]
+    if quiet:
+        conditions = ready(
+            ConditionStatus.FALSE,
+            SENSOR_SILENT,
+            f"sensors silent: {_listed(quiet, '; ')}; is the sensor running, and can it reach"
+            " the apiserver? Until it reports, what it enforces there is unknown",
         )
         return PolicyStatus(**common, conditions=conditions)
 
@@ -192,10 +208,9 @@ def policy_status(
             if error.policy_uid in (None, record.uid):
                 errors.append(f"{n}: {error.message}")
     if errors:
-        shown = "; ".join(errors[:LISTED]) + (
-            f" and {len(errors) - LISTED} more" if len(errors) > LISTED else ""
+        conditions = ready(
+            ConditionStatus.FALSE, "NodeErrors", "sensors report errors: " + _listed(errors, "; ")
         )
-        conditions = ready(ConditionStatus.FALSE, "NodeErrors", "sensors report errors: " + shown)
         return PolicyStatus(**common, conditions=conditions)
 
     lagging = [n for n in targeted if n not in applied]

@@ -2,7 +2,7 @@
 
 A status is written only when it differs from what is stored (`policy_status`
 is pure), at most every COUNTS_INTERVAL when only its counts changed, with an
-Event for `Invalid` and `NodeErrors` once per distinct message.
+Event for `Invalid`, `SensorSilent` and `NodeErrors` once per distinct message.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from kubernetes.client.exceptions import ApiException
 
 from stockade.operator import metrics
 from stockade.operator.bundle_writer import WRITE_ERRORS, BundleWriter
+from stockade.operator.heartbeats import Heartbeats
 from stockade.operator.kube import Kube
 from stockade.operator.ledger import SELECTOR as COUNTS_SELECTOR
 from stockade.operator.ledger import Ledger
 from stockade.operator.objects import PolicyKey, PolicyRecord
-from stockade.operator.status import READY, policy_status
+from stockade.operator.status import READY, SENSOR_SILENT, policy_status
 from stockade.operator.targeting import Indexes, Targeting, first
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import PolicyStatus
@@ -54,11 +55,16 @@ class StatusWriter:
     """
 
     def __init__(
-        self, kube: Kube, component: str, retry: Callable[[PolicyKey, float], None]
+        self,
+        kube: Kube,
+        component: str,
+        retry: Callable[[PolicyKey, float], None],
+        heartbeats: Heartbeats,
     ) -> None:
         self.kube = kube
         self.component = component
         self.retry = retry
+        self.heartbeats = heartbeats  # which nodes are silent: `update`d by the reconciler
         self.ledger = Ledger()
         self.statuses: dict[str, PolicyStatus] = {}
         # uid → (the policy's resourceVersion a write was based on, the one it made)
@@ -120,6 +126,7 @@ class StatusWriter:
                 },
                 node_problems={n: p for n in targeted if (p := bundles.problem(n, key))},
                 reports=reports,
+                silent=self.heartbeats.silent,
                 counts=self.ledger.counts(record.uid),
                 previous=previous,
                 now=now,
@@ -163,7 +170,7 @@ class StatusWriter:
         before = _ready(previous) if previous else None
         if (
             ready is not None
-            and ready.reason in ("Invalid", "NodeErrors")
+            and ready.reason in ("Invalid", SENSOR_SILENT, "NodeErrors")
             and (before is None or (before.reason, before.message) != (ready.reason, ready.message))
         ):
             try:

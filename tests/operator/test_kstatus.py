@@ -64,6 +64,7 @@ def status(rec: PolicyRecord, **given: Any) -> dict[str, Any]:
         "bundled": {"n1"},
         "node_problems": {},
         "reports": {"n1": report(3)},
+        "silent": {},
         "counts": CountsStatus(),
         "previous": None,
         "now": NOW,
@@ -83,6 +84,10 @@ CASES: dict[str, tuple[Any, str]] = {
         lambda: status(
             record(), bundled=set(), node_problems={"n1": NodeProblem(BUNDLE_TOO_LARGE, "big")}
         ),
+        "Failed",
+    ),
+    "SensorSilent": (
+        lambda: status(record(), silent={"n1": "no heartbeat for over 60 s"}),
         "Failed",
     ),
     "NodeErrors": (lambda: status(record(), reports={"n1": report(3, "no BTF")}), "Failed"),

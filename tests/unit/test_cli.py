@@ -270,3 +270,14 @@ def test_operator_refuses_election_timings_out_of_order() -> None:
         "stockade operator: leader election needs retry period < renew deadline"
         " < lease duration (got 2.0, 10.0, 5.0)"
     )
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_operator_refuses_a_sensor_silence_threshold_that_isnt_a_time(value: str) -> None:
+    """0 would make every sensor silent at once; inf would never notice one."""
+    proc = stockade("operator", "--sensor-silent-after", value)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"stockade operator: --sensor-silent-after must be a number of seconds > 0,"
+        f" not {float(value):g}"
+    )

@@ -113,6 +113,7 @@ def test_status_stays_small_at_5000_nodes() -> None:
         bundled=set(),
         node_problems={},
         reports={},
+        silent={},
         counts=ledger.counts(P),
         previous=None,
         now=NOW,
