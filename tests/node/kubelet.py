@@ -140,9 +140,12 @@ class Pod:
         runtime = self.kubelet.runtime
         started = min(c.started_at for c in self.containers.values())
         conditions = [
-            {"type": kind, "status": "True", "lastProbeTime": None, "lastTransitionTime": started}
+            {
+                "type": kind, "status": "True", "reason": None, "message": None,
+                "lastProbeTime": None, "lastTransitionTime": started,
+            }
             for kind in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
-        ]
+        ]  # fmt: skip
         statuses = [
             {
                 "name": c.name,
@@ -160,11 +163,8 @@ class Pod:
         status = {
             "phase": "Running",
             "conditions": conditions,
-            "hostIP": self.kubelet.ip,
-            "hostIPs": [{"ip": self.kubelet.ip}],
             "podIP": self.ip,
             "podIPs": [{"ip": self.ip}],
-            "startTime": self.sandbox.started_at,
             "containerStatuses": statuses,
         }
         self.kubelet.core.patch_namespaced_pod_status(self.name, self.namespace, {"status": status})
@@ -327,9 +327,10 @@ class Kubelet:
         resources: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Pod:
         """A pod started on this node, in the order it happens there: the Pod created and
-        bound, the pod cgroup, the sandbox's and then each container's cgroup, and (if
-        `status`) the Running status. `containers` are (name, image); `resources` (requests
-        and limits, for every container) decides the QoS class and so the cgroup's place."""
+        bound, the kubelet's Pending status, the pod cgroup, the sandbox's and then each
+        container's cgroup, and (if `status`) the Running status naming the containers.
+        `containers` are (name, image); `resources` (requests and limits, for every
+        container) decide the QoS class and so where the pod cgroup goes."""
         specs = [
             client.V1Container(
                 name=c, image=image, resources=client.V1ResourceRequirements(**(resources or {}))
@@ -353,6 +354,7 @@ class Kubelet:
         )
         # The client can't decode what the binding returns (a Status, not a Binding).
         self.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False)
+        self._write_pending_status(namespace, name, containers)
         cgroup = self.pod_cgroup(uid, qos)
         pod = Pod(
             kubelet=self,
@@ -370,6 +372,40 @@ class Kubelet:
         if status:
             pod.write_status()
         return pod
+
+    def _write_pending_status(
+        self, namespace: str, name: str, containers: Sequence[tuple[str, str]]
+    ) -> None:
+        """The kubelet's first status, written as it takes the pod on: Pending, the
+        containers named with their spec's image but no containerID yet."""
+        at = now()
+        waiting = f"containers with unready status: [{' '.join(c for c, _ in containers)}]"
+        unready = {"status": "False", "reason": "ContainersNotReady", "message": waiting}
+        conditions: list[dict[str, Any]] = [
+            {"type": "PodReadyToStartContainers", "status": "False"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "Ready", **unready},
+            {"type": "ContainersReady", **unready},
+        ]
+        for condition in conditions:
+            condition |= {"lastProbeTime": None, "lastTransitionTime": at}
+        statuses = [
+            {
+                "name": container, "state": {"waiting": {"reason": "ContainerCreating"}},
+                "lastState": {}, "ready": False, "restartCount": 0, "image": image,
+                "imageID": "", "started": False,
+            }
+            for container, image in containers
+        ]  # fmt: skip
+        status = {
+            "phase": "Pending",
+            "conditions": conditions,
+            "hostIP": self.ip,
+            "hostIPs": [{"ip": self.ip}],
+            "startTime": at,
+            "containerStatuses": statuses,
+        }
+        self.core.patch_namespaced_pod_status(name, namespace, {"status": status})
 
     def _create_container(self, pod_cgroup: Path, name: str, image: str) -> Container:
         """The runtime's part: a new container id, its monitor's cgroup if the runtime has

@@ -113,8 +113,10 @@ def test_status_can_name_the_containers_after_their_cgroups_exist(
     container = pod.containers["app"]
     assert container.cgroup.is_dir()
     status = pod_json(core, pod)["status"]
-    assert status["phase"] == "Pending"
-    assert "containerStatuses" not in status
+    assert status["phase"] == "Pending"  # as the kubelet wrote it on taking the pod on
+    [waiting] = status["containerStatuses"]
+    assert waiting["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    assert "containerID" not in waiting and waiting["image"] == "docker.io/library/busybox:1.36"
     assert pod.run("app", ["true"]).returncode == 0
 
     pod.write_status()
@@ -123,6 +125,8 @@ def test_status_can_name_the_containers_after_their_cgroups_exist(
     assert [s["containerID"] for s in status["containerStatuses"]] == [
         f"containerd://{container.id}"
     ]
+    ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert [(c["status"], c.get("reason")) for c in ready] == [("True", None)]
 
 
 SLICE = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"
