@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import platform
 import subprocess
@@ -251,7 +252,7 @@ class Kubelet:
         subnet = zlib.crc32(node.encode()) % 250 + 1
         self.ip = f"10.0.0.{subnet}"
         self.pod_cidr = f"10.244.{subnet}.0/24"
-        self._pod_ips = iter(f"10.244.{subnet}.{host}" for host in range(2, 255))
+        self._pod_ips = itertools.cycle(f"10.244.{subnet}.{host}" for host in range(2, 255))
 
     def register(self) -> str:
         """Create the Node as a kubelet registers it, with the status it posts; its uid."""

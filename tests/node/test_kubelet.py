@@ -215,7 +215,9 @@ def test_relabel_and_delete_act_on_the_apiserver_and_the_node(
     shell = pod.popen("app", ["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE)
     assert shell.stdout is not None
     background = int(shell.stdout.readline())  # not ours: only the container knows it
-    cgroups = [pod.cgroup, pod.sandbox.cgroup, pod.containers["app"].cgroup]
+    decoy = pod.cgroup / "cri-containerd-not-a-container.scope" / "nested"
+    decoy.mkdir(parents=True)  # what a test may add; it goes with the pod's cgroup
+    cgroups = [pod.cgroup, pod.sandbox.cgroup, pod.containers["app"].cgroup, decoy.parent]
     pod.delete()
     assert sleeper.returncode == -signal.SIGKILL
     assert not alive(background)
