@@ -22,6 +22,9 @@ from kubernetes import client
 
 from tests.integration import conftest as integration
 from tests.node.kubelet import CGROUP2, Kubelet
+from tests.node.sensor import SensorProcess
+from tests.operator import conftest as operator_suite
+from tests.operator.conftest import Operator
 
 # The integration suite's fixtures, shared rather than copied.
 services_env = integration.services_env
@@ -67,3 +70,29 @@ def kubelets(core: client.CoreV1Api, unique: str) -> Iterator[MakeKubelet]:
 @pytest.fixture
 def kubelet(kubelets: MakeKubelet) -> Kubelet:
     return kubelets()
+
+
+# The operator suite's session operator (its own namespace and Lease), shared rather than
+# started twice: the sensor reads the bundles it writes.
+operator_crds = operator_suite.operator_crds
+operator = operator_suite.operator
+
+
+@pytest.fixture(scope="session")
+def custom(k8s_api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(k8s_api)
+
+
+@pytest.fixture
+def node_sensor(
+    operator: Operator, kubelet: Kubelet, kubeconfig: str, tmp_path: Path
+) -> Iterator[SensorProcess]:
+    """The sensor of `kubelet`'s node, reading the session operator's bundles (not started:
+    the test starts it when its story needs it)."""
+    (tmp_path / "sensor").mkdir()
+    sensor = SensorProcess(kubelet.node, operator.namespace, kubeconfig, tmp_path / "sensor")
+    try:
+        yield sensor
+    finally:
+        if sensor.proc is not None:
+            sensor.stop()

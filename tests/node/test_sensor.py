@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from tests.node.kubelet import Kubelet, Pod
 
+from tests.node.kubelet import Kubelet, Pod
 from tests.node.sensor import SensorProcess
 from tests.operator.conftest import Kubectl, wait_for
 
