@@ -30,7 +30,7 @@ from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.libbpf import BpfError
 from stockade.sensor.output import Output
 from stockade.sensor.processes import ProcessCache
-from stockade.sensor.records import decode
+from stockade.sensor.records import CgroupRecord, decode
 from stockade.sensor.state import StateDir
 
 __all__ = ["Standalone"]
@@ -211,6 +211,9 @@ class Standalone:
         except (ValueError, IndexError):
             self.counts["undecodable"] += 1
             return
+        if isinstance(rec, CgroupRecord):  # standalone's containers come from its input file
+            self.counts["cgroup_records"] += 1
+            return
         applied = self.applied.get(rec.header.generation)
         if applied is None:
             self.counts["unknown_generation"] += 1
@@ -240,6 +243,7 @@ class Standalone:
             "dropped": kernel["rb_fail"] + kernel["inflight_fail"] + self.counts["undecodable"],
             "undecodable": self.counts["undecodable"],
             "unknown_generation": self.counts["unknown_generation"],
+            "cgroup_records": self.counts["cgroup_records"],
             "refused_inputs": self.counts["refused"],
             "generation": self.generation,
             **self.output.stats(),
