@@ -39,7 +39,7 @@ from stockade.sensor.abi import (
 from stockade.sensor.containers import Container
 from stockade.sensor.ecs import Applied, Host, document
 from stockade.sensor.processes import ProcessCache
-from stockade.sensor.records import decode
+from stockade.sensor.records import CgroupRecord, FileRecord, ProcessRecord, decode
 
 REPO = Path(__file__).resolve().parents[1]
 CGROUP = 77
@@ -69,6 +69,13 @@ def raw_record(kind: RecordKind, seq: int) -> bytes:
     ) + exe + cwd + args  # fmt: skip
 
 
+def event(raw: bytes) -> ProcessRecord | FileRecord:
+    """`decode` as Enforcer._on_record uses it: cgroup records are not events."""
+    rec = decode(raw)
+    assert not isinstance(rec, CgroupRecord)
+    return rec
+
+
 def applied() -> Applied:
     bundle = compile_bundle(list(iter_policies([REPO / "examples/policies/default.yaml"])))
     container = Container(
@@ -90,13 +97,13 @@ def enrich(n: int) -> None:
         raws = [raw_record(kinds[i % len(kinds)], i) for i in range(n)]
         cache = ProcessCache()
         t0 = time.process_time()
-        for raw in raws:  # what the ring-buffer reader does per record (Standalone._on_record)
-            rec = decode(raw)
+        for raw in raws:  # what the ring-buffer reader does per record (Enforcer._on_record)
+            rec = event(raw)
             cache.enrich(document(rec, app, "kill", host), rec)
         t1 = time.process_time()
         size = 0
         for raw in raws:  # and, on the writer thread, the JSON
-            rec = decode(raw)
+            rec = event(raw)
             doc = document(rec, app, "kill", host)
             cache.enrich(doc, rec)
             size += len(json.dumps(doc, separators=(",", ":")))
@@ -117,9 +124,7 @@ def index(n: int, batch: int) -> None:
         "ELASTICSEARCH_USERNAME"), password=env.get("ELASTICSEARCH_PASSWORD"),
         ca_certs=Path(ca) if ca else None)  # fmt: skip
     host, app = Host.detect(), applied()
-    docs = [
-        document(decode(raw_record(RecordKind.PROCESS, i)), app, "kill", host) for i in range(n)
-    ]
+    docs = [document(event(raw_record(RecordKind.PROCESS, i)), app, "kill", host) for i in range(n)]
     spool = Path(tempfile.mkdtemp(prefix="stk-bench-spool-"))
     out = ElasticOutput(cfg, spool, queue_max=n + 1, batch_docs=batch, log=io.StringIO())
     try:

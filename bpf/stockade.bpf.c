@@ -4,8 +4,10 @@
  * (their bodies in lib/process.h, shared with lsm mode) and the file-operation
  * syscalls (lib/file.h decides and reports). Decisions
  * are made from the policy maps (see docs/kernel.md); only operations with
- * actions produce a record; `block` is SIGKILL.
+ * actions produce a record; `block` is SIGKILL. cgroup_mkdir/rmdir report
+ * cgroup v2 directories (lib/cgroup.h, shared with lsm mode).
  */
+#include "cgroup.h"
 #include "file.h"
 #include "process.h"
 
@@ -57,6 +59,20 @@ SEC("tracepoint/sched/sched_process_exit")
 int stk_exit(struct trace_event_raw_sched_process_template *ctx)
 {
 	return exit_record();
+}
+
+/* cgroup v2 directories made and removed: containers known before their first exec (lib/cgroup.h) */
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(stk_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	return cgroup_record(cgrp, path, 1);
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(stk_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+	return cgroup_record(cgrp, path, 0);
 }
 
 /* --------------------------------------------------------- file programs */

@@ -3,9 +3,11 @@
  * Stockade lsm-mode programs: BPF LSM hooks that decide with the same code
  * and maps as kill mode (lib/) and return -EPERM before the
  * operation when a BLOCK applies (never for AUDIT_BLOCK); the
- * sched_process_{exec,fork,exit} tracepoints (shared) report processes.
+ * sched_process_{exec,fork,exit} tracepoints (shared) report processes,
+ * cgroup_mkdir/rmdir (shared) cgroup v2 directories.
  * Loaded only where the probe found BPF LSM usable (see docs/kernel.md).
  */
+#include "cgroup.h"
 #include "file.h"
 #include "process.h"
 
@@ -80,6 +82,20 @@ SEC("tracepoint/sched/sched_process_exit")
 int stk_exit(struct trace_event_raw_sched_process_template *ctx)
 {
 	return exit_record();
+}
+
+/* cgroup v2 directories made and removed: containers known before their first exec (lib/cgroup.h) */
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(stk_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	return cgroup_record(cgrp, path, 1);
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(stk_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+	return cgroup_record(cgrp, path, 0);
 }
 
 /* ----------------------------------------------------------------- files */

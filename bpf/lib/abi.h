@@ -18,6 +18,8 @@ enum stk_const {
 	STK_HEAD_BYTES = 11,       /* first-component bytes in a stk_path_heads key */
 	STK_OP_SLOTS = 8,          /* stk_op_masks index = slot * STK_OP_SLOTS + op */
 	STK_MAX_RESPONSES = 1024,  /* response rows per slot and part (= the compiler's limit) */
+	STK_CGROUP_PATH = 512,     /* path bytes in a cgroup record at most (longer: truncated) */
+	STK_CGROUP_MAX_LEVEL = 8,  /* cgroups deeper than this get no cgroup record */
 };
 
 enum stk_part { STK_PART_PROCESS = 0, STK_PART_FILE = 1 };
@@ -49,7 +51,7 @@ enum stk_outcome {
 
 enum stk_volume { STK_VOLUME_NONE = 0, STK_VOLUME_MOUNT = 1, STK_VOLUME_FILE = 2 };
 
-enum stk_kind { STK_KIND_PROCESS = 1, STK_KIND_FILE = 2, STK_KIND_EXIT = 3 };
+enum stk_kind { STK_KIND_PROCESS = 1, STK_KIND_FILE = 2, STK_KIND_EXIT = 3, STK_KIND_CGROUP = 4 };
 
 enum stk_hook {
 	STK_HOOK_EXEC = 1,
@@ -104,6 +106,7 @@ enum stk_stat {
 	STK_STAT_LOST_LOG = 7,       /* log-only records lost (stk_events full) */
 	STK_STAT_LOST_ALERT = 8,     /* alert/block/would-block records lost (stk_alerts full) */
 	STK_STAT_LOST_EXIT = 9,      /* exit records lost (stk_events full) */
+	STK_STAT_CGROUP_FAIL = 10,   /* cgroup records lost (stk_cgroups full): rescan; not in RB_FAIL */
 	STK_STAT_COUNT = 16,         /* stk_stats entries (spares for new counters) */
 };
 
@@ -258,6 +261,24 @@ struct stk_file_rec {
 	char path[];
 }; /* fixed part: 192 + 40 = 232 bytes */
 
+/*
+ * A cgroup v2 directory made or removed (kind STK_KIND_CGROUP, in stk_cgroups): how user space
+ * learns a container's cgroup before its first exec. Not a stk_rec_hdr: it starts with the
+ * same version and kind, and carries only what names the cgroup.
+ */
+struct stk_cgroup_rec {
+	__u16 version;
+	__u16 kind;
+	__u8 created;        /* 1: cgroup_mkdir, 0: cgroup_rmdir */
+	__u8 path_truncated; /* 1: path is the first STK_CGROUP_PATH bytes of a longer one */
+	__u16 path_len;
+	__u32 level;         /* cgrp->level: the v2 root is 0 */
+	__u32 pad;
+	__u64 ktime_ns;
+	__u64 cgroup_id;     /* cgrp->kn->id: the directory's inode, bpf_get_current_cgroup_id() */
+	char path[];         /* relative to the v2 root, "/a/b"; not NUL-terminated */
+}; /* fixed part: 32 bytes */
+
 /* probe.bpf.c's state in .bss: written and read by stockade/sensor/probe.py */
 struct stk_probe_state {
 	__u32 target_ppid;
@@ -300,5 +321,6 @@ struct stk_abi {
 struct stk_abi stk_abi SEC(".stk_abi");
 struct stk_proc_rec stk_abi_proc_rec SEC(".stk_abi");
 struct stk_file_rec stk_abi_file_rec SEC(".stk_abi");
+struct stk_cgroup_rec stk_abi_cgroup_rec SEC(".stk_abi");
 
 #endif

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 __all__ = [
     "CGROUP_KEY",
+    "CGROUP_REC",
     "CGROUP_VAL",
     "CONTROL",
     "C_ENUMS",
@@ -59,6 +60,8 @@ class Const(IntEnum):
     HEAD_BYTES = 11
     OP_SLOTS = 8  # stk_op_masks index = slot * OP_SLOTS + op
     MAX_RESPONSES = 1024  # response rows per slot and part
+    CGROUP_PATH = 512  # path bytes in a cgroup record at most (longer: truncated)
+    CGROUP_MAX_LEVEL = 8  # cgroups deeper than this get no cgroup record
 
 
 class Part(IntEnum):
@@ -122,6 +125,7 @@ class RecordKind(IntEnum):
     PROCESS = 1
     FILE = 2
     EXIT = 3
+    CGROUP = 4  # a cgroup v2 directory made or removed (stk_cgroup_rec, not a stk_rec_hdr)
 
 
 class Hook(IntEnum):
@@ -202,6 +206,7 @@ class Stat(IntEnum):
     LOST_LOG = 7  # RB_FAIL = LOST_LOG + LOST_ALERT + LOST_EXIT
     LOST_ALERT = 8
     LOST_EXIT = 9
+    CGROUP_FAIL = 10  # cgroup records lost (not in RB_FAIL): the cgroups need a rescan
 
 
 class PathTable(IntFlag):
@@ -384,6 +389,21 @@ FILE_REC: Final = Layout(
         ("path", "0s"),
     ),
 )
+CGROUP_REC: Final = Layout(
+    "stk_cgroup_rec",
+    (
+        ("version", "H"),
+        ("kind", "H"),
+        ("created", "B"),
+        ("path_truncated", "B"),
+        ("path_len", "H"),
+        ("level", "I"),
+        ("pad", "I"),
+        ("ktime_ns", "Q"),
+        ("cgroup_id", "Q"),
+        ("path", "0s"),
+    ),
+)
 PROBE_STATE: Final = Layout("stk_probe_state", (("target_ppid", "I"), ("hits", "I"), ("ret", "q")))
 LAYOUTS: Final = (
     MASK,
@@ -400,5 +420,6 @@ LAYOUTS: Final = (
     REC_HDR,
     PROC_REC,
     FILE_REC,
+    CGROUP_REC,
     PROBE_STATE,
 )

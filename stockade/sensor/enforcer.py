@@ -240,6 +240,7 @@ class Enforcer:
             "dropped": kernel["rb_fail"] + kernel["inflight_fail"] + self.counts["undecodable"],
             "undecodable": self.counts["undecodable"],
             "unknown_generation": self.counts["unknown_generation"],
+            "cgroup_records": self.counts["cgroup_records"],
             "refused_inputs": self.counts["refused"],
             "generation": self.generation,
             **self.output.stats(),

@@ -183,7 +183,7 @@ class KillSensor(Closing):
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
                 "child_paths", "dir_paths", "recursive_paths", "long_paths", "path_heads",
-                "names", "responses", "alerts", "events", "stats",
+                "names", "responses", "cgroups", "alerts", "events", "stats",
             )
         }  # fmt: skip
 
@@ -195,7 +195,7 @@ class KillSensor(Closing):
 
     def attach(self) -> list[str]:
         """Attach every program; returns the attach points (skips absent syscalls)."""
-        done = self._attach_process()
+        done = self._attach_shared()
         enter, leave = self.obj.program("stk_sys_enter"), self.obj.program("stk_sys_exit")
         for hook in present_file_syscalls():
             # exit first: an enter without its exit would leave a stale stash; the enter
@@ -219,8 +219,11 @@ class KillSensor(Closing):
             "syscalls/mmap",
         ]  # fmt: skip
 
-    def _attach_process(self) -> list[str]:
-        """The sched_process_{exec,exit,fork} programs (the same in both modes)."""
+    def _attach_shared(self) -> list[str]:
+        """The programs the same in both modes: cgroup_{mkdir,rmdir} (first: a caller that
+        then scans the cgroup filesystem misses no cgroup) and sched_process_{exec,exit,fork}."""
+        self.links.append(self.obj.program("stk_cgroup_mkdir").attach())
+        self.links.append(self.obj.program("stk_cgroup_rmdir").attach())
         self.links.append(
             self.obj.program("stk_exec").attach_tracepoint("sched", "sched_process_exec")
         )
@@ -229,6 +232,8 @@ class KillSensor(Closing):
         )
         self.links.append(self.obj.program("stk_fork").attach())
         return [
+            "tp_btf/cgroup_mkdir",
+            "tp_btf/cgroup_rmdir",
             "sched/sched_process_exec",
             "sched/sched_process_exit",
             "tp_btf/sched_process_fork",
@@ -404,11 +409,15 @@ class KillSensor(Closing):
     # -- output -----------------------------------------------------------------
 
     def ring(self, callback: Callable[[bytes], None]) -> RingBuffer:
-        """A consumer of both ring buffers: alerts and blocks first, then the rest."""
-        return RingBuffer([self.maps["alerts"], self.maps["events"]], callback)
+        """A consumer of the three ring buffers: cgroup records first (a container's cgroup
+        before its processes), then alerts and blocks, then the rest."""
+        return RingBuffer(
+            [self.maps["cgroups"], self.maps["alerts"], self.maps["events"]], callback
+        )
 
     def stats(self) -> dict[str, int]:
-        """Counters summed over CPUs (rb_fail: records lost; lost_*: of which log, alert, exit)."""
+        """Counters summed over CPUs (rb_fail: records lost; lost_*: of which log, alert, exit;
+        cgroup_fail: cgroup records lost, apart)."""
         out = {}
         for stat in Stat:
             vals = self.maps["stats"].lookup_percpu(_U32.pack(stat))
@@ -429,12 +438,12 @@ class LsmSensor(KillSensor):
 
     def attach(self) -> list[str]:
         """Attach the LSM programs of the hooks this kernel has first (so nothing listed
-        runs undecided), then the process tracepoints; returns the attach points."""
+        runs undecided), then the cgroup and process tracepoints; returns the attach points."""
         done = []
         for prog, hook in self.hooks.items():
             self.links.append(self.obj.program(prog).attach_lsm())
             done.append(f"lsm/{hook.point}")
-        return done + self._attach_process()
+        return done + self._attach_shared()
 
 
 def open_sensor(mode: str, grace_s: float = 0.2) -> KillSensor:

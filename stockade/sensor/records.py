@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stockade.sensor.abi import FILE_REC, PROC_REC, REC_HDR, Const, Op, Outcome, RecordKind, Volume
+from stockade.sensor.abi import (
+    CGROUP_REC,
+    FILE_REC,
+    PROC_REC,
+    REC_HDR,
+    Const,
+    Op,
+    Outcome,
+    RecordKind,
+    Volume,
+)
 
-__all__ = ["FileRecord", "Header", "ProcessRecord", "decode"]
+__all__ = ["CgroupRecord", "FileRecord", "Header", "ProcessRecord", "decode"]
 
 
 def _cstr(raw: bytes) -> str:
@@ -73,6 +83,19 @@ class FileRecord:
     path_truncated: bool = False  # the tail of a path too long to resolve (fail closed)
 
 
+@dataclass(frozen=True)
+class CgroupRecord:
+    """A cgroup v2 directory made or removed (kind 4), at most `Const.CGROUP_MAX_LEVEL` deep:
+    a container's cgroup known before its first exec. No `Header`: it names no process."""
+
+    created: bool  # False: removed
+    cgroup_id: int  # the directory's inode: what the other records' `cgroup_id` holds
+    level: int  # below the v2 root: /a is 1
+    path: str  # relative to the v2 root's mount, "/kubepods.slice/…"
+    path_truncated: bool  # the first Const.CGROUP_PATH bytes of a longer path
+    ktime_ns: int  # as the other records' header.ktime_ns
+
+
 def _name(enum: type[Outcome] | type[Volume], value: int) -> str:
     """An enum's value as its lowercase name (the number as text when unknown)."""
     try:
@@ -81,11 +104,20 @@ def _name(enum: type[Outcome] | type[Volume], value: int) -> str:
         return str(value)
 
 
-def decode(raw: bytes) -> ProcessRecord | FileRecord:
+def decode(raw: bytes) -> ProcessRecord | FileRecord | CgroupRecord:
     """Decode one record; raises ValueError on an unknown version or kind."""
+    version = REC_HDR.member(raw, "version")
+    if version != Const.RECORD_VERSION:
+        raise ValueError(f"record version {version}, want {int(Const.RECORD_VERSION)}")
+    if REC_HDR.member(raw, "kind") == RecordKind.CGROUP:
+        c = CGROUP_REC.unpack_fields(raw)
+        path = raw[CGROUP_REC.size : CGROUP_REC.size + c["path_len"]]
+        return CgroupRecord(
+            created=bool(c["created"]), cgroup_id=c["cgroup_id"], level=c["level"],
+            path=path.decode(errors="surrogateescape"),
+            path_truncated=bool(c["path_truncated"]), ktime_ns=c["ktime_ns"],
+        )  # fmt: skip
     f = REC_HDR.unpack_fields(raw)
-    if f["version"] != Const.RECORD_VERSION:
-        raise ValueError(f"record version {f['version']}, want {int(Const.RECORD_VERSION)}")
     hdr = Header(
         **{**f, "outcome": _name(Outcome, f["outcome"]),
            "matched": int.from_bytes(f["matched"], "little")}

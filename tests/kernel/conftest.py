@@ -19,7 +19,7 @@ from stockade.policy.tables import PartTables, PathTables, ResponseRow
 from stockade.sensor.abi import ActionBits
 from stockade.sensor.kernel import MAX_SELECTORS, Bundle, KillSensor
 from stockade.sensor.paths import object_path
-from stockade.sensor.records import FileRecord, ProcessRecord, decode
+from stockade.sensor.records import CgroupRecord, FileRecord, ProcessRecord, decode
 
 if TYPE_CHECKING:
     from .scenario import Harness
@@ -109,16 +109,25 @@ def workdir() -> Iterator[Path]:
 
 
 class Collector:
-    """Runs commands and returns the records they produced."""
+    """Runs commands and returns the records they produced (cgroup records apart: any
+    cgroup v2 directory of the machine made or removed meanwhile has one)."""
 
     def __init__(self, sensor: KillSensor) -> None:
         self.sensor = sensor
         self.records: list[Record] = []
-        self.rb = sensor.ring(lambda raw: self.records.append(decode(raw)))
+        self.cgroups: list[CgroupRecord] = []  # every one drained so far, in arrival order
+        self.rb = sensor.ring(self._take)
+
+    def _take(self, raw: bytes) -> None:
+        rec = decode(raw)
+        if isinstance(rec, CgroupRecord):
+            self.cgroups.append(rec)
+        else:
+            self.records.append(rec)
 
     def drain(self) -> list[Record]:
-        """Everything written so far (waits for the stream to go quiet), in the order it
-        happened (alerts come from their own ring buffer, ahead of the rest)."""
+        """Everything but cgroup records written so far (waits for the stream to go quiet),
+        in the order it happened (alerts come from their own ring buffer, ahead of the rest)."""
         while self.rb.poll(150):
             pass
         out, self.records = self.records, []
