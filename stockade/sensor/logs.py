@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 
 __all__ = ["configure_json_logging"]
@@ -37,3 +38,15 @@ def configure_json_logging(level: str) -> None:
     root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
     for noisy in ("kubernetes", "urllib3", "elastic_transport"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    threading.excepthook = _thread_died
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception as one JSON line, not a bare traceback."""
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("stockade.sensor").error(
+        f"thread {name} died: {args.exc_type.__name__}: {args.exc_value}",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

@@ -203,7 +203,7 @@ class NodeSensor(Enforcer):
                 uids = (node.metadata and node.metadata.uid, ns.metadata and ns.metadata.uid)
                 self.events.put(("lookups", uids))
                 return
-            except (ApiException, OSError, ValueError) as exc:
+            except Exception as exc:  # whatever the client raises: try again later
                 attempts += 1
                 reason = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else exc
                 log.warning(

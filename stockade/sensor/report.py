@@ -138,7 +138,7 @@ class ReportWriter:
                 field_manager=FIELD_MANAGER, force=True,
                 _content_type="application/apply-patch+yaml", _request_timeout=WRITE_TIMEOUT,
             )  # fmt: skip
-        except (ApiException, OSError, ValueError) as exc:
+        except Exception as exc:  # whatever the client raises: the newest body, later
             self.failures += 1
             reason = _reason(exc)
             if reason != self.last_error:
