@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import errno as errno_mod
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -102,12 +103,16 @@ _libc.vsnprintf.argtypes = [_cp, ctypes.c_size_t, _cp, _vp]
 
 # libbpf's log (verifier output included), newest last.
 _LOG: collections.deque[str] = collections.deque(maxlen=4000)
+# one print's text: a refused program's whole verifier log comes in one print (the reason is
+# its last line), so this is as large as the log it keeps
+_PRINT_BUF = ctypes.create_string_buffer(1 << 20)
+_PRINT_LOCK = threading.Lock()
 
 
 def _on_print(level: int, fmt: bytes | None, args: int | None) -> int:
-    buf = ctypes.create_string_buffer(2048)
-    _libc.vsnprintf(buf, len(buf), fmt, args)
-    _LOG.extend(buf.value.decode(errors="replace").rstrip("\n").split("\n"))
+    with _PRINT_LOCK:
+        _libc.vsnprintf(_PRINT_BUF, len(_PRINT_BUF), fmt, args)
+        _LOG.extend(_PRINT_BUF.value.decode(errors="replace").rstrip("\n").split("\n"))
     return 0
 
 

@@ -54,6 +54,14 @@ def sensor(_built: None) -> Iterator[KillSensor]:
     s.close()
 
 
+@pytest.fixture
+def own_sensor(_built: None) -> Iterator[KillSensor]:
+    """A sensor of the test's own, whose losses don't count against the session's."""
+    with KillSensor() as s:
+        s.attach()
+        yield s
+
+
 @dataclass(eq=False)
 class Cgroup:
     """A cgroup v2 directory standing in for a container."""

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,14 +34,6 @@ def build_c(directory: Path, name: str, *flags: str) -> Path:
     out = directory / name
     subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(PROGS / f"{name}.c")], check=True)
     return out
-
-
-@pytest.fixture
-def own_sensor(_built: None) -> Iterator[KillSensor]:
-    """A sensor of the test's own, whose losses don't count against the session's."""
-    with KillSensor() as s:
-        s.attach()
-        yield s
 
 
 def test_alerts_survive_an_exec_flood(

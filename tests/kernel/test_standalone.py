@@ -314,3 +314,17 @@ def test_outside_processes_unaffected_by_blocks(harness: Harness, cgroup: Cgroup
     res, docs = harness.run(["/bin/sh", "-c", "/bin/echo OUTSIDE"], None)
     assert (res.stdout, docs) == ("OUTSIDE\n", [])
     assert subprocess.run(["/bin/echo"], capture_output=True, check=False).returncode == 0
+
+
+def test_cgroup_records_are_counted_not_written(harness: Harness, cgroup: Cgroup) -> None:
+    """A container's cgroup made and removed while the sensor runs: no document, a count."""
+    harness.apply([BLOCKING], {cgroup: WEB})
+    harness.docs()
+    assert harness.sa is not None
+    before = harness.sa.stats()
+    (cgroup.path / "c").mkdir()
+    (cgroup.path / "c").rmdir()
+    assert harness.docs() == []
+    after = harness.sa.stats()
+    assert after["cgroup_records"] - before["cgroup_records"] >= 2
+    assert (after["written"], after["undecodable"]) == (before["written"], before["undecodable"])

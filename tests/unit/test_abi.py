@@ -16,6 +16,7 @@ from stockade.sensor import abi
 from stockade.sensor.abi import Hook
 from stockade.sensor.libbpf import Btf
 from stockade.sensor.paths import BPF_ARCH, bpf_build_dir
+from stockade.sensor.records import CgroupRecord, decode
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER_ARCH = "arm64" if BPF_ARCH == "x86" else "x86"
@@ -85,3 +86,19 @@ def test_hook_points_are_written_as_defend_for_containers_writes_them() -> None:
         "lsm__file_open",
         "lsm__path_unlink",
     ]
+
+
+def test_a_cgroup_record_decodes_from_its_layout() -> None:
+    """Kind CGROUP is read with abi.CGROUP_REC (32 bytes + path), not the 192-byte header."""
+    path = b"/kubepods.slice/kubepods-besteffort.slice"
+    raw = abi.CGROUP_REC.pack_fields(
+        version=abi.Const.RECORD_VERSION, kind=abi.RecordKind.CGROUP, created=1,
+        path_truncated=1, path_len=len(path), level=2, ktime_ns=7, cgroup_id=4242,
+    ) + path  # fmt: skip
+    assert abi.CGROUP_REC.size == 32
+    assert decode(raw) == CgroupRecord(
+        created=True, cgroup_id=4242, level=2, path=path.decode(), path_truncated=True,
+        ktime_ns=7,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="record version 1, want"):
+        decode(abi.CGROUP_REC.pack_fields(version=1, kind=abi.RecordKind.CGROUP))

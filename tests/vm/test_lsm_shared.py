@@ -1,5 +1,5 @@
-"""tests/kernel's differential and hot-reload tests in lsm mode: the same bodies, fewer cases
-(TCG runs everything 10-30x slower than this machine's kernel).
+"""tests/kernel's differential, hot-reload and cgroup-record tests in lsm mode: the same
+bodies, fewer cases (TCG runs everything 10-30x slower than this machine's kernel).
 
 In lsm mode a block is an EPERM before the operation (record `denied`, `$?` 126 for an exec)
 where kill mode kills; the bodies take that from `harness.mode`.
@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from stockade.sensor.kernel import LsmSensor
+
+from ..kernel import test_cgroups as cgroups
 from ..kernel import test_differential as differential
 from ..kernel import test_reload as reload
-from ..kernel.conftest import Cgroup
+from ..kernel.conftest import Cgroup, Collector
 from .conftest import LsmHarness
 
 pytestmark = pytest.mark.vm
@@ -33,3 +36,11 @@ def test_flips_under_an_exec_loop(
     harness: LsmHarness, cgroup: Cgroup, workdir: Path, tiny: Path
 ) -> None:
     reload.flips_under_an_exec_loop(harness, cgroup, workdir, tiny, EXECS)
+
+
+def test_cgroup_records(lsm_sensor: LsmSensor, cgroup: Cgroup) -> None:
+    collector = Collector(lsm_sensor)
+    try:
+        cgroups.made_and_removed(collector, cgroup)
+    finally:
+        collector.close()
