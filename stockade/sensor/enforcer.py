@@ -11,6 +11,7 @@ ever flips.
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
@@ -170,7 +171,7 @@ class Enforcer:
     def _on_record(self, raw: bytes) -> None:
         try:
             rec = decode(raw)
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, struct.error):
             self.counts["undecodable"] += 1
             return
         if isinstance(rec, CgroupRecord):
