@@ -7,9 +7,13 @@ kubelet (`kubelet.Kubelet`) and nowhere else.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import gzip
 import json
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from stockade.operator.bundles import configmap_name
+from stockade.policy.bundle import HASH_ANNOTATION, configmap_payload
+from stockade.policy.compiler import compile_bundle
+from stockade.policy.loader import iter_policies
 from tests.node.kubelet import Kubelet, Pod
 from tests.node.sensor import SensorProcess
 from tests.operator.conftest import Kubectl, Operator, wait_for
@@ -157,6 +165,12 @@ def test_edit_delete_and_relabel_take_effect_on_the_next_operation(
     assert web.run("app", [str(tool)]).returncode == 0
     assert not [d for d in node_sensor.documents() if d["process"].get("executable") == str(tool)]
 
+    # a pod that goes away leaves the kernel's map: its pod, sandbox and container cgroups
+    known = node_sensor.metrics()["stockade_sensor_containers"]
+    web_and_db[1].delete()
+    wait_for("3 cgroups fewer", lambda: node_sensor.metrics()["stockade_sensor_containers"]
+             == known - 3)  # fmt: skip
+
 
 def test_pod_level_predicates_hold_before_the_status_names_the_container(
     node_sensor: SensorProcess,
@@ -256,3 +270,168 @@ def test_a_silent_sensor_makes_its_policies_not_ready_and_back(
                  == "True/Applied", timeout=20)  # fmt: skip
     finally:
         op.stop()
+
+
+def _bundle_configmap(node: str, namespace: str, policy_yaml: str, tmp: Path) -> dict[str, Any]:
+    """The node's bundle ConfigMap as the operator would write it, for `policy_yaml`."""
+    source = tmp / "policy.yaml"
+    source.write_text(policy_yaml)
+    bundle = compile_bundle(iter_policies([source]), node=None)
+    data, binary = configmap_payload(bundle)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(node),
+            "namespace": namespace,
+            "annotations": {HASH_ANNOTATION: bundle.hash},
+        },
+        "data": data,
+        "binaryData": binary,
+    }
+
+
+def node_report(custom: client.CustomObjectsApi, node: str) -> dict[str, Any]:
+    try:
+        report: Any = custom.get_cluster_custom_object(
+            "stockade.dev", "v1alpha1", "nodepolicyreports", node
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return {}
+        raise
+    return dict(report)
+
+
+def test_hostile_bundles_pods_and_cgroups_leave_the_bundle_in_force(
+    kubelet: Kubelet,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    kubeconfig: str,
+    namespace: str,
+    tool: Path,
+    tmp_path: Path,
+) -> None:
+    """The node's bundle written here, not by an operator, so that it can be made hostile."""
+    sensor = SensorProcess(kubelet.node, namespace, kubeconfig, tmp_path)
+    labels = {"app": "web", **{f"l{i}.example.com/k{i}": "v" * 63 for i in range(199)}}
+    long_name = "w" * 253
+    web = kubelet.start_pod(namespace, long_name, labels)
+    good = _bundle_configmap(
+        kubelet.node, namespace, block_exec("no-tool", namespace, {"app": "web"}, tool), tmp_path
+    )
+    core.create_namespaced_config_map(namespace, good)
+    cm = configmap_name(kubelet.node)
+    sensor.start()
+    try:
+        wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+        doc = [d for d in sensor.documents() if d["cloud_defend"]["outcome"] == "killed"][-1]
+        assert doc["orchestrator"]["resource"]["name"] == long_name
+        assert len(doc["orchestrator"]["resource"]["label"]) == 200
+
+        bomb = base64.b64encode(gzip.compress(bytes(70 * 1024 * 1024), 9)).decode()
+        hostile: list[tuple[dict[str, Any], str]] = [
+            ({"data": {"bundle.json": "{not json"}}, "not a bundle"),
+            ({"metadata": {"annotations": {HASH_ANNOTATION: "sha256:" + "0" * 64}}}, "match"),
+            ({"data": None, "binaryData": {"bundle.json.gz": bomb}}, "unpacks to more than"),
+        ]
+        for refused, (patch, why) in enumerate(hostile, start=1):
+            core.patch_namespaced_config_map(cm, namespace, patch)
+            wait_for(f"refused: {why}", lambda refused=refused: sensor.metrics().get(
+                "stockade_sensor_bundles_refused_total") == refused)  # fmt: skip
+            assert web.run("app", [str(tool)]).returncode == KILLED  # the bundle in force stays
+            wait_for(
+                "the refusal in the node's report",
+                lambda why=why: any(
+                    why in e["message"] for e in node_report(custom, kubelet.node).get("errors", [])
+                ),
+            )
+            core.replace_namespaced_config_map(cm, namespace, good)  # whole again
+            wait_for(
+                "the report's errors cleared",
+                lambda: sensor.metrics() and not node_report(custom, kubelet.node).get("errors"),
+            )
+        errors = [
+            line for line in sensor.log_lines()
+            if line["level"] == "error" and "refused: bundle ConfigMap" in line["message"]
+        ]  # fmt: skip
+        assert len(errors) == 3 and all("\n" not in e["message"] for e in errors)
+        assert "unpacks to more than" in errors[-1]["message"]
+
+        # directories that look like a pod's or a container's, and aren't
+        uid = web.uid.replace("-", "_")
+        fakes = [
+            kubelet.root / "kubepods.slice" / f"kubepods-pod{uid}x.slice",
+            kubelet.root / f"kubepods-besteffort-pod{uid}.slice",
+            web.cgroup / ("cri-containerd-" + "z" * 64 + ".scope"),
+            web.cgroup / ("cri-containerd-" + "a" * 64 + ".scope") / "nested" / "deeper",
+        ]
+        known = sensor.metrics()["stockade_sensor_containers"]
+        for fake in fakes:
+            fake.mkdir(parents=True)
+        try:
+            time.sleep(0.5)
+            assert sensor.metrics()["stockade_sensor_containers"] == known + 1  # the a*64 one
+            assert web.run("app", [str(tool)]).returncode == KILLED
+        finally:
+            for fake in reversed(fakes):
+                for d in [fake, *fake.parents]:
+                    if d == web.cgroup or d == kubelet.root:
+                        break
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+        assert sensor.running()
+        health = urllib.request.urlopen(f"http://127.0.0.1:{sensor.port}/healthz", timeout=5)
+        assert health.status == 200
+    finally:
+        sensor.stop()
+
+
+def test_a_burst_of_50_pod_starts_is_decided_from_each_first_exec(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    """Pod-level predicates from each container's first exec; image predicates once the
+    status names the container: the window, measured."""
+    imaged = tool.with_name("stk-imaged")
+    shutil.copy(tool, imaged)
+    policy = json.loads(block_exec("burst", namespace, {"app": "web"}, tool))
+    process = policy["spec"]["process"]
+    process["selectors"].append(
+        {"name": "imaged", "operation": ["exec"], "processExecutable": [str(imaged)],
+         "containerImageName": ["busybox"]}
+    )  # fmt: skip
+    process["responses"][0]["match"].append("imaged")
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=json.dumps(policy))
+    first = kubelet.start_pod(namespace, "web-0", {"app": "web"})
+    wait_for("in force", lambda: first.run("app", [str(tool)]).returncode == KILLED)
+
+    t0 = time.monotonic()
+    pods = [kubelet.start_pod(namespace, f"burst-{i}", {"app": "web"}, status=False)
+            for i in range(50)]  # fmt: skip
+    started = time.monotonic() - t0
+    first_execs = [pod.run("app", [str(tool)]).returncode for pod in pods]
+    assert first_execs == [KILLED] * 50
+    assert [pod.run("app", [str(imaged)]).returncode for pod in pods] == [0] * 50  # no image yet
+
+    named: dict[str, float] = {}
+    for pod in pods:
+        pod.write_status()
+        named[pod.name] = time.monotonic()
+    window: dict[str, float] = {}
+    deadline = time.monotonic() + 20
+    while len(window) < len(pods) and time.monotonic() < deadline:
+        for pod in pods:
+            if pod.name not in window and pod.run("app", [str(imaged)]).returncode == KILLED:
+                window[pod.name] = time.monotonic() - named[pod.name]
+    assert len(window) == len(pods), f"image never known in {len(pods) - len(window)} pods"
+    spans = sorted(window.values())
+    print(
+        f"50 pods started in {started:.2f} s, each first exec decided by its pod's facts; "
+        f"status written → image predicates hold: p50 {spans[24] * 1000:.0f} ms, "
+        f"max {spans[-1] * 1000:.0f} ms (polled round-robin: a round is 50 execs)"
+    )
