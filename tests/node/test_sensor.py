@@ -320,7 +320,7 @@ def test_hostile_bundles_pods_and_cgroups_leave_the_bundle_in_force(
     good = _bundle_configmap(
         kubelet.node, namespace, block_exec("no-tool", namespace, {"app": "web"}, tool), tmp_path
     )
-    core.create_namespaced_config_map(namespace, good)
+    core.create_namespaced_config_map(namespace, good)  # type: ignore[arg-type]
     cm = configmap_name(kubelet.node)
     sensor.start()
     try:
@@ -337,16 +337,18 @@ def test_hostile_bundles_pods_and_cgroups_leave_the_bundle_in_force(
         ]
         for refused, (patch, why) in enumerate(hostile, start=1):
             core.patch_namespaced_config_map(cm, namespace, patch)
-            wait_for(f"refused: {why}", lambda refused=refused: sensor.metrics().get(
-                "stockade_sensor_bundles_refused_total") == refused)  # fmt: skip
+
+            def counted(n: int = refused) -> bool:
+                return sensor.metrics().get("stockade_sensor_bundles_refused_total") == n
+
+            def reported(why: str = why) -> bool:
+                errors = node_report(custom, kubelet.node).get("errors", [])
+                return any(why in e["message"] for e in errors)
+
+            wait_for(f"refused: {why}", counted)
             assert web.run("app", [str(tool)]).returncode == KILLED  # the bundle in force stays
-            wait_for(
-                "the refusal in the node's report",
-                lambda why=why: any(
-                    why in e["message"] for e in node_report(custom, kubelet.node).get("errors", [])
-                ),
-            )
-            core.replace_namespaced_config_map(cm, namespace, good)  # whole again
+            wait_for("the refusal in the node's report", reported)
+            core.replace_namespaced_config_map(cm, namespace, good)  # type: ignore[arg-type]
             wait_for(
                 "the report's errors cleared",
                 lambda: sensor.metrics() and not node_report(custom, kubelet.node).get("errors"),
