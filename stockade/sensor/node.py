@@ -112,6 +112,7 @@ class NodeSensor(Enforcer):
         self._reported_tallies: tuple[tuple[int, int, int], ...] = ()
         self._rescan_due = self._commit_due = 0.0
         self._containers_changed = False
+        self._carrying = False  # counts carried from the last sensor, not reported yet
         self.reporter = ReportWriter(api, log)
         self.watches = [
             ListWatch(
@@ -166,7 +167,9 @@ class NodeSensor(Enforcer):
         attach; True if a cached bundle is in force."""
         self._rescan()
         cached = self.apply_cached()
-        for entry in self.state.take_unreported():
+        carried = self.state.read_unreported()
+        self._carrying = bool(carried)
+        for entry in carried:
             match entry:
                 case [str(uid), int(generation), int(blocked), int(alerted), int(logged)] if min(
                     blocked, alerted, logged
@@ -448,6 +451,9 @@ class NodeSensor(Enforcer):
         if self._containers_changed and monotonic >= self._commit_due and self._writing is None:
             self._commit_containers()
             self._commit_due = monotonic + self.options.commit_s
+        if self._carrying and self.reporter.writes:  # what the last sensor counted is in
+            self.state.forget_unreported()
+            self._carrying = False
         since = monotonic - self._reported
         changed = self._dirty or self._tally_state() != self._reported_tallies
         if since >= self.options.heartbeat_s or (changed and since >= self.options.report_s):

@@ -91,14 +91,19 @@ class StateDir:
         except OSError:
             pass  # then they are lost, as a crash loses them
 
-    def take_unreported(self) -> list[list[object]]:
-        """What `keep_unreported` kept, once ([] when nothing or unreadable)."""
+    def read_unreported(self) -> list[list[object]]:
+        """What `keep_unreported` kept ([] when nothing or unreadable); it stays until
+        `forget_unreported`, so a sensor that dies before reporting it doesn't lose it."""
         try:
             data = json.loads(self.unreported.read_text())
         except (OSError, ValueError):
             data = []
-        self.unreported.unlink(missing_ok=True)
         return data if isinstance(data, list) else []
+
+    def forget_unreported(self) -> None:
+        """The counts carried on are reported: the next sensor mustn't carry them again."""
+        with suppress(OSError):
+            self.unreported.unlink(missing_ok=True)
 
     def probed(self) -> tuple[str, str] | None:
         """(mode, reason) as probed earlier in this boot; None when not, or unreadable."""

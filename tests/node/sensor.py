@@ -74,6 +74,13 @@ class SensorProcess:
         self.proc = None
         return code
 
+    def crash(self) -> None:
+        """SIGKILL: no clean-up at all."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
     def log_lines(self) -> list[dict[str, Any]]:
         """The sensor's JSON log lines (anything else in the log fails the test)."""
         lines = []

@@ -230,6 +230,10 @@ def test_restart_without_the_apiserver_enforces_the_cached_bundle(
     assert web.run("app", [str(tool)]).returncode == KILLED  # from the cache, at once
     assert node_sensor.stop() == 0
 
+    # a crash leaves nothing pinned or attached that stops the next start
+    node_sensor.start(kubeconfig=str(away))
+    node_sensor.crash()
+    assert web.run("app", [str(tool)]).returncode == 0  # nothing of it left in the kernel
     node_sensor.start()  # back: catches up without applying the same bundle again
     assert web.run("app", [str(tool)]).returncode == KILLED
     wait_for("counts that add up (1 + 1 + 1)", lambda: policy_status(custom, namespace, "sticky")
