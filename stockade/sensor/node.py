@@ -99,7 +99,8 @@ class NodeSensor(Enforcer):
         self.errors: OrderedDict[str, NodeError] = OrderedDict()  # current, by what failed
         self.applied_time: datetime | None = None
         self.heartbeat = time.monotonic()  # the loop's last turn (/healthz)
-        self.apply_seconds: list[float] = []  # bundle apply durations not yet scraped
+        self.applies = 0  # bundles written and flipped into force from the apiserver
+        self.last_apply_s = 0.0  # how long the last one took
         self.node_uid: str | None = None
         self._written: dict[int, Mapping[PartName, int]] = {}  # the active slot's cgroups
         self._slot = 0
@@ -252,8 +253,9 @@ class NodeSensor(Enforcer):
             writing, self._writing = self._writing, None
             try:
                 written = writing.result()
-            except (BundleError, BpfError, OSError, ValueError) as exc:
-                self.refuse(f"bundle ConfigMap: {exc}")
+            except Exception as exc:  # whatever a hostile bundle breaks: refused, never a crash
+                known = isinstance(exc, BundleError | BpfError | OSError)
+                self.refuse(f"bundle ConfigMap: {exc if known else f'{type(exc).__name__}: {exc}'}")
             else:
                 self._error("bundle", None)
                 if written is None:
@@ -262,7 +264,8 @@ class NodeSensor(Enforcer):
                     )
                 else:
                     prepared, slot, seconds = written
-                    self.apply_seconds.append(seconds)
+                    self.applies += 1
+                    self.last_apply_s = seconds
                     self.activate(prepared, slot, f" in {seconds * 1000:.0f} ms")
         if self._writing is None and self._pending is not None:
             body, self._pending = self._pending, None

@@ -48,12 +48,12 @@ class _Sensor(Collector):
         applies = CounterMetricFamily(
             "stockade_sensor_bundle_applies", "Bundles applied (written and flipped into force)"
         )
-        applies.add_metric([], len(node.apply_seconds))
+        applies.add_metric([], node.applies)
         yield applies
         last = GaugeMetricFamily(
             "stockade_sensor_bundle_apply_seconds", "How long the last bundle took to apply"
         )
-        last.add_metric([], node.apply_seconds[-1] if node.apply_seconds else 0.0)
+        last.add_metric([], node.last_apply_s)
         yield last
         refused = CounterMetricFamily("stockade_sensor_bundles_refused", "Bundles refused")
         refused.add_metric([], node.counts["refused"])
