@@ -195,8 +195,8 @@ def test_status_from_node_reports(
                  "alerted": alerted, "logged": 0}]  # fmt: skip
 
     def hash_of(node: str) -> str:
-        found = read_bundle(core, operator, node)
-        assert found is not None
+        # a write that failed under load is retried: "Applying" may come before it lands
+        found = wait_for(f"{node}'s bundle", lambda: read_bundle(core, operator, node))
         return str(found[1].metadata.annotations[HASH_ANNOTATION])
 
     cluster.report(a, _report("a-1", "lsm", hash_of(a), counters(3, 5)))
