@@ -6,6 +6,7 @@ operations performed, in order (process ends aside: they are not policy decision
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import textwrap
@@ -328,3 +329,54 @@ def test_cgroup_records_are_counted_not_written(harness: Harness, cgroup: Cgroup
     after = harness.sa.stats()
     assert after["cgroup_records"] - before["cgroup_records"] >= 2
     assert (after["written"], after["undecodable"]) == (before["written"], before["undecodable"])
+
+
+def test_the_process_that_enters_a_mount_namespace_is_its_descendants_entry_leader(
+    harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    harness.apply(
+        textwrap.dedent(
+            f"""
+            process:
+              selectors:
+                - name: every
+                  operation: [fork, exec]
+              responses:
+                - match: [every]
+                  actions: [log]
+            file:
+              selectors:
+                - name: made
+                  operation: [createFile]
+                  targetFilePath: [{workdir}/made]
+              responses:
+                - match: [made]
+                  actions: [log]
+            """
+        ),
+        {cgroup: WEB},
+    )
+    setup_tree(workdir, tiny)
+    ops: list[Op] = [["exec", f"{workdir}/bin/tiny"], ["create", f"{workdir}/made", 0o644]]
+    # sh (its parent, pytest, never seen) forks; the child execs unshare, which enters a new
+    # mount namespace and execs the driver: the entry leader of the driver's children
+    script = 'unshare -m "$@"; exit $?'
+    res, docs = harness.run(["/bin/sh", "-c", script, "sh", *driver_argv(ops)], cgroup)
+    assert res.returncode == 0, res.stderr
+    sh, unshare = (os.path.realpath(shutil.which(p) or p) for p in ("sh", "unshare"))
+    steps = [(d["event"]["action"], d["process"].get("executable")) for d in docs]
+    assert steps == [
+        ("exec", sh), ("fork", sh), ("exec", unshare),
+        ("exec", PY), ("fork", PY), ("exec", f"{workdir}/bin/tiny"), ("creation", PY),
+    ]  # fmt: skip
+    before = [d for d in docs if d["process"].get("executable") != PY][:3]
+    assert all("entry_leader" not in d["process"] for d in before), before  # never a guess
+    driver = docs[3]["process"]
+    leader = driver["entry_leader"]
+    assert leader["pid"] == driver["pid"] and leader["entity_id"] == driver["entity_id"]
+    assert leader["executable"] == PY and leader["args"] == [PY, *driver_argv(ops)[1:]]
+    assert leader["same_as_process"] is True and leader["entry_meta"] == {"type": "container"}
+    assert leader["start"] == driver["start"] and leader["interactive"] is False
+    for d in docs[4:]:  # the fork, the exec in the same namespace, the driver's file event
+        assert d["process"]["entry_leader"]["entity_id"] == driver["entity_id"], d
+        assert d["process"]["entry_leader"]["same_as_process"] is (d is docs[6])
