@@ -6,14 +6,26 @@ operations performed, in order (process ends aside: they are not policy decision
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
+import socket
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from stockade.sensor.elastic.config import ElasticConfig
+from stockade.sensor.elastic.writer import ElasticOutput
+from stockade.sensor.enforcer import drops
+from stockade.sensor.kernel import KillSensor
+from stockade.sensor.standalone import Standalone
+from stockade.sensor.state import StateDir
 
 from .conftest import Cgroup
 from .scenario import (
@@ -228,6 +240,13 @@ BLOCKING: dict[str, Any] = {
     },
 }
 
+EVERY_EXEC: dict[str, Any] = {
+    "process": {
+        "selectors": [{"name": "every", "operation": ["fork", "exec"]}],
+        "responses": [{"match": ["every"], "actions": ["log"]}],
+    },
+}
+
 
 def test_blocked_exec_never_runs(harness: Harness, cgroup: Cgroup) -> None:
     harness.apply([BLOCKING], {cgroup: WEB})
@@ -380,3 +399,36 @@ def test_the_process_that_enters_a_mount_namespace_is_its_descendants_entry_lead
     for d in docs[4:]:  # the fork, the exec in the same namespace, the driver's file event
         assert d["process"]["entry_leader"]["entity_id"] == driver["entity_id"], d
         assert d["process"]["entry_leader"]["same_as_process"] is (d is docs[6])
+
+
+def test_documents_the_output_drops_count_in_the_sensors_dropped(
+    sensor: KillSensor, cgroup: Cgroup, workdir: Path
+) -> None:
+    """Elasticsearch down and a spool too small for a burst: what the output drops is in
+    `dropped` (the NodePolicyReport's droppedEvents), by reason in `drops`."""
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    (workdir / "policy.yaml").write_text(yaml.safe_dump(EVERY_EXEC))
+    (workdir / "containers.json").write_text(json.dumps({str(cgroup.path): {}}))
+    out = ElasticOutput(ElasticConfig(url, request_timeout=1.0), workdir / "spool",
+                        spool_max_bytes=8 << 10, log=io.StringIO())  # fmt: skip
+    sa = Standalone(sensor, workdir / "policy.yaml", workdir / "containers.json", out, "kill",
+                    state=StateDir(workdir / "state"), log=io.StringIO())  # fmt: skip
+    try:
+        assert sa.apply()
+        subprocess.run(["/bin/sh", "-c", "for i in $(seq 40); do /bin/true; done"],
+                       preexec_fn=cgroup.join(), check=True)  # fmt: skip
+        while sa.pump(150):
+            pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every document spooled or dropped
+            stats = sa.stats()
+            if stats["es_spooled"] + stats["es_dropped_logs"] == stats["written"]:
+                break
+            time.sleep(0.1)
+    finally:
+        sa.close()
+        out.close()
+    assert stats["es_dropped_logs"] > 0, stats
+    assert stats["dropped"] == sum(drops(stats).values()) >= stats["es_dropped_logs"]
