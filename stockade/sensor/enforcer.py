@@ -32,11 +32,22 @@ from stockade.sensor.processes import ProcessCache
 from stockade.sensor.records import CgroupRecord, FileRecord, ProcessRecord, decode
 from stockade.sensor.state import StateDir
 
-__all__ = ["Enforcer", "Generation", "Tally"]
+__all__ = ["DROP_REASONS", "Enforcer", "Generation", "Tally", "drops"]
 
 KEEP_GENERATIONS = 16  # far more than can be in the ring buffer at once (0.2 s grace per flip)
 DRAIN_RECORDS = 1 << 15  # more than the 4 MiB ring buffer holds (records are >= 232 bytes)
 POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGTERM get a turn
+# the stats counting events that never reached the output's destination: the kernel's ring
+# buffer or in-flight table full, records we couldn't decode, the Elasticsearch output's
+# queue or spool full (alerts, logs), documents Elasticsearch refused for their content
+# (kept in the dead-letter file, not in the index)
+DROP_REASONS = ("rb_fail", "inflight_fail", "undecodable", "es_dropped_alerts",
+                "es_dropped_logs", "es_dead_letter")  # fmt: skip
+
+
+def drops(stats: Mapping[str, int]) -> dict[str, int]:
+    """Events lost since the sensor started, by reason (the `stats` key that counts them)."""
+    return {reason: stats[reason] for reason in DROP_REASONS if reason in stats}
 
 
 _KIND_NAMES: dict[int, str] = {
@@ -233,12 +244,11 @@ class Enforcer:
             self.output.flush()
 
     def stats(self) -> dict[str, int]:
-        """Kernel counters (rb_fail: records lost to a full ring buffer) and ours."""
-        kernel = self.sensor.stats()
-        return {
-            **kernel,
+        """Kernel counters (rb_fail: records lost to a full ring buffer), ours, the output's;
+        `dropped` sums `drops`."""
+        stats = {
+            **self.sensor.stats(),
             "written": self.counts["written"],
-            "dropped": kernel["rb_fail"] + kernel["inflight_fail"] + self.counts["undecodable"],
             "undecodable": self.counts["undecodable"],
             "unknown_generation": self.counts["unknown_generation"],
             "cgroup_records": self.counts["cgroup_records"],
@@ -246,6 +256,8 @@ class Enforcer:
             "generation": self.generation,
             **self.output.stats(),
         }
+        stats["dropped"] = sum(drops(stats).values())
+        return stats
 
     def report(self) -> None:
         self.say("stats " + json.dumps(self.stats(), sort_keys=True))

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from stockade.sensor.enforcer import drops
+
 if TYPE_CHECKING:
     from stockade.sensor.node import NodeSensor
 
@@ -42,8 +44,13 @@ class _Sensor(Collector):
         )
         lost.add_metric([], stats["rb_fail"] + stats.get("cgroup_fail", 0))
         yield lost
-        dropped = CounterMetricFamily("stockade_sensor_dropped", "Records lost, all causes")
-        dropped.add_metric([], stats["dropped"])
+        dropped = CounterMetricFamily(
+            "stockade_sensor_dropped",
+            "Events lost since start, by reason (their sum is the report's droppedEvents)",
+            labels=["reason"],
+        )
+        for reason, n in drops(stats).items():
+            dropped.add_metric([reason], n)
         yield dropped
         applies = CounterMetricFamily(
             "stockade_sensor_bundle_applies", "Bundles applied (written and flipped into force)"

@@ -6,13 +6,26 @@ operations performed, in order (process ends aside: they are not policy decision
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import shutil
+import socket
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from stockade.sensor.elastic.config import ElasticConfig
+from stockade.sensor.elastic.writer import ElasticOutput
+from stockade.sensor.enforcer import drops
+from stockade.sensor.kernel import KillSensor
+from stockade.sensor.standalone import Standalone
+from stockade.sensor.state import StateDir
 
 from .conftest import Cgroup
 from .scenario import (
@@ -227,6 +240,13 @@ BLOCKING: dict[str, Any] = {
     },
 }
 
+EVERY_EXEC: dict[str, Any] = {
+    "process": {
+        "selectors": [{"name": "every", "operation": ["fork", "exec"]}],
+        "responses": [{"match": ["every"], "actions": ["log"]}],
+    },
+}
+
 
 def test_blocked_exec_never_runs(harness: Harness, cgroup: Cgroup) -> None:
     harness.apply([BLOCKING], {cgroup: WEB})
@@ -328,3 +348,87 @@ def test_cgroup_records_are_counted_not_written(harness: Harness, cgroup: Cgroup
     after = harness.sa.stats()
     assert after["cgroup_records"] - before["cgroup_records"] >= 2
     assert (after["written"], after["undecodable"]) == (before["written"], before["undecodable"])
+
+
+def test_the_process_that_enters_a_mount_namespace_is_its_descendants_entry_leader(
+    harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
+) -> None:
+    harness.apply(
+        textwrap.dedent(
+            f"""
+            process:
+              selectors:
+                - name: every
+                  operation: [fork, exec]
+              responses:
+                - match: [every]
+                  actions: [log]
+            file:
+              selectors:
+                - name: made
+                  operation: [createFile]
+                  targetFilePath: [{workdir}/made]
+              responses:
+                - match: [made]
+                  actions: [log]
+            """
+        ),
+        {cgroup: WEB},
+    )
+    setup_tree(workdir, tiny)
+    ops: list[Op] = [["exec", f"{workdir}/bin/tiny"], ["create", f"{workdir}/made", 0o644]]
+    # sh (its parent, pytest, never seen) forks; the child execs unshare, which enters a new
+    # mount namespace and execs the driver: the entry leader of the driver's children
+    script = 'unshare -m "$@"; exit $?'
+    res, docs = harness.run(["/bin/sh", "-c", script, "sh", *driver_argv(ops)], cgroup)
+    assert res.returncode == 0, res.stderr
+    sh, unshare = (os.path.realpath(shutil.which(p) or p) for p in ("sh", "unshare"))
+    steps = [(d["event"]["action"], d["process"].get("executable")) for d in docs]
+    assert steps == [
+        ("exec", sh), ("fork", sh), ("exec", unshare),
+        ("exec", PY), ("fork", PY), ("exec", f"{workdir}/bin/tiny"), ("creation", PY),
+    ]  # fmt: skip
+    before = [d for d in docs if d["process"].get("executable") != PY][:3]
+    assert all("entry_leader" not in d["process"] for d in before), before  # never a guess
+    driver = docs[3]["process"]
+    leader = driver["entry_leader"]
+    assert leader["pid"] == driver["pid"] and leader["entity_id"] == driver["entity_id"]
+    assert leader["executable"] == PY and leader["args"] == [PY, *driver_argv(ops)[1:]]
+    assert leader["same_as_process"] is True and leader["entry_meta"] == {"type": "container"}
+    assert leader["start"] == driver["start"] and leader["interactive"] is False
+    for d in docs[4:]:  # the fork, the exec in the same namespace, the driver's file event
+        assert d["process"]["entry_leader"]["entity_id"] == driver["entity_id"], d
+        assert d["process"]["entry_leader"]["same_as_process"] is (d is docs[6])
+
+
+def test_documents_the_output_drops_count_in_the_sensors_dropped(
+    sensor: KillSensor, cgroup: Cgroup, workdir: Path
+) -> None:
+    """Elasticsearch down and a spool too small for a burst: what the output drops is in
+    `dropped` (the NodePolicyReport's droppedEvents), by reason in `drops`."""
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    (workdir / "policy.yaml").write_text(yaml.safe_dump(EVERY_EXEC))
+    (workdir / "containers.json").write_text(json.dumps({str(cgroup.path): {}}))
+    out = ElasticOutput(ElasticConfig(url, request_timeout=1.0), workdir / "spool",
+                        spool_max_bytes=8 << 10, log=io.StringIO())  # fmt: skip
+    sa = Standalone(sensor, workdir / "policy.yaml", workdir / "containers.json", out, "kill",
+                    state=StateDir(workdir / "state"), log=io.StringIO())  # fmt: skip
+    try:
+        assert sa.apply()
+        subprocess.run(["/bin/sh", "-c", "for i in $(seq 40); do /bin/true; done"],
+                       preexec_fn=cgroup.join(), check=True)  # fmt: skip
+        while sa.pump(150):
+            pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every document spooled or dropped
+            stats = sa.stats()
+            if stats["es_spooled"] + stats["es_dropped_logs"] == stats["written"]:
+                break
+            time.sleep(0.1)
+    finally:
+        sa.close()
+        out.close()
+    assert stats["es_dropped_logs"] > 0, stats
+    assert stats["dropped"] == sum(drops(stats).values()) >= stats["es_dropped_logs"]
