@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -193,12 +194,27 @@ def namespace(kubectl: Kubectl, k8s_api: k8s_client.ApiClient, unique: str) -> I
         yield name
 
 
+def install_crds(kubectl: Kubectl) -> list[str]:
+    """Apply the generated CRDs (crds/) and wait until they are served; returns the `-f`
+    arguments. `kubectl wait` right after the apply can find a CRD without
+    `status.conditions` yet and fail ("accessor error"): it is asked again."""
+    args = [a for f in sorted((REPO / "crds").glob("*.yaml")) for a in ("-f", str(f))]
+    kubectl("apply", "--server-side", *args)
+    for attempt in range(3):
+        try:
+            kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
+            break
+        except KubectlError:
+            if attempt == 2:
+                raise
+            time.sleep(1)
+    return args
+
+
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> Iterator[None]:
     """The generated CRDs (crds/) installed for the session."""
-    args = [a for f in sorted((REPO / "crds").glob("*.yaml")) for a in ("-f", str(f))]
-    kubectl("apply", "--server-side", *args)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
+    args = install_crds(kubectl)
     try:
         yield
     finally:

@@ -36,7 +36,6 @@ __all__ = ["Cluster", "Kubectl", "Operator", "service_account_kubeconfig", "wait
 
 REPO = Path(__file__).resolve().parents[2]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
-CRD_FILES = [*sorted((REPO / "crds").glob("*.yaml"))]
 T = TypeVar("T")
 
 
@@ -130,9 +129,7 @@ def service_account_kubeconfig(
 
 @pytest.fixture(scope="session")
 def operator_crds(kubectl: Kubectl) -> Iterator[None]:
-    args = [a for f in CRD_FILES for a in ("-f", str(f))]
-    kubectl("apply", "--server-side", *args)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *args)
+    integration.install_crds(kubectl)
     yield
 
 
