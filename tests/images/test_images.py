@@ -148,6 +148,9 @@ def test_sensor_enforces_a_policy_in_this_kernel(
              "--stats-interval", "1"],
             capabilities=grantable(SENSOR_CAPABILITIES),
             mounts=[*SENSOR_MOUNTS, (str(work), inside, False)],
+            # without it the kill-mode probe fails (bpf/probe.bpf.c compares the kernel's
+            # tgid with the sensor's os.getpid(), which a PID namespace renumbers) and the
+            # sensor falls back to observe
             host_pid=True,
         )  # fmt: skip
         proc = sensor.popen(spec, stderr=subprocess.PIPE)
