@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test setup check lint unit integration kernel crds schemas run services-up services-down
+.PHONY: test setup check lint unit integration kernel images crds schemas run services-up services-down
 
 ## Set everything up on a fresh machine, then run every check and test.
 test: setup check
@@ -29,6 +29,10 @@ integration:
 
 kernel:
 	$(VENV)/bin/pytest tests/kernel
+
+## Build the operator and sensor images (the base made once and cached; docs/images.md).
+images:
+	images/build
 
 ## Regenerate crds/ from the models (a unit test fails when they are stale).
 crds:

@@ -268,15 +268,31 @@ def cmd_operator(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_version(args: argparse.Namespace) -> int:
+def version_text() -> str:
     from importlib.metadata import version
 
-    print(f"stockade {version('stockade')}, CRDs {', '.join(sorted(all_crds()))}")
+    return f"stockade {version('stockade')}, CRDs {', '.join(sorted(all_crds()))}"
+
+
+class _Version(argparse.Action):
+    """--version as `stockade version` prints it (argparse's own would rewrap the line)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(version_text())
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stockade", description=__doc__)
+    top.add_argument("--version", action=_Version, help="print the version and exit")
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check policy files (bare or Kubernetes YAML)")

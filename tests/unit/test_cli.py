@@ -281,3 +281,12 @@ def test_operator_refuses_a_sensor_silence_threshold_that_isnt_a_time(value: str
         f"stockade operator: --sensor-silent-after must be a number of seconds > 0,"
         f" not {float(value):g}"
     )
+
+
+def test_version_as_a_command_and_as_an_option() -> None:
+    from importlib.metadata import version
+
+    command, option = stockade("version"), stockade("--version")
+    assert command.returncode == option.returncode == 0
+    assert command.stdout == option.stdout
+    assert command.stdout.startswith(f"stockade {version('stockade')}, CRDs ")
