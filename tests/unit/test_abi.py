@@ -20,7 +20,7 @@ from stockade.sensor.records import CgroupRecord, decode
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER_ARCH = "arm64" if BPF_ARCH == "x86" else "x86"
-OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "probe.bpf.o")
+OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "stockade_fmodret.bpf.o", "probe.bpf.o")
 
 
 def build(arch: str, out: Path) -> None:
