@@ -86,6 +86,11 @@ def test_hook_points_are_written_as_defend_for_containers_writes_them() -> None:
         "lsm__file_open",
         "lsm__path_unlink",
     ]
+    # fmodret mode's: the security_* function, as the kind of program it is
+    assert [h.hook_point for h in (Hook.FMODRET_BPRM_CHECK, Hook.FMODRET_PATH_UNLINK)] == [
+        "fmod_ret__security_bprm_check",
+        "fmod_ret__security_path_unlink",
+    ]
 
 
 def test_a_cgroup_record_decodes_from_its_layout() -> None:
