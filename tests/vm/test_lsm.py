@@ -142,6 +142,32 @@ def test_blocked_exec_is_denied_not_killed(harness: Harness, cgroup: Cgroup) -> 
     assert [outcome(d)[-1] for d in docs] == ["denied"]
 
 
+def test_blocked_fork_is_denied_not_killed(harness: Harness, cgroup: Cgroup) -> None:
+    """fork fails with EPERM in the caller, which goes on and can fork again once the block
+    is gone (fmodret: security_task_alloc skipped, the child freed without its LSM blob)."""
+    name = os.path.basename(PY)[:15]
+    forks = {"process": {
+        "selectors": [{"name": "forks", "operation": ["fork"], "processName": [name]}],
+        "responses": [{"match": ["forks"], "actions": ["alert", "block"]}],
+    }}  # fmt: skip
+    script = (
+        "import os\n"
+        "try:\n    pid = os.fork()\nexcept OSError as e:\n    print('fork failed', e.errno)\n"
+        "else:\n    os._exit(0) if pid == 0 else print('forked', os.waitpid(pid, 0)[1])\n"
+    )
+    harness.apply([forks], {cgroup: WEB})
+    res, docs = harness.run([PY, "-S", "-B", "-c", script], cgroup)
+    assert (res.returncode, res.stdout) == (0, f"fork failed {EPERM}\n"), res.stderr
+    assert [outcome(d) for d in docs] == [
+        ("process", PY, ("forks",), ("alert", "block"), False, "denied")
+    ]
+    assert docs[0]["cloud_defend"]["hook_point"] == hook_point(harness, "task_alloc")
+    assert docs[0]["event"]["action"] == "fork"
+    harness.apply([BLOCKING], {cgroup: WEB})  # forks allowed again
+    res, docs = harness.run([PY, "-S", "-B", "-c", script], cgroup)
+    assert (res.returncode, res.stdout, docs) == (0, "forked 0\n", [])
+
+
 def test_blocked_file_operations_are_denied(
     harness: Harness, cgroup: Cgroup, workdir: Path
 ) -> None:
@@ -178,9 +204,7 @@ def test_blocked_file_operations_are_denied(
     assert harness.sensor.stats()["denials"] >= len(DENIED)
 
 
-def test_unlisted_processes_are_unaffected(
-    harness: Harness, cgroup: Cgroup, workdir: Path
-) -> None:
+def test_unlisted_processes_are_unaffected(harness: Harness, cgroup: Cgroup, workdir: Path) -> None:
     tree(workdir)
     harness.apply([file_block_policy(workdir), BLOCKING], {cgroup: WEB})
     res, results, docs = attempt(harness, workdir, None)

@@ -1,6 +1,7 @@
-"""lsm and fmodret modes against the attacks of issue 15 that kill mode sees since (docs/kernel.md, "Attacks"):
-the 32-bit ABI, io_uring, paths that name an open file, renames away by the old name and of
-the guarded directory — each denied with EPERM before it happens, with a `denied` record."""
+"""lsm and fmodret modes against the attacks of issue 15 that kill mode sees since
+(docs/kernel.md, "Attacks"): the 32-bit ABI, io_uring, paths that name an open file, renames
+away by the old name and of the guarded directory — each denied with EPERM before it happens,
+with a `denied` record."""
 
 from __future__ import annotations
 
