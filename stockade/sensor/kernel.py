@@ -446,6 +446,7 @@ class LsmSensor(KillSensor):
     OBJECT = "stockade_lsm.bpf.o"
     MODE = "lsm"
     HOOKS: Mapping[str, Hook] = LSM_HOOKS
+    SECTION = "lsm"  # the programs' SEC() prefix
 
     def _absent_programs(self) -> list[str]:
         self.hooks = present_hooks(self.HOOKS)
@@ -457,7 +458,7 @@ class LsmSensor(KillSensor):
         done = []
         for prog, hook in self.hooks.items():
             self.links.append(self.obj.program(prog).attach())  # as its SEC() says
-            done.append(f"{hook.hook_point.split('__')[0]}/{hook.point}")
+            done.append(f"{self.SECTION}/{hook.point}")
         return done + self._attach_shared()
 
 
@@ -469,6 +470,7 @@ class FmodretSensor(LsmSensor):
     OBJECT = "stockade_fmodret.bpf.o"
     MODE = "fmodret"
     HOOKS = FMODRET_HOOKS
+    SECTION = "fmod_ret"
 
 
 def open_sensor(mode: str, grace_s: float = 0.2) -> KillSensor:
