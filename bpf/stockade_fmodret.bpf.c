@@ -28,7 +28,7 @@ int BPF_PROG(stk_fmodret_fork, struct task_struct *task, unsigned long clone_fla
 	return ret ?: deny_fork(ctx, clone_flags, STK_HOOK_FMODRET_TASK_ALLOC);
 }
 
-/* sched_process_*: what the functions' programs allowed, reported after it happened (as in kill mode) */
+/* sched_process_*: what the programs above allowed, reported after it happened (as in kill mode) */
 
 SEC("tracepoint/sched/sched_process_exec")
 int stk_exec(struct trace_event_raw_sched_process_exec *ctx)
