@@ -22,7 +22,8 @@ The sensor is the real `stockade sensor --standalone` process; "without" is no s
 The loops are C programs (a Python loop would hide the cost). The sensor probes its mode:
 `kill` on this machine's kernel; `--vm` runs the same script in lsm mode inside the BPF LSM
 test VM (`e2e/vm/run`, qemu TCG: emulation makes everything 10-30x slower, so the VM's
-default counts are smaller and only the ratios compare).
+default counts are smaller and only the ratios compare); `--vm --lsm LIST` without bpf in
+LIST, in fmodret mode.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stockade.sensor.kernel import LSM_HOOKS, present_file_syscalls
+from stockade.sensor.kernel import FMODRET_HOOKS, LSM_HOOKS, present_file_syscalls, present_hooks
 from stockade.sensor.libbpf import BpfObject
 from stockade.sensor.paths import BPF_ARCH
 from stockade.sensor.probe import Mode, probe_mode
@@ -75,7 +76,8 @@ IN_VM = os.environ.get("STOCKADE_VM") == "1"  # set by e2e/vm/run
 DEFAULTS = (3, 40_000, 500) if IN_VM else (5, 200_000, 3_000)
 
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
-# empty programs for the floor: one for every tracepoint, one per LSM hook
+# empty programs for the floor: one for every tracepoint, one per LSM hook and per security_*
+# function (fmodret)
 NOOP_C = "\n".join(
     [
         '#include "vmlinux.h"',
@@ -85,6 +87,10 @@ NOOP_C = "\n".join(
         *(
             f'SEC("lsm/{h.point}") int noop_{h.point}(void *ctx) {{ return 0; }}'
             for h in LSM_HOOKS.values()
+        ),
+        *(
+            f'SEC("fmod_ret/{h.point}") int noop_{h.point}(void *ctx) {{ return 0; }}'
+            for h in FMODRET_HOOKS.values()
         ),
     ]
 )
@@ -167,21 +173,19 @@ class Floor:
     """Empty programs where the sensor of `mode` attaches its own, until stopped."""
 
     def __init__(self, obj_file: Path, mode: Mode) -> None:
-        lsm = mode == Mode.LSM
+        hooks = {Mode.LSM: LSM_HOOKS, Mode.FMODRET: FMODRET_HOOKS}.get(mode)
+        deny = list(present_hooks(hooks).values()) if hooks else []
         self.obj = BpfObject(obj_file)
-        for hook in LSM_HOOKS.values():
-            self.obj.program(f"noop_{hook.point}").set_autoload(lsm)
+        for hook in (*LSM_HOOKS.values(), *FMODRET_HOOKS.values()):
+            self.obj.program(f"noop_{hook.point}").set_autoload(hook in deny)
         self.obj.load()
         tp = self.obj.program("noop_tp")
         points = [("sched", "sched_process_exec"), ("sched", "sched_process_exit")]
-        if not lsm:
+        if not deny:
             points += [("syscalls", f"sys_{k}_{h.point}") for h in present_file_syscalls()
                        for k in ("enter", "exit")]  # fmt: skip
         self.links = [tp.attach_tracepoint(*p) for p in points]
-        if lsm:
-            self.links += [
-                self.obj.program(f"noop_{h.point}").attach_lsm() for h in LSM_HOOKS.values()
-            ]
+        self.links += [self.obj.program(f"noop_{h.point}").attach() for h in deny]
         self.mode = f"{mode} (empty programs)"
 
     def stop(self) -> str:
@@ -208,6 +212,8 @@ def in_vm(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             argv += [f"--{name}", str(getattr(args, name))]
     run = [str(REPO / "e2e" / "vm" / "run"), "--quiet", "--timeout", str(args.timeout)]
+    if args.lsm:
+        run += ["--lsm", args.lsm]
     return subprocess.run([*run, "--", *argv], check=False).returncode
 
 
@@ -218,6 +224,7 @@ def main() -> None:
     ap.add_argument("--execs", type=int, help=f"default {DEFAULTS[2]}")
     ap.add_argument("--vm", action="store_true", help="run in lsm mode in the test VM")
     ap.add_argument("--timeout", type=float, default=1800.0, help="for --vm, seconds")
+    ap.add_argument("--lsm", help="for --vm: the VM kernel's lsm= (without bpf: fmodret mode)")
     args = ap.parse_args()
     if args.vm and not IN_VM:
         sys.exit(in_vm(args))

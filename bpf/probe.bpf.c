@@ -18,6 +18,16 @@ int BPF_PROG(stk_probe_lsm, struct file *file)
 	return 0;
 }
 
+/* fmodret mode: security_file_open fails with EPERM for the thread user space names */
+SEC("fmod_ret/security_file_open")
+int BPF_PROG(stk_probe_fmodret, struct file *file, int ret)
+{
+	if (ret || !probe_state.deny_tid || (__u32)bpf_get_current_pid_tgid() != probe_state.deny_tid)
+		return ret;
+	probe_state.hits += 1;
+	return -1; /* -EPERM */
+}
+
 /* kill mode: SIGKILL the child that user space execs right after attaching */
 SEC("tracepoint/sched/sched_process_exec")
 int stk_probe_kill(void *ctx)

@@ -93,6 +93,17 @@ enum stk_hook {
 	STK_HOOK_LSM_PATH_CHMOD = 115,
 	STK_HOOK_LSM_PATH_TRUNCATE = 116,
 	STK_HOOK_LSM_FILE_TRUNCATE = 117, /* 6.2+: ftruncate, open(O_TRUNC) */
+	/* fmodret mode: fmod_ret programs on the security_* functions that call the LSM hooks */
+	STK_HOOK_FMODRET_BPRM_CHECK = 120, /* security_bprm_check: exec */
+	STK_HOOK_FMODRET_TASK_ALLOC = 121, /* security_task_alloc: fork */
+	STK_HOOK_FMODRET_FILE_OPEN = 130,
+	STK_HOOK_FMODRET_PATH_MKNOD = 131,
+	STK_HOOK_FMODRET_PATH_UNLINK = 132,
+	STK_HOOK_FMODRET_PATH_RENAME = 133,
+	STK_HOOK_FMODRET_PATH_LINK = 134,
+	STK_HOOK_FMODRET_PATH_CHMOD = 135,
+	STK_HOOK_FMODRET_PATH_TRUNCATE = 136,
+	STK_HOOK_FMODRET_FILE_TRUNCATE = 137, /* 6.2+ */
 };
 
 enum stk_stat {
@@ -281,9 +292,11 @@ struct stk_cgroup_rec {
 
 /* probe.bpf.c's state in .bss: written and read by stockade/sensor/probe.py */
 struct stk_probe_state {
-	__u32 target_ppid;
+	__u32 target_ppid; /* kill probe: the parent of the child to kill */
 	__u32 hits;
 	__s64 ret;
+	__u32 deny_tid; /* fmodret probe: the thread whose opens are denied */
+	__u32 pad;
 };
 
 /*

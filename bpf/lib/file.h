@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * File operations, in both modes: resolve the target, decide, and write the record (and
- * BLOCK: SIGKILL in kill mode, -EPERM in lsm mode).
+ * BLOCK: SIGKILL in kill mode, -EPERM in lsm and fmodret modes).
  */
 #ifndef STK_FILE_H
 #define STK_FILE_H
@@ -38,7 +38,7 @@ static __always_inline void resolve_src(struct path_src *src, __u32 head_tag, st
  * Candidates first, then the path (not walked when its first component is in
  * no table and no selector without a path condition can act: walked for the
  * record only). Kill mode (lsm = 0): BLOCK sends SIGKILL (the operation has
- * happened). LSM mode: BLOCK returns -EPERM and the record says denied;
+ * happened). lsm and fmodret modes (lsm = 1): BLOCK returns -EPERM and the record says denied;
  * AUDIT_BLOCK never denies. Returns the LSM verdict.
  */
 static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, __u32 flags,

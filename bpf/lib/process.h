@@ -75,7 +75,7 @@ static __noinline void exec_comm(const char *filename, char *comm)
 
 /* handle_process's `lsm` */
 #define PROC_REPORT 0 /* a sched_process_* tracepoint */
-#define PROC_DENY 1   /* an LSM hook */
+#define PROC_DENY 1   /* an LSM hook, or fmodret mode's program on its security_* function */
 #define PROC_MAPPED 2 /* kill mode: a file's code mapped without exec (ld.so PROGRAM) */
 
 /*
@@ -104,7 +104,10 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 	__u64 astart, aend, exe_d = 0, exe_m = 0;
 	int interactive, verdict = 0;
 
-	op = hook == STK_HOOK_FORK || hook == STK_HOOK_LSM_TASK_ALLOC ? STK_OP_FORK : STK_OP_EXEC;
+	op = hook == STK_HOOK_FORK || hook == STK_HOOK_LSM_TASK_ALLOC ||
+			     hook == STK_HOOK_FMODRET_TASK_ALLOC
+		     ? STK_OP_FORK
+		     : STK_OP_EXEC;
 	if (!enter_slot(&e, lsm == PROC_DENY     ? remember_slot(op)
 			    : lsm == PROC_MAPPED ? ACTIVE_SLOT
 						 : recall_slot(op)))

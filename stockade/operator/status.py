@@ -28,6 +28,8 @@ READY = "Ready"
 # (Applied, NoTargets) is Current.
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+# the sensor modes where block denies before the operation happens
+_DENYING_MODES = frozenset({EnforcementMode.LSM.value, EnforcementMode.FMODRET.value})
 LISTED = 5  # nodes named in a message before "and N more"
 BUNDLE_TOO_LARGE = "BundleTooLarge"
 COMPILING = "Compiling"
@@ -225,10 +227,11 @@ def policy_status(
         return PolicyStatus(**common, conditions=conditions)
 
     message = f"applied on {len(applied)}/{len(targeted)} nodes"
-    cannot_deny = sum(v for k, v in modes.items() if k != EnforcementMode.LSM.value)
+    cannot_deny = sum(v for k, v in modes.items() if k not in _DENYING_MODES)
     if record.blocks and doc.mode == Mode.ENFORCE and cannot_deny:
         message += (
-            f"; {cannot_deny} of them can't deny before the operation (no BPF LSM): there"
+            f"; {cannot_deny} of them can't deny before the operation (neither BPF LSM nor"
+            " fmod_ret): there"
             " block kills the process, or only alerts in observe mode"
         )
     return PolicyStatus(**common, conditions=ready(ConditionStatus.TRUE, "Applied", message))

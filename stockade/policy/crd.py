@@ -87,7 +87,7 @@ POLICY_COLUMNS = [
     AGE,
 ]
 REPORT_COLUMNS = [
-    _column("Mode", "string", ".sensor.mode", "lsm, kill or observe"),
+    _column("Mode", "string", ".sensor.mode", "lsm, fmodret, kill or observe"),
     _column("Bundle", "string", ".bundle.hash", "the bundle in force"),
     _column("Dropped", "integer", ".droppedEvents", "events lost since sensor start"),
     _column("Heartbeat", "date", ".sensor.heartbeatTime", "last report"),

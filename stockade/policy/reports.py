@@ -26,6 +26,7 @@ PLURAL = "nodepolicyreports"
 
 class EnforcementMode(StrEnum):
     LSM = "lsm"  # BPF LSM: block denies before the operation happens
+    FMODRET = "fmodret"  # fmod_ret on security_* functions (no BPF LSM): denies before it too
     KILL = "kill"  # tracepoints: block kills the process (file operations already happened)
     OBSERVE = "observe"  # no enforcement: events and alerts only
 
@@ -42,7 +43,7 @@ class Sensor(_Model):
     kernel_version: Annotated[str, Field(max_length=256)] = Field(
         default="", description="The node's kernel release"
     )
-    mode: EnforcementMode = Field(description="lsm, kill or observe")
+    mode: EnforcementMode = Field(description="lsm, fmodret, kill or observe")
     mode_reason: Annotated[str, Field(max_length=1024)] = Field(
         default="", description="Why this mode: what the sensor's probe found"
     )

@@ -164,7 +164,7 @@ class NodesStatus(_Model):
     applied: int = Field(description="Targeted nodes whose sensor runs this generation")
     summary: str = Field(description="applied/targeted, for kubectl get")
     modes: dict[str, int] = Field(
-        default={}, description="Applied nodes per enforcement mode (lsm, kill, observe)"
+        default={}, description="Applied nodes per enforcement mode (lsm, fmodret, kill, observe)"
     )
 
 

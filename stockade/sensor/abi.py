@@ -169,24 +169,42 @@ class Hook(IntEnum):
     LSM_PATH_CHMOD = 115
     LSM_PATH_TRUNCATE = 116
     LSM_FILE_TRUNCATE = 117  # 6.2+: ftruncate, open(O_TRUNC)
+    FMODRET_BPRM_CHECK = 120  # fmodret mode: the security_* functions that call the LSM hooks
+    FMODRET_TASK_ALLOC = 121
+    FMODRET_FILE_OPEN = 130
+    FMODRET_PATH_MKNOD = 131
+    FMODRET_PATH_UNLINK = 132
+    FMODRET_PATH_RENAME = 133
+    FMODRET_PATH_LINK = 134
+    FMODRET_PATH_CHMOD = 135
+    FMODRET_PATH_TRUNCATE = 136
+    FMODRET_FILE_TRUNCATE = 137  # 6.2+
 
     @property
     def point(self) -> str:
-        """The kernel's name for it: a sched tracepoint, a syscall or an LSM hook."""
+        """The kernel's name for it: a sched tracepoint, a syscall, an LSM hook or (fmodret)
+        the security_* function that calls that hook."""
         special = {
             Hook.EXEC: "sched_process_exec",
             Hook.FORK: "sched_process_fork",
             Hook.EXIT: "sched_process_exit",
             Hook.LSM_BPRM_CHECK: "bprm_check_security",
+            Hook.FMODRET_BPRM_CHECK: "security_bprm_check",
         }
+        if self.name.startswith("FMODRET_"):
+            return special.get(self) or "security_" + self.name.removeprefix("FMODRET_").lower()
         return special.get(self) or self.name.removeprefix("LSM_").lower()
 
     @property
     def hook_point(self) -> str:
         """`cloud_defend.hook_point` in Defend for Containers' form, KIND__NAME:
         `tracepoint__sched_process_exec`, `lsm__path_unlink`; kill mode's syscall hooks
-        `tracepoint__openat`."""
-        kind = "lsm" if self >= Hook.LSM_BPRM_CHECK else "tracepoint"
+        `tracepoint__openat`; fmodret mode's `fmod_ret__security_path_unlink`."""
+        kind = (
+            "fmod_ret" if self >= Hook.FMODRET_BPRM_CHECK
+            else "lsm" if self >= Hook.LSM_BPRM_CHECK
+            else "tracepoint"
+        )  # fmt: skip
         return f"{kind}__{self.point}"
 
 
@@ -404,7 +422,10 @@ CGROUP_REC: Final = Layout(
         ("path", "0s"),
     ),
 )
-PROBE_STATE: Final = Layout("stk_probe_state", (("target_ppid", "I"), ("hits", "I"), ("ret", "q")))
+PROBE_STATE: Final = Layout(
+    "stk_probe_state",
+    (("target_ppid", "I"), ("hits", "I"), ("ret", "q"), ("deny_tid", "I"), ("pad", "I")),
+)
 LAYOUTS: Final = (
     MASK,
     CGROUP_KEY,

@@ -82,7 +82,7 @@ def _standalone(
     from stockade.sensor.libbpf import BpfError
     from stockade.sensor.standalone import Standalone
 
-    # lsm: stockade_lsm.bpf.o; kill and observe: stockade.bpf.o
+    # lsm: stockade_lsm.bpf.o; fmodret: stockade_fmodret.bpf.o; kill and observe: stockade.bpf.o
     print(f"stockade sensor: mode {mode} ({reason})", file=sys.stderr, flush=True)
     limits = Limits(memory_mib=args.read_memory, seconds=args.read_timeout)
     try:

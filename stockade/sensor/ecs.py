@@ -176,9 +176,12 @@ _ECS_TYPES = {
 }  # fmt: skip
 
 
+_EXEC_HOOKS = (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.FMODRET_BPRM_CHECK, Hook.EXEC_MAPPED)
+
+
 def _file_action(rec: FileRecord) -> str:
     known = _hook(rec.header.hook)
-    hook = known.point if known else ""
+    hook = known.point.removeprefix("security_") if known else ""  # fmodret: the LSM hook's
     if hook in _FILE_ACTIONS:
         return _FILE_ACTIONS[hook]
     return "creation" if "createFile" in rec.ops else "open"  # the open family
@@ -323,7 +326,7 @@ def document(
     elif h.kind == RecordKind.EXIT:
         action = "end"
     else:
-        action = "exec" if h.hook in (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.EXEC_MAPPED) else "fork"
+        action = "exec" if h.hook in _EXEC_HOOKS else "fork"
     actions = _action_names(h.actions)
     types = [_ECS_TYPES[action]]
     if h.outcome == "denied":

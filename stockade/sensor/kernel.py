@@ -1,4 +1,4 @@
-"""Load the kill-mode or lsm-mode programs and write policy bundles into their maps
+"""Load the kill-, lsm- or fmodret-mode programs and write policy bundles into their maps
 (double-buffered)."""
 
 from __future__ import annotations
@@ -41,15 +41,17 @@ from stockade.sensor.libbpf import BpfObject, Closing, Link, Map, RingBuffer
 from stockade.sensor.paths import ensure_fs, object_path
 
 __all__ = [
+    "FMODRET_HOOKS",
     "LSM_HOOKS",
     "MAX_SELECTORS",
     "Bundle",
+    "FmodretSensor",
     "KillSensor",
     "LsmSensor",
     "mask_bytes",
     "open_sensor",
     "present_file_syscalls",
-    "present_lsm_hooks",
+    "present_hooks",
 ]
 
 MAX_SELECTORS: Final = MAX_SELECTORS_PER_BUNDLE_PART
@@ -65,16 +67,28 @@ LSM_HOOKS: Final[Mapping[str, Hook]] = {
     "stk_lsm_link": Hook.LSM_PATH_LINK, "stk_lsm_chmod": Hook.LSM_PATH_CHMOD,
     "stk_lsm_truncate": Hook.LSM_PATH_TRUNCATE, "stk_lsm_file_truncate": Hook.LSM_FILE_TRUNCATE,
 }  # fmt: skip
+# fmodret mode: program → the security_* function it is attached to
+# (bpf/stockade_fmodret.bpf.c): the functions that call LSM_HOOKS' hooks, in the same order
+FMODRET_HOOKS: Final[Mapping[str, Hook]] = {
+    prog.replace("stk_lsm_", "stk_fmodret_"): Hook[hook.name.replace("LSM_", "FMODRET_", 1)]
+    for prog, hook in LSM_HOOKS.items()
+}
 VMLINUX_BTF: Final = Path("/sys/kernel/btf/vmlinux")
 
 
-def present_lsm_hooks() -> dict[str, Hook]:
-    """The LSM_HOOKS this kernel has (file_truncate since 6.2): BPF LSM's attach points are
-    the bpf_lsm_<hook> functions, named in the kernel's BTF."""
+def _attach_function(hook: Hook) -> str:
+    """The kernel function a deny-mode program attaches to: BPF LSM's bpf_lsm_<hook>, or
+    (fmodret) the security_* function itself."""
+    return hook.point if hook >= Hook.FMODRET_BPRM_CHECK else f"bpf_lsm_{hook.point}"
+
+
+def present_hooks(hooks: Mapping[str, Hook]) -> dict[str, Hook]:
+    """The hooks (LSM_HOOKS or FMODRET_HOOKS) this kernel has (file_truncate since 6.2):
+    their attach functions are named in the kernel's BTF."""
     btf = VMLINUX_BTF.read_bytes()
     return {
-        prog: hook for prog, hook in LSM_HOOKS.items()
-        if f"\0bpf_lsm_{hook.point}\0".encode() in btf
+        prog: hook for prog, hook in hooks.items()
+        if f"\0{_attach_function(hook)}\0".encode() in btf
     }  # fmt: skip
 
 
@@ -431,21 +445,36 @@ class LsmSensor(KillSensor):
 
     OBJECT = "stockade_lsm.bpf.o"
     MODE = "lsm"
+    HOOKS: Mapping[str, Hook] = LSM_HOOKS
+    SECTION = "lsm"  # the programs' SEC() prefix
 
     def _absent_programs(self) -> list[str]:
-        self.hooks = present_lsm_hooks()
-        return [prog for prog in LSM_HOOKS if prog not in self.hooks]
+        self.hooks = present_hooks(self.HOOKS)
+        return [prog for prog in self.HOOKS if prog not in self.hooks]
 
     def attach(self) -> list[str]:
-        """Attach the LSM programs of the hooks this kernel has first (so nothing listed
+        """Attach the deny programs of the hooks this kernel has first (so nothing listed
         runs undecided), then the cgroup and process tracepoints; returns the attach points."""
         done = []
         for prog, hook in self.hooks.items():
-            self.links.append(self.obj.program(prog).attach_lsm())
-            done.append(f"lsm/{hook.point}")
+            self.links.append(self.obj.program(prog).attach())  # as its SEC() says
+            done.append(f"{self.SECTION}/{hook.point}")
         return done + self._attach_shared()
 
 
+class FmodretSensor(LsmSensor):
+    """The loaded stockade_fmodret.bpf.o: lsm mode's bodies as fmod_ret programs on the
+    security_* functions that call the LSM hooks, for kernels without bpf in the active LSM
+    list; they too deny with EPERM before the operation. Same maps, bundles and records."""
+
+    OBJECT = "stockade_fmodret.bpf.o"
+    MODE = "fmodret"
+    HOOKS = FMODRET_HOOKS
+    SECTION = "fmod_ret"
+
+
 def open_sensor(mode: str, grace_s: float = 0.2) -> KillSensor:
-    """Load the programs for an enforcement mode (`lsm`, else the kill-mode object)."""
-    return LsmSensor(grace_s=grace_s) if mode == "lsm" else KillSensor(grace_s=grace_s)
+    """Load the programs for an enforcement mode (`lsm`, `fmodret`, else the kill-mode
+    object)."""
+    sensor = {"lsm": LsmSensor, "fmodret": FmodretSensor}.get(mode, KillSensor)
+    return sensor(grace_s=grace_s)

@@ -2,8 +2,8 @@
 
 `Harness` drives `Standalone` in-process on the session's sensor; `driver.py` performs a list
 of operations for real; `predict` says, from the same operations and `PartTables.decide`,
-which documents the kernel must produce. Both modes use them: kill mode here, lsm mode in the
-test VM (tests/vm), where `kernel_operations` and `predict` follow the LSM hooks.
+which documents the kernel must produce. Every mode uses them: kill mode here, lsm and fmodret
+modes in the test VM (tests/vm), where `kernel_operations` and `predict` follow the LSM hooks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
@@ -45,8 +45,9 @@ Doc = dict[str, Any]
 # (category, path, matched selector names, actions, would_block, outcome)
 Outcome = tuple[str, str, tuple[str, ...], tuple[str, ...], bool, str]
 
-# what the record of a blocked operation says: killed after it (kill), EPERM before it (lsm)
-BLOCKED_OUTCOME = {"kill": "killed", "lsm": "denied"}
+# what the record of a blocked operation says: killed after it (kill), EPERM before it (lsm,
+# fmodret)
+BLOCKED_OUTCOME = {"kill": "killed", "lsm": "denied", "fmodret": "denied"}
 
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
 
@@ -79,7 +80,7 @@ def kernel_operations(
     hooks see the target's own mount, and ftruncate reaches `path_truncate` (modifyFile
     only, as a truncate by path).
     """
-    lsm = mode == "lsm"
+    lsm = mode in ("lsm", "fmodret")  # the same hooks, as LSM hooks or security_* functions
 
     def proc(op: str, path: str) -> tuple[PartName, Operation]:
         name = os.path.basename(path)[:15] if op == "exec" else PY_COMM
@@ -188,9 +189,13 @@ def outcome(doc: Doc) -> Outcome:
 class Harness:
     """Standalone mode on the session's sensor, writing into memory."""
 
-    mode: ClassVar[str] = "kill"  # the sensor's enforcement mode (tests/vm: lsm)
     sensor: KillSensor
     directory: Path
+
+    @property
+    def mode(self) -> str:
+        """The sensor's enforcement mode (kill here; tests/vm: lsm, fmodret)."""
+        return self.sensor.MODE
 
     def __post_init__(self) -> None:
         self.policy = self.directory / "policy.yaml"

@@ -24,6 +24,7 @@ EXECS = 3000
 BLOCKED_EXEC = {
     "kill": ("killed", 137, "tracepoint__sched_process_exec"),  # SIGKILL before it runs
     "lsm": ("denied", 126, "lsm__bprm_check_security"),  # execve fails with EPERM
+    "fmodret": ("denied", 126, "fmod_ret__security_bprm_check"),
 }
 ALLOWED_EXEC = ("allowed", 0, "tracepoint__sched_process_exec")
 

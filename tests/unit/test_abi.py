@@ -20,7 +20,7 @@ from stockade.sensor.records import CgroupRecord, decode
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER_ARCH = "arm64" if BPF_ARCH == "x86" else "x86"
-OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "probe.bpf.o")
+OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "stockade_fmodret.bpf.o", "probe.bpf.o")
 
 
 def build(arch: str, out: Path) -> None:
@@ -85,6 +85,11 @@ def test_hook_points_are_written_as_defend_for_containers_writes_them() -> None:
         "lsm__path_chmod",
         "lsm__file_open",
         "lsm__path_unlink",
+    ]
+    # fmodret mode's: the security_* function, as the kind of program it is
+    assert [h.hook_point for h in (Hook.FMODRET_BPRM_CHECK, Hook.FMODRET_PATH_UNLINK)] == [
+        "fmod_ret__security_bprm_check",
+        "fmod_ret__security_path_unlink",
     ]
 
 

@@ -13,7 +13,7 @@ import pytest
 from stockade.sensor.paths import BPF_ARCH
 
 REPO = Path(__file__).resolve().parents[2]
-OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "probe.bpf.o")
+OBJECTS = ("stockade.bpf.o", "stockade_lsm.bpf.o", "stockade_fmodret.bpf.o", "probe.bpf.o")
 
 # run in the fresh venv: where each object is found, after libbpf opened it
 FIND = """

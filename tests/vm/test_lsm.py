@@ -1,4 +1,5 @@
-"""lsm mode, for real: BPF LSM programs in the test VM's kernel (run by `e2e/vm/run`).
+"""lsm and fmodret modes, for real: BPF LSM programs, or fmod_ret programs on the security_*
+functions that call those hooks, in the test VM's kernel (run by `e2e/vm/run`).
 
 A BLOCK is an EPERM before the operation: the exec fails in the caller (the program
 never runs, nobody is killed), the file is unchanged, the record says `denied`.
@@ -16,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from stockade.sensor.probe import Mode, probe_mode
+from stockade.sensor.abi import Hook
+from stockade.sensor.probe import Mode, bpf_lsm_active, probe_mode
 
 from ..kernel.conftest import Cgroup
-from ..kernel.scenario import PY, driver_argv, kernel_operations, outcome, predict
+from ..kernel.scenario import PY, Harness, driver_argv, kernel_operations, outcome, predict
 from ..kernel.scenario import regular_volume as _regular_volume
 from ..kernel.test_standalone import BLOCKING, WEB, every_operation, policy, setup_tree
-from .conftest import LsmHarness
 
 pytestmark = pytest.mark.vm
 
@@ -83,20 +84,38 @@ def tree(w: Path) -> None:
 
 
 def attempt(
-    harness: LsmHarness, w: Path, cg: Cgroup | None
+    harness: Harness, w: Path, cg: Cgroup | None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, int], list[dict[str, Any]]]:
     res, docs = harness.run([PY, "-S", "-B", "-c", TRY, str(w)], cg)
     results = dict(json.loads(line) for line in res.stdout.splitlines())
     return res, results, docs
 
 
-def test_probe_picks_lsm() -> None:
+def hook_point(harness: Harness, lsm_hook: str) -> str:
+    """A record's hook_point for an LSM hook in the harness's mode (fmodret: the security_*
+    function that calls the hook)."""
+    hook = next(h for h in Hook if h.name.startswith("LSM_") and h.point == lsm_hook)
+    if harness.mode == "fmodret":
+        hook = Hook[hook.name.replace("LSM_", "FMODRET_", 1)]
+    return hook.hook_point
+
+
+def test_probe_picks_lsm_else_fmodret() -> None:
+    """lsm where bpf is in the active LSM list; booted without it (`e2e/vm/run --lsm`),
+    fmodret, saying why lsm was refused."""
     result = probe_mode()
-    assert result.mode == Mode.LSM, result.reason
-    assert result.lsm_listed and result.lsm_error is None
+    if bpf_lsm_active():
+        assert result.mode == Mode.LSM, result.reason
+        assert result.lsm_listed and result.lsm_error is None
+    else:
+        assert result.mode == Mode.FMODRET, result.reason
+        assert not result.lsm_listed and result.fmodret_error is None
+        assert result.reason.startswith(
+            "BPF LSM unavailable (bpf not in /sys/kernel/security/lsm); an fmod_ret program"
+        ), result.reason
 
 
-def test_blocked_exec_is_denied_not_killed(harness: LsmHarness, cgroup: Cgroup) -> None:
+def test_blocked_exec_is_denied_not_killed(harness: Harness, cgroup: Cgroup) -> None:
     harness.apply([BLOCKING], {cgroup: WEB})
     script = (
         "import os\n"
@@ -113,8 +132,8 @@ def test_blocked_exec_is_denied_not_killed(harness: LsmHarness, cgroup: Cgroup) 
         ("process", "/usr/bin/echo", ("echo",), ("alert", "block"), False, "denied")
     ]
     d = docs[0]
-    assert d["cloud_defend"]["hook_point"] == "lsm__bprm_check_security"
-    assert d["cloud_defend"]["enforcement_mode"] == "lsm"
+    assert d["cloud_defend"]["hook_point"] == hook_point(harness, "bprm_check_security")
+    assert d["cloud_defend"]["enforcement_mode"] == harness.mode
     assert d["event"]["action"] == "exec" and "denied" in d["event"]["type"]
     assert d["process"]["name"] == "echo"
     # the shell sees the error too, and goes on
@@ -123,8 +142,34 @@ def test_blocked_exec_is_denied_not_killed(harness: LsmHarness, cgroup: Cgroup) 
     assert [outcome(d)[-1] for d in docs] == ["denied"]
 
 
+def test_blocked_fork_is_denied_not_killed(harness: Harness, cgroup: Cgroup) -> None:
+    """fork fails with EPERM in the caller, which goes on and can fork again once the block
+    is gone (fmodret: security_task_alloc skipped, the child freed without its LSM blob)."""
+    name = os.path.basename(PY)[:15]
+    forks = {"process": {
+        "selectors": [{"name": "forks", "operation": ["fork"], "processName": [name]}],
+        "responses": [{"match": ["forks"], "actions": ["alert", "block"]}],
+    }}  # fmt: skip
+    script = (
+        "import os\n"
+        "try:\n    pid = os.fork()\nexcept OSError as e:\n    print('fork failed', e.errno)\n"
+        "else:\n    os._exit(0) if pid == 0 else print('forked', os.waitpid(pid, 0)[1])\n"
+    )
+    harness.apply([forks], {cgroup: WEB})
+    res, docs = harness.run([PY, "-S", "-B", "-c", script], cgroup)
+    assert (res.returncode, res.stdout) == (0, f"fork failed {EPERM}\n"), res.stderr
+    assert [outcome(d) for d in docs] == [
+        ("process", PY, ("forks",), ("alert", "block"), False, "denied")
+    ]
+    assert docs[0]["cloud_defend"]["hook_point"] == hook_point(harness, "task_alloc")
+    assert docs[0]["event"]["action"] == "fork"
+    harness.apply([BLOCKING], {cgroup: WEB})  # forks allowed again
+    res, docs = harness.run([PY, "-S", "-B", "-c", script], cgroup)
+    assert (res.returncode, res.stdout, docs) == (0, "forked 0\n", [])
+
+
 def test_blocked_file_operations_are_denied(
-    harness: LsmHarness, cgroup: Cgroup, workdir: Path
+    harness: Harness, cgroup: Cgroup, workdir: Path
 ) -> None:
     tree(workdir)
     harness.apply([file_block_policy(workdir)], {cgroup: WEB})
@@ -139,16 +184,18 @@ def test_blocked_file_operations_are_denied(
     assert stat.S_IMODE((e / "existing").stat().st_mode) == 0o644
     assert (workdir / "outside").read_text() == "o\n"
     assert [(d["file"]["path"], d["cloud_defend"]["hook_point"]) for d in docs] == [
-        (f"{e}/new", "lsm__path_mknod"),
-        (f"{e}/existing", "lsm__file_open"),
-        (f"{e}/existing", "lsm__file_open"),
-        (f"{e}/existing", "lsm__path_chmod"),
-        (f"{e}/existing", "lsm__path_truncate"),
-        (f"{e}/linked", "lsm__path_link"),
-        (f"{e}/renamed", "lsm__path_rename"),
-        (f"{e}/node", "lsm__path_mknod"),
-        (f"{e}/existing", "lsm__path_unlink"),
-    ]
+        (path, hook_point(harness, hook)) for path, hook in (
+            (f"{e}/new", "path_mknod"),
+            (f"{e}/existing", "file_open"),
+            (f"{e}/existing", "file_open"),
+            (f"{e}/existing", "path_chmod"),
+            (f"{e}/existing", "path_truncate"),
+            (f"{e}/linked", "path_link"),
+            (f"{e}/renamed", "path_rename"),
+            (f"{e}/node", "path_mknod"),
+            (f"{e}/existing", "path_unlink"),
+        )
+    ]  # fmt: skip
     for d in docs:
         assert d["cloud_defend"]["outcome"] == "denied"
         assert d["cloud_defend"]["actions"] == ["alert", "block"]
@@ -157,9 +204,7 @@ def test_blocked_file_operations_are_denied(
     assert harness.sensor.stats()["denials"] >= len(DENIED)
 
 
-def test_unlisted_processes_are_unaffected(
-    harness: LsmHarness, cgroup: Cgroup, workdir: Path
-) -> None:
+def test_unlisted_processes_are_unaffected(harness: Harness, cgroup: Cgroup, workdir: Path) -> None:
     tree(workdir)
     harness.apply([file_block_policy(workdir), BLOCKING], {cgroup: WEB})
     res, results, docs = attempt(harness, workdir, None)
@@ -170,7 +215,7 @@ def test_unlisted_processes_are_unaffected(
     assert (res.stdout, docs) == ("OUTSIDE\n", [])
 
 
-def test_audit_mode_never_denies(harness: LsmHarness, cgroup: Cgroup, workdir: Path) -> None:
+def test_audit_mode_never_denies(harness: Harness, cgroup: Cgroup, workdir: Path) -> None:
     tree(workdir)
     harness.apply([file_block_policy(workdir, mode="audit")], {cgroup: WEB})
     res, results, docs = attempt(harness, workdir, cgroup)
@@ -184,7 +229,7 @@ def test_audit_mode_never_denies(harness: LsmHarness, cgroup: Cgroup, workdir: P
 
 
 def test_every_operation_as_predicted(
-    harness: LsmHarness, cgroup: Cgroup, workdir: Path, tmp_path: Path
+    harness: Harness, cgroup: Cgroup, workdir: Path, tmp_path: Path
 ) -> None:
     """tests/kernel's scenario (log and alert, nothing blocked): the same documents as the
     table interpreter predicts, as in kill mode."""
@@ -198,4 +243,4 @@ def test_every_operation_as_predicted(
     assert res.returncode == 0, res.stderr
     seen = kernel_operations(ops, "/", modes, _regular_volume, harness.mode)
     assert [outcome(d) for d in docs] == predict(applied, cgroup.id, seen, harness.mode)
-    assert all(d["cloud_defend"]["enforcement_mode"] == "lsm" for d in docs)
+    assert all(d["cloud_defend"]["enforcement_mode"] == harness.mode for d in docs)

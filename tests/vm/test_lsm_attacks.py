@@ -1,6 +1,7 @@
-"""lsm mode against the attacks of issue 15 that kill mode sees since (docs/kernel.md, "Attacks"):
-the 32-bit ABI, io_uring, paths that name an open file, renames away by the old name and of
-the guarded directory — each denied with EPERM before it happens, with a `denied` record."""
+"""lsm and fmodret modes against the attacks of issue 15 that kill mode sees since
+(docs/kernel.md, "Attacks"): the 32-bit ABI, io_uring, paths that name an open file, renames
+away by the old name and of the guarded directory — each denied with EPERM before it happens,
+with a `denied` record."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from ..kernel.conftest import Cgroup
-from ..kernel.scenario import PY
+from ..kernel.scenario import PY, Harness
 from ..kernel.test_attacks import PROGS
 from ..kernel.test_standalone import WEB
-from .conftest import LsmHarness
-from .test_lsm import EPERM, file_block_policy, tree
+from .test_lsm import EPERM, file_block_policy, hook_point, tree
 
 pytestmark = pytest.mark.vm
 
@@ -52,7 +52,7 @@ ATTACKS = textwrap.dedent(
 
 
 def test_attacks_are_denied(
-    harness: LsmHarness, cgroup: Cgroup, workdir: Path, tmp_path: Path
+    harness: Harness, cgroup: Cgroup, workdir: Path, tmp_path: Path
 ) -> None:
     progs = {}
     for name, flags in (("compat", ["-static", "-no-pie"]), ("uring", [])):
@@ -72,13 +72,15 @@ def test_attacks_are_denied(
     assert (e / "existing").read_text() == "data\n"
     assert stat.S_IMODE((e / "existing").stat().st_mode) == 0o644
     assert [(d["file"]["path"], d["cloud_defend"]["hook_point"]) for d in docs] == [
-        (f"{e}/new", "lsm__path_mknod"),
-        (f"{e}/existing", "lsm__path_chmod"),
-        (f"{e}/existing", "lsm__path_rename"),  # the old name: gone
-        (f"{e}/new2", "lsm__path_mknod"),
-        (f"{e}/existing", "lsm__path_unlink"),
-        (f"{e}/existing", "lsm__path_chmod"),
-        (f"{e}/existing", "lsm__path_truncate"),
-        (str(e), "lsm__path_rename"),  # the guarded directory: its paths would move
-    ]
+        (path, hook_point(harness, hook)) for path, hook in (
+            (f"{e}/new", "path_mknod"),
+            (f"{e}/existing", "path_chmod"),
+            (f"{e}/existing", "path_rename"),  # the old name: gone
+            (f"{e}/new2", "path_mknod"),
+            (f"{e}/existing", "path_unlink"),
+            (f"{e}/existing", "path_chmod"),
+            (f"{e}/existing", "path_truncate"),
+            (str(e), "path_rename"),  # the guarded directory: its paths would move
+        )
+    ]  # fmt: skip
     assert all(d["cloud_defend"]["outcome"] == "denied" for d in docs)

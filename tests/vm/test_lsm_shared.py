@@ -1,8 +1,8 @@
-"""tests/kernel's differential, hot-reload and cgroup-record tests in lsm mode: the same
-bodies, fewer cases (TCG runs everything 10-30x slower than this machine's kernel).
+"""tests/kernel's differential, hot-reload and cgroup-record tests in lsm and fmodret modes:
+the same bodies, fewer cases (TCG runs everything 10-30x slower than this machine's kernel).
 
-In lsm mode a block is an EPERM before the operation (record `denied`, `$?` 126 for an exec)
-where kill mode kills; the bodies take that from `harness.mode`.
+In these modes a block is an EPERM before the operation (record `denied`, `$?` 126 for an
+exec) where kill mode kills; the bodies take that from `harness.mode`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..kernel import test_cgroups as cgroups
 from ..kernel import test_differential as differential
 from ..kernel import test_reload as reload
 from ..kernel.conftest import Cgroup, Collector
-from .conftest import LsmHarness
+from ..kernel.scenario import Harness
 
 pytestmark = pytest.mark.vm
 
@@ -27,19 +27,19 @@ EXECS = 1000  # of test_reload's 3000
 
 @pytest.mark.parametrize("seed", range(EXAMPLES))
 def test_kernel_decides_as_the_table_interpreter(
-    seed: int, harness: LsmHarness, cgroup: Cgroup, workdir: Path, tiny: Path
+    seed: int, harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
 ) -> None:
     differential.check_example(seed, harness, cgroup, workdir, tiny)
 
 
 def test_flips_under_an_exec_loop(
-    harness: LsmHarness, cgroup: Cgroup, workdir: Path, tiny: Path
+    harness: Harness, cgroup: Cgroup, workdir: Path, tiny: Path
 ) -> None:
     reload.flips_under_an_exec_loop(harness, cgroup, workdir, tiny, EXECS)
 
 
-def test_cgroup_records(lsm_sensor: LsmSensor, cgroup: Cgroup) -> None:
-    collector = Collector(lsm_sensor)
+def test_cgroup_records(deny_sensor: LsmSensor, cgroup: Cgroup) -> None:
+    collector = Collector(deny_sensor)
     try:
         cgroups.made_and_removed(collector, cgroup)
     finally:
