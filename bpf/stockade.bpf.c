@@ -5,9 +5,9 @@
  * syscalls (lib/file.h decides and reports). Decisions
  * are made from the policy maps (see docs/kernel.md); only operations with
  * actions produce a record; `block` is SIGKILL. cgroup_mkdir/rmdir report
- * cgroup v2 directories (lib/cgroup.h, shared with lsm mode).
+ * cgroup v2 directories (lib/common_progs.h, shared with the other modes).
  */
-#include "cgroup.h"
+#include "common_progs.h"
 #include "file.h"
 #include "process.h"
 
@@ -55,25 +55,6 @@ int stk_mmap_exec(struct trace_event_raw_sys_enter *ctx)
 			      (const char *)BPF_CORE_READ(f, f_path.dentry, d_name.name), PROC_MAPPED);
 }
 
-SEC("tracepoint/sched/sched_process_exit")
-int stk_exit(struct trace_event_raw_sched_process_template *ctx)
-{
-	return exit_record();
-}
-
-/* cgroup v2 directories made and removed: containers known before their first exec (lib/cgroup.h) */
-
-SEC("tp_btf/cgroup_mkdir")
-int BPF_PROG(stk_cgroup_mkdir, struct cgroup *cgrp, const char *path)
-{
-	return cgroup_record(cgrp, path, 1);
-}
-
-SEC("tp_btf/cgroup_rmdir")
-int BPF_PROG(stk_cgroup_rmdir, struct cgroup *cgrp, const char *path)
-{
-	return cgroup_record(cgrp, path, 0);
-}
 
 /* --------------------------------------------------------- file programs */
 

@@ -9,7 +9,7 @@
  * function (0 if none). The sched_process_* and cgroup tracepoints as in lsm mode.
  * Loaded only where the probe found BPF LSM unusable and fmod_ret usable (docs/kernel.md).
  */
-#include "cgroup.h"
+#include "common_progs.h"
 #include "deny.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -28,41 +28,7 @@ int BPF_PROG(stk_fmodret_fork, struct task_struct *task, unsigned long clone_fla
 	return ret ?: deny_fork(ctx, clone_flags, STK_HOOK_FMODRET_TASK_ALLOC);
 }
 
-/* sched_process_*: what the programs above allowed, reported after it happened (as in kill mode) */
-
-SEC("tracepoint/sched/sched_process_exec")
-int stk_exec(struct trace_event_raw_sched_process_exec *ctx)
-{
-	return handle_process(ctx, STK_HOOK_EXEC, NULL, NULL, NULL, 0);
-}
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
-{
-	if (child->pid != child->tgid)
-		return 0; /* a new thread, not a new process */
-	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
-}
-
-SEC("tracepoint/sched/sched_process_exit")
-int stk_exit(struct trace_event_raw_sched_process_template *ctx)
-{
-	return exit_record();
-}
-
-/* cgroup v2 directories made and removed: containers known before their first exec (lib/cgroup.h) */
-
-SEC("tp_btf/cgroup_mkdir")
-int BPF_PROG(stk_cgroup_mkdir, struct cgroup *cgrp, const char *path)
-{
-	return cgroup_record(cgrp, path, 1);
-}
-
-SEC("tp_btf/cgroup_rmdir")
-int BPF_PROG(stk_cgroup_rmdir, struct cgroup *cgrp, const char *path)
-{
-	return cgroup_record(cgrp, path, 0);
-}
+/* sched_process_* and cgroup records: lib/deny.h and lib/common_progs.h */
 
 /* ----------------------------------------------------------------- files */
 
