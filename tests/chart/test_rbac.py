@@ -85,18 +85,24 @@ def refused(call: Callable[[], Any]) -> int:
     return 200
 
 
-class SensorPod:
-    """A sensor pod of the chart's DaemonSet as the apiserver sees it on node `node`, and a
-    token bound to it (what the kubelet mounts into it)."""
-
-    def __init__(self, k8s_api: client.ApiClient, release: Release, node: str) -> None:
-        self.node = node
-        core = client.CoreV1Api(k8s_api)
-        pod = core.create_namespaced_pod(release.namespace, client.V1Pod(
+def sensor_pod(k8s_api: client.ApiClient, release: Release, node: str) -> client.V1Pod:
+    """A pod of the chart's sensor DaemonSet as the apiserver has it once bound to `node`."""
+    pod: client.V1Pod = client.CoreV1Api(k8s_api).create_namespaced_pod(
+        release.namespace, client.V1Pod(
             metadata=client.V1ObjectMeta(generate_name=f"{release.sensor}-"),
             spec=client.V1PodSpec(node_name=node, service_account_name=release.sensor,
                                   containers=[client.V1Container(name="sensor", image="x")]),
-        ))  # fmt: skip
+        ),
+    )  # fmt: skip
+    return pod
+
+
+class SensorPod:
+    """A sensor pod on node `node`, and a token bound to it (what the kubelet mounts in)."""
+
+    def __init__(self, k8s_api: client.ApiClient, release: Release, node: str) -> None:
+        self.node = node
+        pod = sensor_pod(k8s_api, release, node)
         self.token = service_account_token(k8s_api, release.namespace, release.sensor, pod)
         self.api = as_token(k8s_api, self.token)
 
