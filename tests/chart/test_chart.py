@@ -189,7 +189,15 @@ def test_every_rendered_object_passes_server_side_dry_run(
     """What a GitOps tool would apply: every object past admission, schemas and RBAC's
     escalation check. ServiceMonitor's CRD isn't installed here (test_custom_values_render)."""
     objects = helm.template("dry", namespace, *values)
-    dry_run(kubectl, [o for o in objects if o["kind"] != "ServiceMonitor"])
+    # and each workload's pod as its controller would create it: pod-level admission
+    # (the priority class exists and may be used here, the service account's name)
+    pods = [
+        {"apiVersion": "v1", "kind": "Pod", "spec": o["spec"]["template"]["spec"],
+         "metadata": {"name": o["metadata"]["name"], "namespace": namespace,
+                      "labels": o["spec"]["template"]["metadata"]["labels"]}}
+        for o in objects if o["kind"] in ("Deployment", "DaemonSet")
+    ]  # fmt: skip
+    dry_run(kubectl, [o for o in objects if o["kind"] != "ServiceMonitor"] + pods)
 
 
 def test_helm_install_and_uninstall(
