@@ -200,7 +200,7 @@ def test_every_rendered_object_passes_server_side_dry_run(
     dry_run(kubectl, [o for o in objects if o["kind"] != "ServiceMonitor"] + pods)
 
 
-def test_helm_install_and_uninstall(
+def test_helm_install_upgrade_and_uninstall(
     helm: Helm, k8s_api: client.ApiClient, kubectl: Kubectl, operator_crds: None, namespace: str
 ) -> None:
     name = f"inst-{namespace[-8:]}"
@@ -217,6 +217,15 @@ def test_helm_install_and_uninstall(
         f"validatingadmissionpolicy/{name}-sensor-own-node-report",
     ]  # fmt: skip
     assert len(kubectl("get", *cluster_wide, "-o", "name").stdout.split()) == len(cluster_wide)
+    # an upgrade that opts out of the default policy removes it, and only it
+    helm("upgrade", name, str(CHART), "--namespace", namespace, "--reuse-values",
+         "--set", "defaultPolicy.enabled=false")  # fmt: skip
+    left = kubectl("get", *cluster_wide, "-o", "name", "--ignore-not-found").stdout.split()
+    assert left == [f"clusterrole.rbac.authorization.k8s.io/{name}-operator",
+                    f"clusterrole.rbac.authorization.k8s.io/{name}-sensor",
+                    f"clusterrolebinding.rbac.authorization.k8s.io/{name}-sensor",
+                    f"validatingadmissionpolicy.admissionregistration.k8s.io/"
+                    f"{name}-sensor-own-node-report"]  # fmt: skip
     helm("uninstall", name, "--namespace", namespace)
-    left = kubectl("get", *cluster_wide, "-o", "name", "--ignore-not-found").stdout
-    assert left == ""
+    gone = kubectl("get", *cluster_wide, "-o", "name", "--ignore-not-found").stdout
+    assert gone == ""
