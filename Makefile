@@ -34,9 +34,10 @@ kernel:
 images:
 	images/build
 
-## Regenerate crds/ from the models (a unit test fails when they are stale).
+## Regenerate crds/ and the chart's copy from the models (unit tests fail when stale).
 crds:
 	$(VENV)/bin/stockade generate-crds crds
+	$(VENV)/bin/stockade generate-crds charts/stockade/crds
 
 ## Regenerate docs/bundle.schema.json from the bundle's models (a unit test fails when stale).
 schemas:

@@ -33,7 +33,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("stockade.operator")
-RBAC = "operator/rbac.yaml"
+RBAC = "charts/stockade/templates/operator-rbac.yaml"
 EXIT_LOST = 1
 
 

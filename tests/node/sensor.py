@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ __all__ = ["SensorProcess"]
 class SensorProcess:
     """One node's sensor; restartable, with its state directory kept across restarts."""
 
-    def __init__(self, node: str, namespace: str, kubeconfig: str, directory: Path) -> None:
+    def __init__(
+        self, node: str, namespace: str, kubeconfig: str, directory: Path,
+        wrapper: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        """`wrapper`: a command the sensor runs under (e.g. setpriv with fewer capabilities)."""
         self.node = node
+        self.wrapper = list(wrapper)
         self.namespace = namespace
         self.kubeconfig = kubeconfig
         self.directory = directory
@@ -39,7 +45,7 @@ class SensorProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
-                    str(STOCKADE), "sensor", "--node-name", self.node,
+                    *self.wrapper, str(STOCKADE), "sensor", "--node-name", self.node,
                     "--namespace", self.namespace, "--state-dir", str(self.state),
                     "--output", f"jsonl:{self.output}", "--metrics-port", str(self.port),
                     "--heartbeat", "2", *extra,

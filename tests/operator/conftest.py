@@ -32,7 +32,10 @@ kubectl = integration.kubectl
 namespace = integration.namespace
 unique = integration.unique
 
-__all__ = ["Cluster", "Kubectl", "Operator", "service_account_kubeconfig", "wait_for"]
+__all__ = [
+    "Cluster", "Kubectl", "Operator", "service_account_kubeconfig", "service_account_token",
+    "token_kubeconfig", "wait_for",
+]  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[2]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
@@ -105,26 +108,43 @@ class Operator:
         self.proc = None
 
 
+def service_account_token(
+    k8s_api: client.ApiClient, namespace: str, name: str, pod: client.V1Pod | None = None
+) -> str:
+    """A TokenRequest token of ServiceAccount `namespace/name`; bound to `pod` if given
+    (the apiserver then names the pod's node in the token's user extra)."""
+    spec = client.V1TokenRequestSpec(audiences=[])
+    if pod is not None:
+        assert pod.metadata is not None
+        spec.bound_object_ref = client.V1BoundObjectReference(
+            api_version="v1", kind="Pod", name=pod.metadata.name, uid=pod.metadata.uid
+        )
+    request = client.CoreV1Api(k8s_api).create_namespaced_service_account_token(
+        name, namespace, client.AuthenticationV1TokenRequest(spec=spec)
+    )
+    assert request.status is not None and request.status.token
+    return request.status.token
+
+
+def token_kubeconfig(kubeconfig: str, user: str, token: str, out: Path) -> Path:
+    """The admin kubeconfig's cluster with `token` as its only user."""
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    admin["users"] = [{"name": user, "user": {"token": token}}]
+    for context in admin["contexts"]:
+        context["context"]["user"] = user
+    out.write_text(yaml.safe_dump(admin))
+    return out
+
+
 def service_account_kubeconfig(
     k8s_api: client.ApiClient, kubeconfig: str, namespace: str, name: str, out: Path
 ) -> Path:
     """A kubeconfig for ServiceAccount `namespace/name` (created here), by a bound token."""
-    core = client.CoreV1Api(k8s_api)
-    core.create_namespaced_service_account(
+    client.CoreV1Api(k8s_api).create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
     )
-    request = core.create_namespaced_service_account_token(
-        name,
-        namespace,
-        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
-    )
-    assert request.status is not None
-    admin = yaml.safe_load(Path(kubeconfig).read_text())
-    admin["users"] = [{"name": name, "user": {"token": request.status.token}}]
-    for context in admin["contexts"]:
-        context["context"]["user"] = name
-    out.write_text(yaml.safe_dump(admin))
-    return out
+    token = service_account_token(k8s_api, namespace, name)
+    return token_kubeconfig(kubeconfig, name, token, out)
 
 
 @pytest.fixture(scope="session")

@@ -67,5 +67,5 @@ def test_lease_it_may_not_create_stops_with_one_line(
     lines = [line for line in proc.stderr.splitlines() if line.startswith("stockade operator:")]
     assert len(lines) == 1, proc.stderr
     assert f"may not create Lease {namespace}/stockade-operator (403 Forbidden)" in lines[0]
-    assert "operator/rbac.yaml" in lines[0]
+    assert "charts/stockade/templates/operator-rbac.yaml" in lines[0]
     assert "Traceback" not in proc.stderr
