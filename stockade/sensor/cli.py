@@ -157,7 +157,11 @@ def _node(
                 # has no gap across a restart, and doesn't wait for the apiserver
                 node.start_offline()
                 sensor.attach()
-                server = serve(node, args.metrics_port) if args.metrics_port else None
+                try:
+                    server = serve(node, args.metrics_port) if args.metrics_port else None
+                except OSError as exc:
+                    log.error(f"can't serve --metrics-port {args.metrics_port}: {exc.strerror}")
+                    return 1
                 node.start()
                 node.run(stop)
                 if server is not None:
@@ -167,9 +171,6 @@ def _node(
     except BpfError as exc:
         log.error(f"can't load the BPF programs: {exc}")
         state.forget_probe()
-        return 1
-    except OSError as exc:
-        log.error(f"can't serve --metrics-port {args.metrics_port}: {exc.strerror}")
         return 1
     return 0
 

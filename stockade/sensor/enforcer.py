@@ -235,16 +235,20 @@ class Enforcer:
     def stats(self) -> dict[str, int]:
         """Kernel counters (rb_fail: records lost to a full ring buffer) and ours."""
         kernel = self.sensor.stats()
+        out = self.output.stats()
         return {
             **kernel,
             "written": self.counts["written"],
-            "dropped": kernel["rb_fail"] + kernel["inflight_fail"] + self.counts["undecodable"],
+            "dropped": kernel["rb_fail"]
+            + kernel["inflight_fail"]
+            + self.counts["undecodable"]
+            + out.get("output_lost", 0),
             "undecodable": self.counts["undecodable"],
             "unknown_generation": self.counts["unknown_generation"],
             "cgroup_records": self.counts["cgroup_records"],
             "refused_inputs": self.counts["refused"],
             "generation": self.generation,
-            **self.output.stats(),
+            **out,
         }
 
     def report(self) -> None:

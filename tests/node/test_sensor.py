@@ -241,6 +241,26 @@ def test_restart_without_the_apiserver_enforces_the_cached_bundle(
     assert any("is the one in force" in m for m in messages[started:])
 
 
+def test_an_output_that_cant_be_written_loses_documents_not_enforcement(
+    node_sensor: SensorProcess,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    web, _ = web_and_db
+    node_sensor.start("--output", "jsonl:/dev/full")  # a full disk: every write fails
+    kubectl("apply", "-f", "-", input=block_exec("no-tool", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    wait_for("the lost document counted", lambda: node_sensor.running() and node_sensor.metrics()
+             .get("stockade_sensor_dropped_total", 0) >= 1)  # fmt: skip
+    for _ in range(3):
+        assert web.run("app", [str(tool)]).returncode == KILLED
+        time.sleep(0.2)  # its record written (and failed) before the next exec
+    assert node_sensor.running()
+    assert node_sensor.stop() == 0
+
+
 def test_a_silent_sensor_makes_its_policies_not_ready_and_back(
     node_sensor: SensorProcess,
     kubelet: Kubelet,
