@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import shutil
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from stockade.operator.bundles import configmap_name
 from stockade.policy.bundle import HASH_ANNOTATION, configmap_payload
 from stockade.policy.compiler import compile_bundle
 from stockade.policy.loader import iter_policies
+from stockade.sensor.serve import CLIENT_TIMEOUT_S
 from tests.node.kubelet import Kubelet, Pod
 from tests.node.sensor import SensorProcess
 from tests.operator.conftest import Kubectl, Operator, wait_for
@@ -259,6 +261,31 @@ def test_an_output_that_cant_be_written_loses_documents_not_enforcement(
         time.sleep(0.2)  # its record written (and failed) before the next exec
     assert node_sensor.running()
     assert node_sensor.stop() == 0
+
+
+def test_idle_connections_to_the_metrics_port_are_closed(node_sensor: SensorProcess) -> None:
+    # the port listens on every address: a client that connects and sends nothing must not
+    # keep one of the sensor's threads (and a file descriptor) for ever
+    node_sensor.start()
+    assert node_sensor.proc is not None
+    status = Path(f"/proc/{node_sensor.proc.pid}/status")
+
+    def threads() -> int:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("Threads:"))
+        return int(line.split()[1])
+
+    before = threads()
+    idle = [socket.create_connection(("127.0.0.1", node_sensor.port)) for _ in range(50)]
+    try:
+        assert node_sensor.ready()  # answered meanwhile
+        wait_for("the idle connections closed", lambda: threads() < before + 5,
+                 timeout=CLIENT_TIMEOUT_S + 5)  # fmt: skip
+        for conn in idle:
+            conn.settimeout(1)
+            assert conn.recv(1) == b""  # closed by the sensor
+    finally:
+        for conn in idle:
+            conn.close()
 
 
 def test_a_silent_sensor_makes_its_policies_not_ready_and_back(
