@@ -319,6 +319,36 @@ def test_a_silent_sensor_makes_its_policies_not_ready_and_back(
         op.stop()
 
 
+def test_counts_left_for_a_restart_are_carried_only_within_bounds(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+    custom: client.CustomObjectsApi,
+) -> None:
+    web, _ = web_and_db
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("carried", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    wait_for("counted", lambda: policy_status(custom, namespace, "carried").get("counts", {})
+             .get("blocked") == 1)  # fmt: skip
+    first = node_report(custom, kubelet.node)["sensor"]["instanceId"]
+    meta: Any = custom.get_namespaced_custom_object(
+        "stockade.dev", "v1alpha1", namespace, "containerpolicies", "carried"
+    )["metadata"]
+    assert node_sensor.stop() == 0
+    # a damaged (or forged) unreported.json: a count no report can carry
+    unreported = node_sensor.state / "unreported.json"
+    unreported.write_text(json.dumps([[meta["uid"], meta["generation"], 2**64, 0, 0]]))
+    node_sensor.start()
+    wait_for("the restarted sensor's report", lambda: node_report(custom, kubelet.node)
+             .get("sensor", {}).get("instanceId") not in (None, first), timeout=20)  # fmt: skip
+    assert policy_status(custom, namespace, "carried")["counts"]["blocked"] == 1
+    assert any("unreported" in line["message"] for line in node_sensor.log_lines())
+
+
 def _bundle_configmap(node: str, namespace: str, policy_yaml: str, tmp: Path) -> dict[str, Any]:
     """The node's bundle ConfigMap as the operator would write it, for `policy_yaml`."""
     source = tmp / "policy.yaml"
