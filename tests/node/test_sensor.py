@@ -335,9 +335,10 @@ def test_counts_left_for_a_restart_are_carried_only_within_bounds(
     wait_for("counted", lambda: policy_status(custom, namespace, "carried").get("counts", {})
              .get("blocked") == 1)  # fmt: skip
     first = node_report(custom, kubelet.node)["sensor"]["instanceId"]
-    meta: Any = custom.get_namespaced_custom_object(
+    policy: Any = custom.get_namespaced_custom_object(
         "stockade.dev", "v1alpha1", namespace, "containerpolicies", "carried"
-    )["metadata"]
+    )
+    meta = policy["metadata"]
     assert node_sensor.stop() == 0
     # a damaged (or forged) unreported.json: a count no report can carry
     unreported = node_sensor.state / "unreported.json"
