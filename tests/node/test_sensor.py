@@ -278,11 +278,10 @@ def test_idle_connections_to_the_metrics_port_are_closed(node_sensor: SensorProc
     idle = [socket.create_connection(("127.0.0.1", node_sensor.port)) for _ in range(50)]
     try:
         assert node_sensor.ready()  # answered meanwhile
-        wait_for("the idle connections closed", lambda: threads() < before + 5,
-                 timeout=CLIENT_TIMEOUT_S + 5)  # fmt: skip
-        for conn in idle:
-            conn.settimeout(1)
+        for conn in idle:  # (a connection beyond the listen backlog is accepted late)
+            conn.settimeout(CLIENT_TIMEOUT_S + 10)
             assert conn.recv(1) == b""  # closed by the sensor
+        wait_for("the threads given back", lambda: threads() < before + 5)
     finally:
         for conn in idle:
             conn.close()
