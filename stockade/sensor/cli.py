@@ -8,6 +8,7 @@ the rest of the CLI works on machines without it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -27,6 +28,17 @@ if TYPE_CHECKING:
 def _fail(message: str, code: int = 2) -> int:
     print(f"stockade sensor: {message}", file=sys.stderr)
     return code
+
+
+def _seconds(value: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a positive number of seconds")
+    return seconds
 
 
 def cmd_sensor(args: argparse.Namespace) -> int:
@@ -157,7 +169,11 @@ def _node(
                 # has no gap across a restart, and doesn't wait for the apiserver
                 node.start_offline()
                 sensor.attach()
-                server = serve(node, args.metrics_port) if args.metrics_port else None
+                try:
+                    server = serve(node, args.metrics_port) if args.metrics_port else None
+                except OSError as exc:
+                    log.error(f"can't serve --metrics-port {args.metrics_port}: {exc.strerror}")
+                    return 1
                 node.start()
                 node.run(stop)
                 if server is not None:
@@ -167,9 +183,6 @@ def _node(
     except BpfError as exc:
         log.error(f"can't load the BPF programs: {exc}")
         state.forget_probe()
-        return 1
-    except OSError as exc:
-        log.error(f"can't serve --metrics-port {args.metrics_port}: {exc.strerror}")
         return 1
     return 0
 
@@ -212,7 +225,7 @@ def register(subparsers: Any) -> None:
         help="/healthz, /readyz and /metrics (0: none; default 9464)",
     )  # fmt: skip
     k.add_argument(
-        "--heartbeat", type=float, default=10.0, metavar="SECONDS",
+        "--heartbeat", type=_seconds, default=10.0, metavar="SECONDS",
         help="the NodePolicyReport is written at least this often (default 10)",
     )  # fmt: skip
     k.add_argument("--log-level", default="info", help="debug, info, warning or error")

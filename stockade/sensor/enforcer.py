@@ -40,9 +40,10 @@ POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGT
 # the stats counting events that never reached the output's destination: the kernel's ring
 # buffer or in-flight table full, records we couldn't decode, the Elasticsearch output's
 # queue or spool full (alerts, logs), documents Elasticsearch refused for their content
-# (kept in the dead-letter file, not in the index)
+# (kept in the dead-letter file, not in the index), documents the JSON-lines output
+# couldn't write (a full disk)
 DROP_REASONS = ("rb_fail", "inflight_fail", "undecodable", "es_dropped_alerts",
-                "es_dropped_logs", "es_dead_letter")  # fmt: skip
+                "es_dropped_logs", "es_dead_letter", "output_lost")  # fmt: skip
 
 
 def drops(stats: Mapping[str, int]) -> dict[str, int]:

@@ -56,6 +56,7 @@ POLL_MS = 50  # the loop's longest wait for records: what the watches' news may 
 KEEP_GONE = 4096  # facts of removed cgroups kept for their records still in the ring buffer
 MAX_ERRORS = 8
 MAX_PREFIX_PARTS = 8  # cgroup levels above a cgroup namespace's root we look through
+MAX_COUNT = 2**53  # a carried count beyond it is damage, not counting (the report takes int64)
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,12 @@ class NodeSensor(Enforcer):
         self._carrying = bool(carried)
         for entry in carried:
             match entry:
-                case [str(uid), int(generation), int(blocked), int(alerted), int(logged)] if min(
-                    blocked, alerted, logged
-                ) >= 0 and (tally := self.tallies.get((uid, generation))):
+                case [str(uid), int(generation), int(blocked), int(alerted), int(logged)] if (
+                    0 <= min(blocked, alerted, logged) <= max(blocked, alerted, logged) <= MAX_COUNT
+                ) and (tally := self.tallies.get((uid, generation))):
                     tally.blocked, tally.alerted, tally.logged = blocked, alerted, logged
+                case _:  # one the report can't carry would have it refused for ever
+                    log.warning(f"unreported counts not carried: {str(entry)[:200]}")
         return cached
 
     def restored(self, applied: Applied) -> Applied:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Protocol, TextIO
 
 from stockade.sensor.ecs import Document
 
 __all__ = ["JsonlOutput", "Output", "OutputSpec", "add_arguments", "open_output"]
+
+log = logging.getLogger("stockade.sensor")
 
 
 class Output(Protocol):
@@ -25,27 +29,53 @@ class Output(Protocol):
 
 
 class JsonlOutput:
-    """One JSON document per line on a text stream (closed with the output if owned)."""
+    """One JSON document per line on a text stream (closed with the output if owned).
+
+    A stream that can't be written (a full disk) loses documents, never enforcement: they
+    are counted in `output_lost` (the documents written since the last flush that failed,
+    so at most what was lost) and the sensor goes on.
+    """
 
     def __init__(self, stream: TextIO, owned: bool = False) -> None:
         self.stream = stream
         self.owned = owned
+        self.lost = 0
+        self._unflushed = 0
+        self._failing = False
 
     def write(self, doc: Document) -> None:
-        self.stream.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        self._unflushed += 1
+        try:
+            self.stream.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            self._failed(exc)
 
     def flush(self) -> None:
-        self.stream.flush()
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            self._failed(exc)
+        else:
+            self._failing = False
+        self._unflushed = 0
+
+    def _failed(self, exc: OSError) -> None:
+        self.lost += self._unflushed
+        self._unflushed = 0
+        if not self._failing:
+            log.warning(f"can't write the output: {exc.strerror}; documents are lost until it can")
+        self._failing = True
 
     def stats(self) -> dict[str, int]:
-        return {}
+        return {"output_lost": self.lost}
 
     def close(self) -> None:
         if self.stream.closed:
             return
-        self.stream.flush()
+        self.flush()
         if self.owned:
-            self.stream.close()
+            with suppress(OSError):  # what it still held is counted as lost
+                self.stream.close()
 
 
 class OutputSpec:

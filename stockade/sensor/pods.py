@@ -39,7 +39,9 @@ class PodError(ValueError):
 class PodFacts:
     """What the sensor keeps of one pod bound to its node."""
 
-    uid: str
+    uid: str  # metadata.uid
+    cgroup_uid: str  # the uid its cgroups carry: its own, or a static pod's (mirror pods)
+    created: str  # metadata.creationTimestamp (the apiserver's): the oldest mirror pod wins
     kubernetes: KubernetesFacts  # without cluster_id and cluster_name: the table adds them
     containers: Mapping[str, tuple[str, str]]  # runtime container id → (name, image)
 
@@ -106,8 +108,11 @@ def pod_facts(body: Mapping[str, Any]) -> PodFacts:
     # a static pod's cgroups carry the kubelet's uid for it, which its mirror pod names
     annotations = _strings(meta.get("annotations"), "metadata.annotations")
     mirror = annotations.get(MIRROR_ANNOTATION)
+    created = meta.get("creationTimestamp")
     return PodFacts(
-        uid=(mirror if isinstance(mirror, str) and mirror else uid).lower(),
+        uid=uid.lower(),
+        cgroup_uid=(mirror or uid).lower(),
+        created=created if isinstance(created, str) else "",
         kubernetes=KubernetesFacts(
             namespace=namespace,
             pod_name=name,
@@ -133,10 +138,21 @@ class NodeContainers:
     pods: dict[str, PodFacts] = field(default_factory=dict)
     cgroups: dict[int, tuple[str, KubeCgroup]] = field(default_factory=dict)
     listed: dict[int, Container] = field(default_factory=dict)
+    mirrors: dict[str, set[str]] = field(default_factory=dict)  # static pod uid → mirror pods
+
+    def _owner(self, cgroup_uid: str) -> PodFacts | None:
+        """The pod whose facts the cgroups named with `cgroup_uid` get: the pod of that uid
+        (a uid the apiserver gave) whatever its annotations say, else the oldest mirror pod
+        naming it (an annotation any pod creator can write: it never takes another pod's)."""
+        own = self.pods.get(cgroup_uid)
+        if own is not None:
+            return own
+        claims = [self.pods[uid] for uid in self.mirrors.get(cgroup_uid, ())]
+        return min(claims, key=lambda p: (p.created, p.uid), default=None)
 
     def _facts(self, cgroup_id: int) -> Container | None:
         path, kc = self.cgroups[cgroup_id]
-        pod = self.pods.get(kc.pod_uid)
+        pod = self._owner(kc.pod_uid)
         if pod is None:
             return None
         kubernetes = pod.kubernetes.model_copy(
@@ -170,24 +186,44 @@ class NodeContainers:
                     self.listed[cgid] = facts
         return changed
 
-    def _of_pod(self, uid: str) -> list[int]:
-        return [cgid for cgid, (_, kc) in self.cgroups.items() if kc.pod_uid == uid]
+    def _of_pod(self, *pods: PodFacts) -> list[int]:
+        uids = {p.uid for p in pods} | {p.cgroup_uid for p in pods}
+        return [cgid for cgid, (_, kc) in self.cgroups.items() if kc.pod_uid in uids]
+
+    def _unindex(self, pod: PodFacts) -> None:
+        claims = self.mirrors.get(pod.cgroup_uid)
+        if claims is not None:
+            claims.discard(pod.uid)
+            if not claims:
+                del self.mirrors[pod.cgroup_uid]
+
+    def _index(self, pod: PodFacts) -> None:
+        self.pods[pod.uid] = pod
+        if pod.cgroup_uid != pod.uid:
+            self.mirrors.setdefault(pod.cgroup_uid, set()).add(pod.uid)
 
     def put_pod(self, pod: PodFacts) -> set[int]:
-        if self.pods.get(pod.uid) == pod:
+        old = self.pods.get(pod.uid)
+        if old == pod:
             return set()
-        self.pods[pod.uid] = pod
-        return self._refresh(self._of_pod(pod.uid))
+        if old is not None:
+            self._unindex(old)
+        self._index(pod)
+        return self._refresh(self._of_pod(pod, *([old] if old else [])))
 
     def remove_pod(self, uid: str) -> set[int]:
-        if self.pods.pop(uid, None) is None:
+        old = self.pods.pop(uid, None)
+        if old is None:
             return set()
-        return self._refresh(self._of_pod(uid))
+        self._unindex(old)
+        return self._refresh(self._of_pod(old))
 
     def replace_pods(self, pods: Iterable[PodFacts]) -> set[int]:
         """A full list: pods not in it are gone (and cgroups listed from a cache before the
         pods were known are checked against it)."""
-        self.pods = {p.uid: p for p in pods}
+        self.pods, self.mirrors = {}, {}
+        for pod in pods:
+            self._index(pod)
         return self._refresh(set(self.cgroups) | set(self.listed))
 
     def add_cgroup(self, cgroup_id: int, path: str) -> set[int]:

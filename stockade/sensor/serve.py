@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["serve"]
 
 STALL_S = 30.0  # /healthz fails when the record loop hasn't turned for this long
+CLIENT_TIMEOUT_S = 5.0  # a client silent this long is closed (each one holds a thread)
 
 
 class _Sensor(Collector):
@@ -86,6 +87,8 @@ def serve(node: NodeSensor, port: int, host: str = "0.0.0.0") -> ThreadingHTTPSe
     registry.register(_Sensor(node))
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = CLIENT_TIMEOUT_S
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

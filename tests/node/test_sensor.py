@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import shutil
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from stockade.operator.bundles import configmap_name
 from stockade.policy.bundle import HASH_ANNOTATION, configmap_payload
 from stockade.policy.compiler import compile_bundle
 from stockade.policy.loader import iter_policies
+from stockade.sensor.serve import CLIENT_TIMEOUT_S
 from tests.node.kubelet import Kubelet, Pod
 from tests.node.sensor import SensorProcess
 from tests.operator.conftest import Kubectl, Operator, wait_for
@@ -245,6 +247,50 @@ def test_restart_without_the_apiserver_enforces_the_cached_bundle(
     assert any("is the one in force" in m for m in messages[started:])
 
 
+def test_an_output_that_cant_be_written_loses_documents_not_enforcement(
+    node_sensor: SensorProcess,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    web, _ = web_and_db
+    node_sensor.start("--output", "jsonl:/dev/full")  # a full disk: every write fails
+    kubectl("apply", "-f", "-", input=block_exec("no-tool", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    wait_for("the lost document counted", lambda: node_sensor.running() and node_sensor.metrics()
+             .get("stockade_sensor_dropped_total", 0) >= 1)  # fmt: skip
+    for _ in range(3):
+        assert web.run("app", [str(tool)]).returncode == KILLED
+        time.sleep(0.2)  # its record written (and failed) before the next exec
+    assert node_sensor.running()
+    assert node_sensor.stop() == 0
+
+
+def test_idle_connections_to_the_metrics_port_are_closed(node_sensor: SensorProcess) -> None:
+    # the port listens on every address: a client that connects and sends nothing must not
+    # keep one of the sensor's threads (and a file descriptor) for ever
+    node_sensor.start()
+    assert node_sensor.proc is not None
+    status = Path(f"/proc/{node_sensor.proc.pid}/status")
+
+    def threads() -> int:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("Threads:"))
+        return int(line.split()[1])
+
+    before = threads()
+    idle = [socket.create_connection(("127.0.0.1", node_sensor.port)) for _ in range(50)]
+    try:
+        assert node_sensor.ready()  # answered meanwhile
+        for conn in idle:  # (a connection beyond the listen backlog is accepted late)
+            conn.settimeout(CLIENT_TIMEOUT_S + 10)
+            assert conn.recv(1) == b""  # closed by the sensor
+        wait_for("the threads given back", lambda: threads() < before + 5)
+    finally:
+        for conn in idle:
+            conn.close()
+
+
 def test_a_silent_sensor_makes_its_policies_not_ready_and_back(
     node_sensor: SensorProcess,
     kubelet: Kubelet,
@@ -274,6 +320,37 @@ def test_a_silent_sensor_makes_its_policies_not_ready_and_back(
                  == "True/Applied", timeout=20)  # fmt: skip
     finally:
         op.stop()
+
+
+def test_counts_left_for_a_restart_are_carried_only_within_bounds(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+    custom: client.CustomObjectsApi,
+) -> None:
+    web, _ = web_and_db
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("carried", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    wait_for("counted", lambda: policy_status(custom, namespace, "carried").get("counts", {})
+             .get("blocked") == 1)  # fmt: skip
+    first = node_report(custom, kubelet.node)["sensor"]["instanceId"]
+    policy: Any = custom.get_namespaced_custom_object(
+        "stockade.dev", "v1alpha1", namespace, "containerpolicies", "carried"
+    )
+    meta = policy["metadata"]
+    assert node_sensor.stop() == 0
+    # a damaged (or forged) unreported.json: a count no report can carry
+    unreported = node_sensor.state / "unreported.json"
+    unreported.write_text(json.dumps([[meta["uid"], meta["generation"], 2**64, 0, 0]]))
+    node_sensor.start()
+    wait_for("the restarted sensor's report", lambda: node_report(custom, kubelet.node)
+             .get("sensor", {}).get("instanceId") not in (None, first), timeout=20)  # fmt: skip
+    assert policy_status(custom, namespace, "carried")["counts"]["blocked"] == 1
+    assert any("unreported" in line["message"] for line in node_sensor.log_lines())
 
 
 def _bundle_configmap(node: str, namespace: str, policy_yaml: str, tmp: Path) -> dict[str, Any]:

@@ -239,3 +239,20 @@ def test_the_containers_file_goes_through_the_same_reader(tmp_path: Path) -> Non
     path.write_text('{"/a": ' + "[" * 100 + "]" * 100 + "}")
     with pytest.raises(ContainersError, match=r"nested deeper than 64 levels"):
         load_containers(path)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_heartbeat_that_isnt_a_positive_number_of_seconds_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    value: str,
+) -> None:
+    # 0 or less wrote a report on every turn of the loop; nan or inf never a heartbeat
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # should it get that far
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    args = ["--node-name", "n", "--output", "jsonl:-", "--state-dir", tmp_path, "--heartbeat"]
+    with pytest.raises(SystemExit) as exc:
+        main(["sensor", *map(str, args), value])
+    assert exc.value.code == 2
+    assert f"--heartbeat: {value!r}: want a positive number of seconds" in capsys.readouterr().err

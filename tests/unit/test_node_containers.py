@@ -146,3 +146,48 @@ _JSON = st.recursive(
 def test_any_pod_object_is_read_or_refused_never_crashes(body: dict[str, Any]) -> None:
     with contextlib.suppress(PodError):
         pod_facts(body)
+
+
+def _mirror(uid: str, target: str, created: str, labels: dict[str, str]) -> dict[str, Any]:
+    body = pod(labels=labels)
+    body["metadata"].update(
+        uid=uid,
+        namespace="sandbox",
+        name=f"mirror-{uid[:4]}",
+        creationTimestamp=created,
+        annotations={"kubernetes.io/config.mirror": target},
+    )
+    return body
+
+
+def test_a_mirror_annotation_never_takes_another_pods_cgroups() -> None:
+    # Any pod creator can write kubernetes.io/config.mirror: naming a running pod's uid must
+    # neither give that pod's containers the forger's facts nor, once the forger is deleted
+    # (as the kubelet deletes an orphaned mirror pod), leave them without any.
+    forger = "1" * 8 + "-1111-1111-1111-" + "1" * 12
+    table = NodeContainers()
+    table.add_cgroup(3, CTR_CG)
+    table.put_pod(pod_facts(_mirror(forger, UID, "2026-01-01T00:00:00Z", {"app": "db"})))
+    table.put_pod(pod_facts(pod()))
+    relabelled = _mirror(forger, UID, "2026-01-01T00:00:00Z", {"x": "y"})
+    assert table.put_pod(pod_facts(relabelled)) == set()
+    assert (table.listed[3].workload.namespace, table.listed[3].workload.pod_labels) == (
+        "shop",
+        {"app": "web"},
+    )
+    assert table.remove_pod(forger) == set() and table.listed[3].workload.pod_name == "web-1"
+    assert table.replace_pods([pod_facts(pod())]) == set()
+
+
+def test_a_static_pods_cgroups_get_its_oldest_mirror_pods_facts() -> None:
+    static = "c" * 32  # the kubelet's uid for a static pod: its cgroups carry this one
+    cgroup = f"/kubepods.slice/kubepods-pod{static}.slice"
+    real = "2" * 8 + "-2222-2222-2222-" + "2" * 12
+    table = NodeContainers()
+    table.add_cgroup(4, cgroup)
+    assert table.put_pod(pod_facts(_mirror(real, static, "2026-01-01T00:00:00Z", {"c": "etcd"})))
+    later = "3" * 8 + "-3333-3333-3333-" + "3" * 12
+    assert table.put_pod(pod_facts(_mirror(later, static, "2026-02-01T00:00:00Z", {}))) == set()
+    assert table.listed[4].workload.pod_labels == {"c": "etcd"}
+    assert table.remove_pod(later) == set()
+    assert table.remove_pod(real) == {4} and 4 not in table.listed
