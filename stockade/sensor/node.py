@@ -112,7 +112,7 @@ class NodeSensor(Enforcer):
         self._dirty = True  # something the report shows changed since the last one
         self._reported = -float("inf")  # when the last report was handed over
         self._reported_tallies: tuple[tuple[int, int, int], ...] = ()
-        self._rescan_due = self._commit_due = 0.0
+        self._rescan_due = self._commit_due = self._rescanned = 0.0
         self._containers_changed = False
         self._carrying = False  # counts carried from the last sensor, not reported yet
         self.reporter = ReportWriter(api, log)
@@ -450,9 +450,11 @@ class NodeSensor(Enforcer):
 
     def _periodic(self, monotonic: float) -> None:
         stats_fail = self.sensor.stats().get("cgroup_fail", 0)
-        if monotonic >= self._rescan_due or stats_fail != self._cgroup_fail:
+        lost = stats_fail != self._cgroup_fail and monotonic >= self._rescanned + 1.0
+        if monotonic >= self._rescan_due or lost:  # lost cgroup records: at most once a second
             self._cgroup_fail = stats_fail
             self._rescan()
+            self._rescanned = monotonic
             self._rescan_due = monotonic + self.options.rescan_s
         if self._containers_changed and monotonic >= self._commit_due and self._writing is None:
             self._commit_containers()

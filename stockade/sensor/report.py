@@ -101,8 +101,9 @@ class ReportWriter:
             self._latest = body
             self._wake.notify()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Write what is pending (within `timeout`), then stop."""
+    def stop(self, timeout: float = WRITE_TIMEOUT + 1) -> None:
+        """Write what is pending, then stop; waits out a write in flight (so `acknowledged`
+        is settled: what a stopping sensor keeps as unreported is never also reported)."""
         with self._wake:
             self._stopping = True
             self._wake.notify()

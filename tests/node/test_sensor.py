@@ -259,7 +259,7 @@ def test_an_output_that_cant_be_written_loses_documents_not_enforcement(
     kubectl("apply", "-f", "-", input=block_exec("no-tool", namespace, {"app": "web"}, tool))
     wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
     wait_for("the lost document counted", lambda: node_sensor.running() and node_sensor.metrics()
-             .get("stockade_sensor_dropped_total", 0) >= 1)  # fmt: skip
+             .get('stockade_sensor_dropped_total{reason="output_lost"}', 0) >= 1)  # fmt: skip
     for _ in range(3):
         assert web.run("app", [str(tool)]).returncode == KILLED
         time.sleep(0.2)  # its record written (and failed) before the next exec
