@@ -50,7 +50,7 @@ def test_a_full_spool_and_a_full_queue_are_drops_by_reason(tmp_path: Path) -> No
                     "es_dropped_alerts": 0, "es_dropped_logs": lost["es_dropped_logs"]}  # fmt: skip
     total = sum(lost.values())
     node = SimpleNamespace(
-        stats=lambda: {**stats, "dropped": total}, records={}, apply_seconds=[],
+        stats=lambda: {**stats, "dropped": total}, records={}, applies=0, last_apply_s=0.0,
         counts={"refused": 0}, table=SimpleNamespace(listed={}), watches=[], ready=True,
         heartbeat=time.monotonic(),
     )  # fmt: skip
