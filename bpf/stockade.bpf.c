@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Stockade kill-mode programs: the sched_process_{exec,fork,exit} tracepoints
- * (their bodies in lib/process.h, shared with lsm mode) and the file-operation
+ * (lib/common_progs.h, shared with the other modes) and the file-operation
  * syscalls (lib/file.h decides and reports). Decisions
  * are made from the policy maps (see docs/kernel.md); only operations with
  * actions produce a record; `block` is SIGKILL. cgroup_mkdir/rmdir report
@@ -15,19 +15,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* ------------------------------------------------------ process programs */
 
-SEC("tracepoint/sched/sched_process_exec")
-int stk_exec(struct trace_event_raw_sched_process_exec *ctx)
-{
-	return handle_process(ctx, STK_HOOK_EXEC, NULL, NULL, NULL, 0);
-}
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
-{
-	if (child->pid != child->tgid)
-		return 0; /* a new thread, not a new process */
-	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
-}
+/* exec, fork and exit: lib/common_progs.h */
 
 /*
  * A program's code can run without an exec of it: the loader (`ld.so PROGRAM`) maps it

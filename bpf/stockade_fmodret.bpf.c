@@ -28,7 +28,7 @@ int BPF_PROG(stk_fmodret_fork, struct task_struct *task, unsigned long clone_fla
 	return ret ?: deny_fork(ctx, clone_flags, STK_HOOK_FMODRET_TASK_ALLOC);
 }
 
-/* sched_process_* and cgroup records: lib/deny.h and lib/common_progs.h */
+/* sched_process_* and cgroup records: lib/common_progs.h */
 
 /* ----------------------------------------------------------------- files */
 

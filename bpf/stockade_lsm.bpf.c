@@ -26,7 +26,7 @@ int BPF_PROG(stk_lsm_fork, struct task_struct *task, unsigned long clone_flags, 
 	return ret ?: deny_fork(ctx, clone_flags, STK_HOOK_LSM_TASK_ALLOC);
 }
 
-/* sched_process_* and cgroup records: lib/deny.h and lib/common_progs.h */
+/* sched_process_* and cgroup records: lib/common_progs.h */
 
 /* ----------------------------------------------------------------- files */
 

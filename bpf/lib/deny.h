@@ -198,20 +198,4 @@ static __always_inline int deny_truncate(struct dentry *d, struct vfsmount *m, _
 	return file_decide(&e, hook, 1u << STK_OP_MODIFY_FILE, 0, mode, 0, &src, 1);
 }
 
-/* sched_process_*: what the deny programs allowed, reported after it happened (as in kill mode) */
-
-SEC("tracepoint/sched/sched_process_exec")
-int stk_exec(struct trace_event_raw_sched_process_exec *ctx)
-{
-	return handle_process(ctx, STK_HOOK_EXEC, NULL, NULL, NULL, 0);
-}
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(stk_fork, struct task_struct *parent, struct task_struct *child)
-{
-	if (child->pid != child->tgid)
-		return 0; /* a new thread, not a new process */
-	return handle_process(ctx, STK_HOOK_FORK, child, NULL, NULL, 0);
-}
-
 #endif
