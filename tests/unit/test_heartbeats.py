@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stockade.operator.heartbeats import Heartbeats
-from stockade.operator.objects import policy_record
+from stockade.operator.objects import PolicyRecord, policy_record
 from stockade.operator.status import WRITE_FAILED, NodeProblem, policy_status
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import CountsStatus
@@ -67,8 +67,9 @@ def test_a_heartbeat_ahead_of_the_operators_clock_is_trusted_only_for_the_thresh
     )
 
 
-def status(silent: dict[str, str], **given: Any) -> tuple[str, str]:
-    record = policy_record(
+def web_policy(*actions: str) -> PolicyRecord:
+    """shop/web, generation 1: one process selector with these actions."""
+    return policy_record(
         {
             "apiVersion": "stockade.dev/v1alpha1",
             "kind": "ContainerPolicy",
@@ -77,11 +78,15 @@ def status(silent: dict[str, str], **given: Any) -> tuple[str, str]:
                 "podSelector": {"matchLabels": {"app": "web"}},
                 "process": {
                     "selectors": [{"name": "shells", "processName": ["bash"]}],
-                    "responses": [{"match": ["shells"], "actions": ["alert"]}],
+                    "responses": [{"match": ["shells"], "actions": list(actions)}],
                 },
             },
         }
     )
+
+
+def status(silent: dict[str, str], **given: Any) -> tuple[str, str]:
+    record = web_policy("alert")
     nodes = [f"n{i}" for i in range(1, 9)]
     args: dict[str, Any] = {
         "targeted": nodes,

@@ -3,29 +3,15 @@ operation: those in kill or observe mode; lsm and fmodret nodes deny (EPERM)."""
 
 from __future__ import annotations
 
-from stockade.operator.objects import policy_record
 from stockade.operator.status import policy_status
 from stockade.policy.reports import EnforcementMode, NodePolicyReport
 from stockade.policy.resources import CountsStatus
 
-from .test_heartbeats import T0, UID
+from .test_heartbeats import T0, UID, web_policy
 
 
 def ready_message(modes: list[EnforcementMode]) -> str:
-    record = policy_record(
-        {
-            "apiVersion": "stockade.dev/v1alpha1",
-            "kind": "ContainerPolicy",
-            "metadata": {"name": "web", "namespace": "shop", "uid": UID, "generation": 1},
-            "spec": {
-                "podSelector": {"matchLabels": {"app": "web"}},
-                "process": {
-                    "selectors": [{"name": "shells", "processName": ["bash"]}],
-                    "responses": [{"match": ["shells"], "actions": ["alert", "block"]}],
-                },
-            },
-        }
-    )
+    record = web_policy("alert", "block")
     nodes = [f"n{i}" for i in range(len(modes))]
     reports = {
         n: NodePolicyReport.model_validate(
