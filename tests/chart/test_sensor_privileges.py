@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from stockade.local.kubelet import CGROUP2, Kubelet
 from tests.integration.conftest import Kubectl
-from tests.node.kubelet import CGROUP2, Kubelet
 from tests.node.sensor import SensorProcess
 from tests.node.test_sensor import KILLED, block_exec
 from tests.operator.conftest import Operator, service_account_token, token_kubeconfig, wait_for

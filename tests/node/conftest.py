@@ -1,4 +1,4 @@
-"""Fixtures for tests on a node stood in for by `tests.node.kubelet`: the real apiserver,
+"""Fixtures for tests on a node stood in for by `stockade.local.kubelet`: the real apiserver,
 Kubelets that register their Node and run pods' processes in cgroup v2 directories.
 
 ``core``      the apiserver's ``CoreV1Api``
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from stockade.local.kubelet import CGROUP2, Kubelet
 from tests.integration import conftest as integration
-from tests.node.kubelet import CGROUP2, Kubelet
 from tests.node.sensor import SensorProcess
 from tests.operator import conftest as operator_suite
 from tests.operator.conftest import Operator

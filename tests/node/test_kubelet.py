@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from stockade.local.kubelet import CGROUP2, Kubelet, Pod
 from tests.node.conftest import MakeKubelet
-from tests.node.kubelet import CGROUP2, Kubelet, Pod
 
 pytestmark = pytest.mark.integration
 

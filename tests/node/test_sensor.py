@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from stockade.local.kubelet import Kubelet, Pod
 from stockade.operator.bundles import configmap_name
 from stockade.policy.bundle import HASH_ANNOTATION, configmap_payload
 from stockade.policy.compiler import compile_bundle
 from stockade.policy.loader import iter_policies
 from stockade.sensor.serve import CLIENT_TIMEOUT_S
-from tests.node.kubelet import Kubelet, Pod
 from tests.node.sensor import SensorProcess
 from tests.operator.conftest import Kubectl, Operator, wait_for
 

@@ -1,13 +1,14 @@
 """A stand-in for a node's kubelet and container runtime, acting only where a sensor sees them.
 
-No kubelet or container runtime can run on the test machine, so this does what they would
-leave behind for a sensor, and nothing else: the Node object (as the kubelet registers it),
-Pods bound to it (as the scheduler's binding leaves them), the pod and container cgroups
-named as the kubelet's cgroup driver and the runtime name them, the pod status with
-`containerStatuses` as the kubelet writes it, and real processes that join a container's
-cgroup before they exec. Only the cgroup v2 hierarchy is touched (the machine's v1 groups
-belong to its supervisor); with no controllers enabled there, the directories are plain
-groups, which is all a sensor reads.
+No kubelet or container runtime runs on a development or test machine, so this does what
+they would leave behind for a sensor, and nothing else (`stockade up` registers this host's
+Node with it, `stockade demo` starts its container with it, the node tests use it): the Node
+object (as the kubelet registers it), Pods bound to it (as the scheduler's binding leaves
+them), the pod and container cgroups named as the kubelet's cgroup driver and the runtime
+name them, the pod status with `containerStatuses` as the kubelet writes it, and real
+processes that join a container's cgroup before they exec. Only the cgroup v2 hierarchy is
+touched (the machine's v1 groups belong to its supervisor); with no controllers enabled
+there, the directories are plain groups, which is all a sensor reads.
 
     kubelet = Kubelet(core, "node-1")
     kubelet.register()
