@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stockade.local import cli as local_cli
 from stockade.operator.heartbeats import DEFAULT_AFTER as DEFAULT_SILENT_AFTER
 from stockade.policy.bundle import encode, render_json_schema
 from stockade.policy.compiler import CompileError, Pod, compile_bundle
@@ -368,6 +369,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_operator)
 
+    local_cli.register(sub)
     sensor_cli.register(sub)
     es_setup.register(sub)
 
