@@ -111,6 +111,9 @@ class Process:
                 start_new_session=True,  # Ctrl-C of `up` leaves it running
             )
         self.pidfile.write_text(str(proc.pid))
+        deadline = time.monotonic() + 10  # until the child has exec'd: `pid` knows it then
+        while self.pid() is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def check(self) -> None:
         if self.pid() is None:
