@@ -43,9 +43,9 @@ crds:
 schemas:
 	$(VENV)/bin/stockade generate-bundle-schema docs/bundle.schema.json
 
-## The main job, for now: validate the shipped example policies.
+## The main command: the whole loop on this machine (docs/quickstart.md); `stockade down` stops it.
 run:
-	$(VENV)/bin/stockade validate examples/policies/*.yaml
+	$(VENV)/bin/stockade up
 
 services-up:
 	services/up

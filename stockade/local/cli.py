@@ -48,7 +48,9 @@ Try:
   . {stack.state}/env; export PATH={bin_dir}:$PATH   # KUBECONFIG, ELASTICSEARCH_URL, kubectl
   kubectl get clustercontainerpolicies,containerpolicies -A
   kubectl get nodepolicyreport {stack.node} -o yaml
-  curl -s "$ELASTICSEARCH_URL/logs-cloud_defend.*/_search?size=1&sort=@timestamp:desc&pretty"
+  curl -s "$ELASTICSEARCH_URL/logs-cloud_defend.alerts-*/_search?size=3&sort=@timestamp:desc\
+&filter_path=hits.hits._source&pretty\
+&_source=@timestamp,event.action,process.executable,file.path,cloud_defend.outcome"
   {me} demo    # a container, a drift alert, a policy that blocks, the counts
   {me} down    # stop and remove all of it"""
     )
