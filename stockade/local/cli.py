@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stockade.local.stack import StackError
+from stockade.local import StackError
 
 
 def _say(line: str) -> None:

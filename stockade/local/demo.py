@@ -31,8 +31,9 @@ from typing import Any
 
 from kubernetes import client
 
+from stockade.local import StackError
 from stockade.local.kubelet import BUSYBOX, CGROUP2, Kubelet, Pod, kill, prune, remove
-from stockade.local.stack import Progress, Stack, StackError, wait
+from stockade.local.stack import Progress, Stack, wait
 from stockade.policy.resources import GROUP, VERSION
 
 __all__ = ["BLOCK_POLICY", "Container", "remove_demo", "run_demo", "start_container"]

@@ -39,11 +39,12 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
+from stockade.local import StackError
 from stockade.local.kubelet import Kubelet
 from stockade.operator.metrics import scrape
 from stockade.policy.resources import GROUP, VERSION
 
-__all__ = ["REPO", "Stack", "StackError"]
+__all__ = ["REPO", "Stack"]
 
 REPO = Path(__file__).resolve().parents[2]  # the clone `stockade` is installed from
 NAMESPACE = "stockade-system"  # the operator's bundles and Lease, as the chart installs it
@@ -52,10 +53,6 @@ DEFAULT_POLICY = "default"  # the ClusterContainerPolicy made of examples/polici
 HEARTBEAT_S = 2  # the sensor's report, so counts show within seconds
 Progress = Callable[[str], None]
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-class StackError(Exception):
-    """A piece that can't start or answer, named in one line (the CLI prints it, exit 1)."""
 
 
 def _quiet(line: str) -> None:
