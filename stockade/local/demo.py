@@ -36,7 +36,10 @@ from stockade.local.kubelet import BUSYBOX, CGROUP2, Kubelet, Pod, kill, prune, 
 from stockade.local.stack import Progress, Stack, wait
 from stockade.policy.resources import GROUP, VERSION
 
-__all__ = ["BLOCK_POLICY", "Container", "remove_demo", "run_demo", "start_container"]
+__all__ = [
+    "BLOCK_POLICY", "DEMO_NS", "RunningContainer", "build_rootfs", "remove_demo", "run_demo",
+    "start_container",
+]  # fmt: skip
 
 DEMO_NS = "demo"
 BLOCK_POLICY = "no-binaries-from-tmp"
@@ -70,7 +73,7 @@ def build_rootfs(root: Path) -> Path:
 
 
 @dataclass
-class Container:
+class RunningContainer:
     """A running container of the stand-in: its pod, its main process, its root."""
 
     pod: Pod
@@ -139,7 +142,7 @@ def start_container(
     name: str,
     labels: dict[str, str],
     container: str = "app",
-) -> Container:
+) -> RunningContainer:
     """A pod with one container whose main process (`sleep infinity`, in its own session,
     so it outlives the caller) has its own mount namespace on `rootfs`."""
     pod = kubelet.start_pod(namespace, name, labels, ((container, BUSYBOX),))
@@ -169,7 +172,7 @@ def start_container(
             return False
 
     wait("the demo container's main process", in_root, 10, lambda: None)
-    return Container(pod, container, main.pid)
+    return RunningContainer(pod, container, main.pid)
 
 
 def _record(stack: Stack) -> Path:
