@@ -122,3 +122,15 @@ def test_up_twice_demo_down(environ: dict[str, str]) -> None:
     stockade(environ, "down")
     assert [pid for pid in pids if alive(pid)] == []
     assert not cgroup.exists() and not stack.state.exists()
+
+
+def test_demo_before_up_and_down_on_nothing(tmp_path: Path) -> None:
+    """Without a stack: `demo` says so in one line; `down` has nothing to do and succeeds."""
+    env = {**os.environ, "STOCKADE_STATE": str(tmp_path / "state")}
+    demo = subprocess.run(
+        [str(STOCKADE), "demo"], env=env, capture_output=True, text=True, check=False
+    )
+    assert (demo.returncode, demo.stderr) == (
+        1, "stockade demo: the stack is not up: run `stockade up` first\n"
+    )  # fmt: skip
+    assert stockade(env, "down") == ""
