@@ -38,7 +38,7 @@ from stockade.policy.resources import GROUP, VERSION
 
 __all__ = [
     "BLOCK_POLICY", "DEMO_NS", "RunningContainer", "build_rootfs", "remove_demo", "run_demo",
-    "start_container",
+    "run_main", "start_container",
 ]  # fmt: skip
 
 DEMO_NS = "demo"
@@ -143,27 +143,19 @@ def start_container(
     labels: dict[str, str],
     container: str = "app",
 ) -> RunningContainer:
-    """A pod with one container whose main process (`sleep infinity`, in its own session,
-    so it outlives the caller) has its own mount namespace on `rootfs`."""
+    """A pod with one container (see `run_main`)."""
     pod = kubelet.start_pod(namespace, name, labels, ((container, BUSYBOX),))
+    return run_main(pod, container, rootfs)
+
+
+def run_main(pod: Pod, container: str, rootfs: Path) -> RunningContainer:
+    """The container's main process, `sleep infinity`: in its own session (so it outlives
+    the caller) and its own mount namespace, chrooted into `rootfs`."""
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "chroot", str(rootfs)]
     main = pod.popen(
-        container,
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "chroot",
-            str(rootfs),
-            "/bin/sleep",
-            "infinity",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+        container, [*argv, "/bin/sleep", "infinity"], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
 
     def in_root() -> bool:  # unshare and chroot exec'd: the process is the container's sleep
         try:
@@ -171,7 +163,7 @@ def start_container(
         except OSError:
             return False
 
-    wait("the demo container's main process", in_root, 10, lambda: None)
+    wait("the container's main process", in_root, 10, lambda: None)
     return RunningContainer(pod, container, main.pid)
 
 
@@ -305,8 +297,10 @@ def run_demo(stack: Stack, say: Progress) -> dict[str, Any]:
         custom = client.CustomObjectsApi(api)
         _forget_previous(stack, core, custom)
         kubelet = Kubelet(core, stack.node)
-        box = start_container(kubelet, rootfs, DEMO_NS, "demo", {"app": "demo"})
-        _record(stack).write_text(json.dumps({"cgroup": str(box.pod.cgroup)}))
+        pod = kubelet.start_pod(DEMO_NS, "demo", {"app": "demo"}, (("app", BUSYBOX),))
+        # recorded before anything runs in it: an interrupted demo leaves nothing `down` misses
+        _record(stack).write_text(json.dumps({"cgroup": str(pod.cgroup)}))
+        box = run_main(pod, "app", rootfs)
         say(
             f"A container, as a kubelet and containerd leave one: pod {DEMO_NS}/demo on node"
             f" {stack.node}, its processes in their own mount namespace on {rootfs},\n"
