@@ -7,6 +7,7 @@ line naming it (exit 1); Ctrl-C is one line too (exit 130), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,11 @@ from stockade.local import StackError
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    """A progress line; a reader gone (`stockade down | head -1`) doesn't stop the work."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:  # the rest to /dev/null, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _guarded(run: Callable[[argparse.Namespace], int], interrupted: str) -> Any:
