@@ -154,11 +154,11 @@ class Stack:
 
     # --- what a user looks at -------------------------------------------------------------
 
-    def row(self, namespace: str, name: str) -> dict[str, str]:
-        """`kubectl get containerpolicies NAME`, by column (a column not filled yet: "")."""
-        header, values = self.kubectl(
-            "get", "containerpolicies", "-n", namespace, name
-        ).stdout.splitlines()
+    def row(self, namespace: str | None, name: str) -> dict[str, str]:
+        """`kubectl get containerpolicies NAME` (namespace None: clustercontainerpolicies),
+        by column (a column not filled yet: "")."""
+        where = ["containerpolicies", "-n", namespace] if namespace else ["clustercontainerpolicies"]
+        header, values = self.kubectl("get", *where, name).stdout.splitlines()
         starts = [m.start() for m in re.finditer(r"\S+", header)]
         return {
             header[a:b].strip(): values[a:b].strip()
