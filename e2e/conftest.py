@@ -45,6 +45,8 @@ from tests.operator import conftest as operator_suite
 from tests.operator.conftest import Operator, wait_for
 from tests.operator.test_operator import read_bundle
 
+__all__ = ["Pod", "Stack", "Story", "run"]
+
 REPO = Path(__file__).resolve().parents[1]
 IN_VM = os.environ.get("STOCKADE_VM") == "1"
 # e2e/vm runs inside the test VM only (tests/kernel/test_lsm_vm.py boots it), with a
@@ -99,6 +101,7 @@ class Stack:
     sensor: SensorProcess
     run_id: str  # the prefix of every namespace this session makes
     default_policy: str  # the seed's default policy's ClusterContainerPolicy
+    sensor_mode: str = ""  # what the sensor probed at its last start
 
     @property
     def node(self) -> str:
@@ -114,6 +117,7 @@ class Stack:
             "--output", f"elasticsearch:{url}", "--es-namespace", ES_NAMESPACE,
             kubeconfig=kubeconfig,
         )  # fmt: skip
+        self.sensor_mode = str([line["mode"] for line in self.sensor_log() if "mode" in line][-1])
 
     def stop_elasticsearch(self) -> None:
         stop_elasticsearch(self.env)
@@ -121,9 +125,20 @@ class Stack:
     def start_elasticsearch(self) -> None:
         start_elasticsearch()
 
+    def sensor_log(self) -> list[dict[str, Any]]:
+        """The sensor's log lines: JSON, but for the Elasticsearch output's own plain lines
+        (`stockade sensor: elasticsearch: ...`), which come as {"message": line}."""
+        lines = []
+        for line in self.sensor.log.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                lines.append({"message": line})
+        return lines
+
     def mode(self) -> str:
-        """The enforcement mode the sensor probed (its log says)."""
-        return str([line["mode"] for line in self.sensor.log_lines() if "mode" in line][-1])
+        """The enforcement mode the sensor probed at its last start."""
+        return self.sensor_mode
 
     def blocked(self, returncode: int) -> bool:
         """Whether a process's exit status is a block's: killed (kill mode), or the
@@ -157,13 +172,20 @@ class Stack:
     def row(self, namespace: str | None, name: str) -> dict[str, str]:
         """`kubectl get containerpolicies NAME` (namespace None: clustercontainerpolicies),
         by column (a column not filled yet: "")."""
-        where = ["containerpolicies", "-n", namespace] if namespace else ["clustercontainerpolicies"]
-        header, values = self.kubectl("get", *where, name).stdout.splitlines()
+        kind = ["containerpolicies", "-n", namespace] if namespace else ["clustercontainerpolicies"]
+        header, values = self.kubectl("get", *kind, name).stdout.splitlines()
         starts = [m.start() for m in re.finditer(r"\S+", header)]
         return {
             header[a:b].strip(): values[a:b].strip()
             for a, b in zip(starts, [*starts[1:], None], strict=True)
         }
+
+    def policy(self, namespace: str, name: str) -> dict[str, Any]:
+        """The ContainerPolicy as stored."""
+        obj: Any = self.custom.get_namespaced_custom_object(
+            "stockade.dev", "v1alpha1", namespace, "containerpolicies", name
+        )
+        return dict(obj)
 
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         return policy_status(self.custom, namespace, name)

@@ -31,7 +31,9 @@ def cluster_policy(name: str, namespace_labels: Mapping[str, str], **spec: Any) 
     }
 
 
-def no_new_executables(directory: Path, actions: tuple[str, ...] = ("alert", "block")) -> dict:
+def no_new_executables(
+    directory: Path, actions: tuple[str, ...] = ("alert", "block")
+) -> dict[str, Any]:
     """Drift prevention: a new or modified executable under `directory` is alerted and
     blocked (the spec's own example, narrowed to the test's directory)."""
     return {

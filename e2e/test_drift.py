@@ -60,8 +60,9 @@ def test_drift_alerted_by_default_then_blocked_by_a_policy(
         "its alert in logs-cloud_defend.alerts-default",
         lambda: stack.alerts(ns, file__path=str(first)),
     )[0]
+    cd = alert["cloud_defend"]
     story(f"  alert: {alert['event']['action']} {alert['file']['path']}, selectors "
-          f"{alert['cloud_defend']['matched_selectors']}, outcome {alert['cloud_defend']['outcome']}")  # fmt: skip
+          f"{cd['matched_selectors']}, outcome {cd['outcome']}")  # fmt: skip
     assert alert["cloud_defend"]["matched_selectors"] == ["executableChanges"]
     assert alert["cloud_defend"]["outcome"] == "allowed"
     assert [p["kind"] for p in alert["cloud_defend"]["policies"]] == ["ClusterContainerPolicy"]
@@ -74,8 +75,12 @@ def test_drift_alerted_by_default_then_blocked_by_a_policy(
     out = stack.kubectl("apply", "-f", str(manifest)).stdout.strip()
     story(f"  {out}")
     attempts: list[tuple[int, Path]] = []
-    story.wait("the next attempt stopped", lambda: stack.blocked(
-        (attempts.append(writer.attempt(web)) or attempts[-1])[0]))  # fmt: skip
+
+    def next_attempt_stopped() -> bool:
+        attempts.append(writer.attempt(web))
+        return stack.blocked(attempts[-1][0])
+
+    story.wait("the next attempt stopped", next_attempt_stopped)
     story(f"  kubectl apply → first write stopped: {time.monotonic() - t0:.2f} s "
           f"({len(attempts)} attempts)")  # fmt: skip
     stopped = attempts[-1][1]

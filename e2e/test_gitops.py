@@ -3,6 +3,7 @@ leaves the node's bundle and stops being enforced."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,19 +37,20 @@ def test_reapplied_manifests_change_nothing_and_a_deleted_policy_stops(
         (repo / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     story(f"kubectl apply -f {repo.name}/ (drift.yaml, no-tool.yaml) for {ns}")
     story("  " + stack.kubectl("apply", "-f", str(repo)).stdout.strip().replace("\n", "; "))
+
+    def applied(name: str) -> bool:
+        r = stack.row(ns, name)
+        return r["READY"] == "True" and r["NODES"] == "1/1"
+
     for name in manifests:
-        story.wait(f"{name}: READY True, NODES 1/1", lambda name=name: (r := stack.row(ns, name))
-                   ["READY"] == "True" and r["NODES"] == "1/1")  # fmt: skip
+        story.wait(f"{name}: READY True, NODES 1/1", functools.partial(applied, name))
     assert stack.blocked(writer.attempt(web)[0]) and stack.blocked(run(web, [str(tool)]))
 
     def observed() -> dict[str, Any]:
         found = stack.bundle()
         assert found is not None
-        policies = {n: stack.custom.get_namespaced_custom_object(
-            "stockade.dev", "v1alpha1", ns, "containerpolicies", n)["metadata"]
-            for n in manifests}  # fmt: skip
         return {
-            "generations": {n: m["generation"] for n, m in policies.items()},
+            "generations": {n: stack.policy(ns, n)["metadata"]["generation"] for n in manifests},
             "bundle ConfigMap resourceVersion": found[1].metadata.resource_version,
         }
 
@@ -64,8 +66,12 @@ def test_reapplied_manifests_change_nothing_and_a_deleted_policy_stops(
 
     story("kubectl delete -f no-tool.yaml")
     stack.kubectl("delete", "-f", str(repo / "no-tool.yaml"))
-    held = story.wait("no-tool out of the node's bundle", lambda: (
-        f := stack.bundle()) and not any("/no-tool@" in p for p in f[0]) and f[0])  # fmt: skip
+
+    def without_no_tool() -> set[str] | None:
+        found = stack.bundle()
+        return found[0] if found and not any("/no-tool@" in p for p in found[0]) else None
+
+    held = story.wait("no-tool out of the node's bundle", without_no_tool)
     story(f"  the bundle holds {sorted(held)}")
     story.wait(f"{tool.name} runs again", lambda: run(web, [str(tool)]) == 0)
     assert stack.blocked(writer.attempt(web)[0])  # the other policy stays in force

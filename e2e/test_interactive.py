@@ -49,7 +49,8 @@ def test_only_a_process_on_a_terminal_matches_session_leader_interactive(
     assert code == 0
     alerts = story.wait("the terminal one's alert", lambda: stack.alerts(
         ns, process__executable=str(tool)))  # fmt: skip
-    story(f"  alert: interactive {alerts[0]['process']['interactive']}, tty "
-          f"{alerts[0]['process'].get('tty')}, selectors {alerts[0]['cloud_defend']['matched_selectors']}")  # fmt: skip
+    process, selectors = alerts[0]["process"], alerts[0]["cloud_defend"]["matched_selectors"]
+    story(f"  alert: interactive {process['interactive']}, tty {process.get('tty')}, "
+          f"selectors {selectors}")  # fmt: skip
     assert [a["process"]["interactive"] for a in alerts] == [True]
     assert "tool" in alerts[0]["cloud_defend"]["matched_selectors"]

@@ -54,8 +54,9 @@ def test_a_cluster_policy_reaches_only_the_namespaces_it_selects(
         code, path = writer.attempt(pods[outside])
         story(f"the write in {outside}: exit {code}")
         assert code == 0 and path.exists()
-        row = story.wait("kubectl get clustercontainerpolicies: NODES 1/1, BLOCKED 1", lambda: (
-            r := stack.row(None, name))["NODES"] == "1/1" and r["BLOCKED"] == "1" and r)  # fmt: skip
+        row = story.wait("kubectl get clustercontainerpolicies: NODES 1/1, BLOCKED 1",
+                         lambda: (r := stack.row(None, name))["NODES"] == "1/1"
+                         and r["BLOCKED"] == "1" and r)  # fmt: skip
         story(f"  {row}")
     finally:
         stack.kubectl("delete", "clustercontainerpolicy", name, "--ignore-not-found")
