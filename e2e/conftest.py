@@ -34,6 +34,7 @@ import yaml
 from elasticsearch import Elasticsearch
 from kubernetes import client
 
+from stockade.policy.bundle import HASH_ANNOTATION
 from tests.elastic.conftest import start_elasticsearch, stop_elasticsearch
 from tests.integration import conftest as integration
 from tests.integration.conftest import Kubectl, fresh_namespace
@@ -195,11 +196,15 @@ class Stack:
         return ready_reason(self.status(namespace, name))
 
     def in_force(self, namespace: str | None, name: str) -> bool:
-        """Whether the node's sensor reports a policy in its bundle in force."""
+        """Whether the node's bundle holds the policy and its sensor reports that bundle in
+        force (a node whose last pod went has an empty bundle until the next pod comes)."""
+        found = self.bundle()
+        if found is None or not any(p.startswith(f"{namespace}/{name}@" if namespace
+                                                 else f"{name}@") for p in found[0]):  # fmt: skip
+            return False
         report = node_report(self.custom, self.node)
-        return any(
-            p["name"] == name and p.get("namespace") == namespace
-            for p in report.get("policies", [])
+        return bool(
+            report.get("bundle", {}).get("hash") == found[1].metadata.annotations[HASH_ANNOTATION]
         )
 
     def bundle(self) -> tuple[set[str], Any] | None:

@@ -121,7 +121,7 @@ def test_a_restarted_sensor_enforces_its_cached_bundle_at_once(
         story("the sensor restarted with the apiserver")
         stack.sensor.stop()
         stack.start_sensor()
-    assert stack.blocked(run(web, [str(tool)]))
+    story.wait("stopped again", lambda: stack.blocked(run(web, [str(tool)])))
     row = story.wait("BLOCKED 3 (one per sensor instance, none lost)", lambda: (
         r := stack.row(ns, "no-tool"))["BLOCKED"] == "3" and r)  # fmt: skip
     story(f"  {row}")
