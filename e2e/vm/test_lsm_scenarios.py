@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 from stockade.sensor.probe import bpf_lsm_active
-from tests.kernel.conftest import Cgroup
-from tests.node.kubelet import CGROUP2
+from tests.kernel.conftest import CGROUP2, Cgroup
 from tests.operator.conftest import STOCKADE, wait_for
 
 from ..conftest import REPO, log
