@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test setup check lint unit integration kernel images crds schemas run services-up services-down
+.PHONY: test setup check lint unit integration kernel e2e images crds schemas run services-up services-down
 
 ## Set everything up on a fresh machine, then run every check and test.
 test: setup check
@@ -12,13 +12,15 @@ test: setup check
 setup:
 	scripts/setup
 
-## Lint, type-check and run the whole test suite (needs `make setup` once).
+## Lint, type-check, run the whole test suite and then the end-to-end scenarios (needs
+## `make setup` once).
 check: lint
 	scripts/test
+	$(MAKE) --no-print-directory e2e
 
 lint:
-	$(VENV)/bin/ruff check stockade tests benchmarks e2e/vm/run
-	$(VENV)/bin/ruff format --check stockade tests benchmarks e2e/vm/run
+	$(VENV)/bin/ruff check stockade tests benchmarks e2e e2e/vm/run
+	$(VENV)/bin/ruff format --check stockade tests benchmarks e2e e2e/vm/run
 	$(VENV)/bin/mypy
 
 unit:
@@ -29,6 +31,12 @@ integration:
 
 kernel:
 	$(VENV)/bin/pytest tests/kernel
+
+## The end-to-end scenarios against the whole stack on this machine (root; e2e/README.md),
+## each step logged with its time. Their lsm-mode part runs in the VM of tests/kernel.
+e2e:
+	$(VENV)/bin/pytest e2e -v -p no:cacheprovider -o log_cli=true --log-cli-level=INFO \
+		--log-cli-format='%(message)s'
 
 ## Build the operator and sensor images (the base made once and cached; docs/images.md).
 images:

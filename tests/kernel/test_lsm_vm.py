@@ -1,6 +1,7 @@
 """lsm and fmodret modes in CI: boots the test VM (`e2e/vm/run`, qemu, ~70 s under TCG) and
 runs tests/vm there, once with bpf in the kernel's lsm= (lsm mode) and once without it
-(fmodret mode); this machine's kernel refuses BPF LSM and fmod_ret programs (lockdown)."""
+(fmodret mode); this machine's kernel refuses BPF LSM and fmod_ret programs (lockdown). One
+lsm boot also runs e2e/vm, the end-to-end scenarios in lsm mode."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ BOOTS = {
     "lsm": ["--lsm", "lockdown,capability,landlock,yama,apparmor,bpf", "-k", "not fmodret"],
     "fmodret": ["--lsm", "landlock,lockdown,yama,integrity,apparmor"],
 }
+# the e2e scenarios' lsm part (drift, audit, scope with the standalone sensor) rides on one
+# boot rather than a VM of its own
+E2E_BOOT = ("6.1", "lsm")
 
 
 @pytest.mark.skipif(os.environ.get("STOCKADE_SKIP_VM") == "1", reason="STOCKADE_SKIP_VM=1")
@@ -39,6 +43,8 @@ def test_deny_modes_in_vm(kernel: str, mode: str) -> None:
         env["STOCKADE_VM_KERNEL"] = KERNELS[kernel]
     lsm, select = BOOTS[mode][:2], BOOTS[mode][2:]
     pytest_argv = [".venv/bin/python", "-m", "pytest", "tests/vm", "-q", "-p", "no:cacheprovider"]
+    if (kernel, mode) == E2E_BOOT:
+        pytest_argv.append("e2e/vm")
     res = subprocess.run(
         [str(REPO / "e2e" / "vm" / "run"), "--timeout", "600", "--quiet", *lsm, "--",
          *pytest_argv, *select],
