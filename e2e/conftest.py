@@ -34,12 +34,12 @@ import yaml
 from elasticsearch import Elasticsearch
 from kubernetes import client
 
+from stockade.local.kubelet import Kubelet, Pod
 from stockade.policy.bundle import HASH_ANNOTATION
 from tests.elastic.conftest import start_elasticsearch, stop_elasticsearch
 from tests.integration import conftest as integration
 from tests.integration.conftest import Kubectl, fresh_namespace
 from tests.node import conftest as node_suite
-from stockade.local.kubelet import Kubelet, Pod
 from tests.node.sensor import SensorProcess
 from tests.node.test_sensor import node_report, policy_status, ready_reason
 from tests.operator import conftest as operator_suite
