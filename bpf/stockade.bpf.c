@@ -206,15 +206,20 @@ static __always_inline int finish(long ret)
 	case STK_HOOK_FTRUNCATE: {
 		__s64 fd = v.hook <= STK_HOOK_CREAT ? ret : (__s64)v.args[0];
 		struct file *f = fd_file(fd);
+		struct inode *ino;
+		struct path fp;
 
 		if (!f)
 			return 0;
-		mode = BPF_CORE_READ(f, f_inode, i_mode);
+		ino = KREAD(struct file, f, f_inode);
+		mode = KREAD(struct inode, ino, i_mode);
 		if ((mode & S_IFMT) != S_IFREG)
 			return 0;
-		fmode = BPF_CORE_READ(f, f_mode);
-		src.dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
-		src.mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+		fmode = KREAD(struct file, f, f_mode);
+		/* one read for both, as plain values: they go to a global function */
+		BPF_CORE_READ_INTO(&fp, f, f_path);
+		src.dentry = (__u64)fp.dentry;
+		src.mnt = (__u64)fp.mnt;
 		if (v.hook <= STK_HOOK_CREAT) {
 			flags = v.extra;
 			if (fmode & FMODE_CREATED)
