@@ -291,9 +291,11 @@ def in_vm(args: argparse.Namespace) -> int:
     """Run this script in the BPF LSM test VM (lsm mode); the counts not given are the VM's
     defaults. e2e/vm/run builds the BPF objects on this machine first (they are CO-RE)."""
     argv = [sys.executable, str(Path(__file__).resolve())]
-    for name in ("rounds", "opens", "execs"):
+    for name in ("rounds", "opens", "execs", "build_files", "only"):
         if getattr(args, name) is not None:
-            argv += [f"--{name}", str(getattr(args, name))]
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.quick:
+        argv.append("--quick")
     run = [str(REPO / "e2e" / "vm" / "run"), "--quiet", "--timeout", str(args.timeout)]
     if args.lsm:
         run += ["--lsm", args.lsm]
@@ -307,6 +309,7 @@ def main() -> None:
     ap.add_argument("--execs", type=int, help=f"default {DEFAULTS[2]}")
     ap.add_argument("--build-files", type=int, help=f"C files in the build, default {DEFAULTS[3]}")
     ap.add_argument("--quick", action="store_true", help=f"defaults {QUICK}: seconds, no figures")
+    ap.add_argument("--only", help="the cases whose names start with one of these (comma list)")
     ap.add_argument("--vm", action="store_true", help="run in lsm mode in the test VM")
     ap.add_argument("--timeout", type=float, default=1800.0, help="for --vm, seconds")
     ap.add_argument("--lsm", help="for --vm: the VM kernel's lsm= (without bpf: fmodret mode)")
@@ -358,7 +361,8 @@ def main() -> None:
               f"{'/floor':>7} target")  # fmt: skip
         modes: set[str] = set()
         floors: dict[str, float] = {}
-        for case in CASES:
+        prefixes = tuple(args.only.split(",")) if args.only else ("",)
+        for case in [c for c in CASES if c.name.startswith(prefixes)]:
             ratios, base, withs = [], [], []
             for _ in range(rounds):
                 b = timed(workloads[case.workload], cgroup)
