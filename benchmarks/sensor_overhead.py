@@ -22,7 +22,9 @@ beside every other row its ratio to that floor:
   executable created).
 
 The sensor is the real `stockade sensor --standalone` process; "without" is no sensor at all.
-The loops are C programs (a Python loop would hide the cost). `--quick` runs one round of
+The loops are C programs (a Python loop would hide the cost). `--cpu-time` takes the
+workload's CPU time (user + system, with its children's) instead of wall time: steadier
+while other jobs share the cores, but blind to the sensor's own user space. `--quick` runs one round of
 small loops (seconds; for checking that the benchmark still works, not for figures). The
 sensor probes its mode: `kill` on this machine's kernel; `--vm` runs the same script in lsm
 mode inside the BPF LSM test VM (`e2e/vm/run`, qemu TCG: emulation makes everything 10-30x
@@ -278,13 +280,20 @@ CASES = [
 ]  # fmt: skip
 
 
-def timed(argv: list[str], cgroup: Path) -> float:
+def timed(argv: list[str], cgroup: Path, cpu: bool = False) -> float:
+    """Seconds argv took: wall-clock, or (cpu) the CPU time it and the children it waited for
+    used, user + system (BPF programs run in system time; waiting for a core doesn't count)."""
+
     def join() -> None:
         (cgroup / "cgroup.procs").write_text("0")
 
     t = time.perf_counter()
-    subprocess.run(argv, preexec_fn=join, check=True)
-    return time.perf_counter() - t
+    proc = subprocess.Popen(argv, preexec_fn=join)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, argv)
+    return usage.ru_utime + usage.ru_stime if cpu else time.perf_counter() - t
 
 
 def in_vm(args: argparse.Namespace) -> int:
@@ -294,8 +303,7 @@ def in_vm(args: argparse.Namespace) -> int:
     for name in ("rounds", "opens", "execs", "build_files", "only"):
         if getattr(args, name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    if args.quick:
-        argv.append("--quick")
+    argv += [f"--{flag}" for flag in ("quick", "cpu-time") if getattr(args, flag.replace("-", "_"))]
     run = [str(REPO / "e2e" / "vm" / "run"), "--quiet", "--timeout", str(args.timeout)]
     if args.lsm:
         run += ["--lsm", args.lsm]
@@ -310,6 +318,11 @@ def main() -> None:
     ap.add_argument("--build-files", type=int, help=f"C files in the build, default {DEFAULTS[3]}")
     ap.add_argument("--quick", action="store_true", help=f"defaults {QUICK}: seconds, no figures")
     ap.add_argument("--only", help="the cases whose names start with one of these (comma list)")
+    ap.add_argument(
+        "--cpu-time", action="store_true",
+        help="ratios of the workload's CPU time instead of wall time (steadier on a shared "
+        "machine; leaves out the sensor's own user space)",
+    )  # fmt: skip
     ap.add_argument("--vm", action="store_true", help="run in lsm mode in the test VM")
     ap.add_argument("--timeout", type=float, default=1800.0, help="for --vm, seconds")
     ap.add_argument("--lsm", help="for --vm: the VM kernel's lsm= (without bpf: fmodret mode)")
@@ -355,8 +368,9 @@ def main() -> None:
 
         where = "the test VM (qemu TCG)" if IN_VM else "this machine"
         load = os.getloadavg()[0]
+        clock = "CPU time" if args.cpu_time else "wall-clock time"
         print(f"kernel {os.uname().release} in {where}: {rounds} rounds, {opens} opens, "
-              f"{execs} execs, a build of {files} C files; load {load:.2f}")  # fmt: skip
+              f"{execs} execs, a build of {files} C files, {clock}; load {load:.2f}")  # fmt: skip
         print(f"{'case':54} {'mode':5} {'without':>9} {'with':>9} {'ratio':>7} {'target':7} "
               f"{'/floor':>7} target")  # fmt: skip
         modes: set[str] = set()
@@ -365,10 +379,10 @@ def main() -> None:
         for case in [c for c in CASES if c.name.startswith(prefixes)]:
             ratios, base, withs = [], [], []
             for _ in range(rounds):
-                b = timed(workloads[case.workload], cgroup)
+                b = timed(workloads[case.workload], cgroup, args.cpu_time)
                 running = start(case)
                 modes.add(running.mode)
-                w = timed(workloads[case.workload], cgroup)
+                w = timed(workloads[case.workload], cgroup, args.cpu_time)
                 time.sleep(0.5)  # let the reader catch up before the stats line
                 stats = running.stop()
                 base.append(b)
