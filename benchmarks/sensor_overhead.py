@@ -24,7 +24,9 @@ beside every other row its ratio to that floor:
 The sensor is the real `stockade sensor --standalone` process; "without" is no sensor at all.
 The loops are C programs (a Python loop would hide the cost). `--cpu-time` takes the
 workload's CPU time (user + system, with its children's) instead of wall time: steadier
-while other jobs share the cores, but blind to the sensor's own user space. `--quick` runs one round of
+while other jobs share the cores, but blind to the sensor's own user space. `--profile`
+prints each BPF program's ns per run and per iteration (kernel.bpf_stats_enabled): the
+figures that hold while other jobs share the machine. `--quick` runs one round of
 small loops (seconds; for checking that the benchmark still works, not for figures). The
 sensor probes its mode: `kill` on this machine's kernel; `--vm` runs the same script in lsm
 mode inside the BPF LSM test VM (`e2e/vm/run`, qemu TCG: emulation makes everything 10-30x
@@ -280,6 +282,27 @@ CASES = [
 ]  # fmt: skip
 
 
+STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def program_times(pid: int) -> dict[str, tuple[int, int]]:
+    """(run_time_ns, run_cnt) of each BPF program process `pid` holds, by name (counted while
+    kernel.bpf_stats_enabled is 1; the names from bpftool)."""
+    shown = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    names = {p["id"]: p.get("name", "?") for p in json.loads(shown)}
+    by_id: dict[int, tuple[int, int]] = {}
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        info = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        if "run_cnt" in info:
+            by_id[int(info["prog_id"])] = (int(info["run_time_ns"]), int(info["run_cnt"]))
+    return {names.get(i, str(i)): v for i, v in by_id.items()}
+
+
 def timed(argv: list[str], cgroup: Path, cpu: bool = False) -> float:
     """Seconds argv took: wall-clock, or (cpu) the CPU time it and the children it waited for
     used, user + system (BPF programs run in system time; waiting for a core doesn't count)."""
@@ -319,6 +342,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help=f"defaults {QUICK}: seconds, no figures")
     ap.add_argument("--only", help="the cases whose names start with one of these (comma list)")
     ap.add_argument(
+        "--profile", action="store_true",
+        help="per sensor row, each BPF program's ns per run and per iteration (bpf_stats; "
+        "the ratios then include the stats' cost)",
+    )  # fmt: skip
+    ap.add_argument(
         "--cpu-time", action="store_true",
         help="ratios of the workload's CPU time instead of wall time (steadier on a shared "
         "machine; leaves out the sensor's own user space)",
@@ -338,6 +366,7 @@ def main() -> None:
         subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
     d = Path(tempfile.mkdtemp(prefix="stk-bench-", dir="/var/tmp"))
     cgroup = Path(tempfile.mkdtemp(prefix="stk-bench-", dir=CGROUP2))
+    stats_before = STATS.read_text().strip()
     try:
         loops, tiny, noop = build(d)
         mode = probe_mode().mode
@@ -354,12 +383,15 @@ def main() -> None:
         shutil.copy(REPO / "examples" / "policies" / "default.yaml", d / "default.yaml")
         (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "bench"}}}))
         c_project(d, files)
-        workloads = {
-            "open": [str(loops), "open", str(opens), str(target)],
-            "open-long": [str(loops), "open", str(opens), str(long_target)],
-            "exec": [str(loops), "exec", str(execs), str(tiny)],
-            "build": ["sh", "-c", f"cd {d} && rm -rf proj && tar xf proj.tar && make -s -C proj"],
-        }
+        workloads = {  # argv, iterations
+            "open": ([str(loops), "open", str(opens), str(target)], opens),
+            "open-long": ([str(loops), "open", str(opens), str(long_target)], opens),
+            "exec": ([str(loops), "exec", str(execs), str(tiny)], execs),
+            "build": (["sh", "-c", f"cd {d} && rm -rf proj && tar xf proj.tar && make -s -C proj"],
+                      1),
+        }  # fmt: skip
+        if args.profile:
+            STATS.write_text("1")
 
         def start(case: Case) -> Sensor | Floor:
             if case.policy is None:
@@ -378,11 +410,24 @@ def main() -> None:
         prefixes = tuple(args.only.split(",")) if args.only else ("",)
         for case in [c for c in CASES if c.name.startswith(prefixes)]:
             ratios, base, withs = [], [], []
+            argv, iterations = workloads[case.workload]
+            profile: list[str] = []
             for _ in range(rounds):
-                b = timed(workloads[case.workload], cgroup, args.cpu_time)
+                b = timed(argv, cgroup, args.cpu_time)
                 running = start(case)
                 modes.add(running.mode)
-                w = timed(workloads[case.workload], cgroup, args.cpu_time)
+                if args.profile and isinstance(running, Sensor):
+                    before = program_times(running.proc.pid)
+                w = timed(argv, cgroup, args.cpu_time)
+                if args.profile and isinstance(running, Sensor):
+                    after = program_times(running.proc.pid)
+                    profile = [
+                        f"    {name:20} {n / iterations:7.2f} runs {t / n:8.1f} ns/run "
+                        f"{t / iterations:8.1f} ns per iteration"
+                        for name, (t0, n0) in sorted(before.items())
+                        for t, n in [(after[name][0] - t0, after[name][1] - n0)]
+                        if n
+                    ]  # the last round's
                 time.sleep(0.5)  # let the reader catch up before the stats line
                 stats = running.stop()
                 base.append(b)
@@ -399,8 +444,12 @@ def main() -> None:
                    if vs_floor is not None else f"{'':7} {'':7}")
                 + f"  {stats.split('stats ')[-1]}"
             )  # fmt: skip
+            if profile:
+                print("\n".join(profile))
         print(f"sensor mode: {'; '.join(sorted(modes))}")  # and why (the probe's reason)
     finally:
+        if args.profile:
+            STATS.write_text(stats_before)
         cgroup.rmdir()
         shutil.rmtree(d, ignore_errors=True)
 
