@@ -93,6 +93,13 @@ static __always_inline int stash(__u32 hook, __u64 *args)
 		return 0; /* read-only open */
 	if (!enter(&e))
 		return 0;
+	/*
+	 * A container without file selectors: no operation can be a candidate (stk_candidates
+	 * ANDs this mask), so nothing to stash. Masks changed while the syscall runs
+	 * (KillSensor.set_cgroup) apply from its next syscall.
+	 */
+	if (mask_zero(&e.cg->part[STK_PART_FILE]))
+		return 0;
 	if (hook == STK_HOOK_FCHMOD) {
 		struct file *f = fd_file((__s64)args[0]);
 
