@@ -93,6 +93,13 @@ static __always_inline int stash(__u32 hook, __u64 *args)
 		return 0; /* read-only open */
 	if (!enter(&e))
 		return 0;
+	/*
+	 * A container without file selectors: no operation can be a candidate (stk_candidates
+	 * ANDs this mask), so nothing to stash. Masks changed while the syscall runs
+	 * (KillSensor.set_cgroup) apply from its next syscall.
+	 */
+	if (mask_zero(&e.cg->part[STK_PART_FILE]))
+		return 0;
 	if (hook == STK_HOOK_FCHMOD) {
 		struct file *f = fd_file((__s64)args[0]);
 
@@ -206,15 +213,20 @@ static __always_inline int finish(long ret)
 	case STK_HOOK_FTRUNCATE: {
 		__s64 fd = v.hook <= STK_HOOK_CREAT ? ret : (__s64)v.args[0];
 		struct file *f = fd_file(fd);
+		struct inode *ino;
+		struct path fp;
 
 		if (!f)
 			return 0;
-		mode = BPF_CORE_READ(f, f_inode, i_mode);
+		ino = KREAD(struct file, f, f_inode);
+		mode = KREAD(struct inode, ino, i_mode);
 		if ((mode & S_IFMT) != S_IFREG)
 			return 0;
-		fmode = BPF_CORE_READ(f, f_mode);
-		src.dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
-		src.mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+		fmode = KREAD(struct file, f, f_mode);
+		/* one read for both, as plain values: they go to a global function */
+		BPF_CORE_READ_INTO(&fp, f, f_path);
+		src.dentry = (__u64)fp.dentry;
+		src.mnt = (__u64)fp.mnt;
 		if (v.hook <= STK_HOOK_CREAT) {
 			flags = v.extra;
 			if (fmode & FMODE_CREATED)

@@ -44,6 +44,25 @@ struct {
 	__type(value, __u64);
 } stk_stats SEC(".maps");
 
+#ifndef bpf_ksym_exists /* libbpf < 1.2 */
+#define bpf_ksym_exists(sym) (!!(sym))
+#endif
+
+/* 6.2+; __weak: absent on older kernels, where KREAD falls back to bpf_probe_read_kernel */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/*
+ * p->field of a kernel struct `type`: where the kernel has bpf_rdonly_cast, a plain load
+ * through the cast pointer (the verifier turns the cast into a move, and the load into one
+ * that can't fault), else a bpf_probe_read_kernel call (~30 ns each here: a path walk does
+ * one per component). The result may be a pointer the verifier tracks as such: a global
+ * function's scalar argument can't be one (read it with BPF_CORE_READ instead).
+ */
+#define KREAD(type, p, field)                                                                \
+	(bpf_ksym_exists(bpf_rdonly_cast) ?                                                    \
+		 ((type *)bpf_rdonly_cast((const void *)(p), bpf_core_type_id_kernel(type)))->field : \
+		 BPF_CORE_READ((type *)(p), field))
+
 /* x & mask that the compiler can't fold away (keeps the verifier's bounds) */
 static __always_inline __u32 bound(__u32 x, __u32 mask)
 {

@@ -77,12 +77,14 @@ static __always_inline __u32 find_leaf(__u32 buf, __u32 start, __u32 len)
 static __always_inline __u8 volume_kind(struct vfsmount *vmnt, struct vfsmount *root_mnt)
 {
 	struct dentry *mroot;
+	struct inode *ino;
 	__u16 mode;
 
 	if (vmnt == root_mnt)
 		return STK_VOLUME_NONE;
-	mroot = BPF_CORE_READ(vmnt, mnt_root);
-	mode = BPF_CORE_READ(mroot, d_inode, i_mode);
+	mroot = KREAD(struct vfsmount, vmnt, mnt_root);
+	ino = KREAD(struct dentry, mroot, d_inode);
+	mode = KREAD(struct inode, ino, i_mode);
 	if ((mode & S_IFMT) == S_IFREG)
 		return STK_VOLUME_FILE;
 	return STK_VOLUME_MOUNT;
@@ -124,18 +126,18 @@ static long walk_cb(__u32 i, void *data)
 	if (d == w->root_d && w->vmnt == w->root_m)
 		goto done;
 	if (d == w->mnt_root) {
-		struct mount *pm = BPF_CORE_READ(mnt, mnt_parent);
+		struct mount *pm = KREAD(struct mount, mnt, mnt_parent);
 		struct vfsmount *pvm = &pm->mnt;
 
 		if (pm == mnt)
 			goto done;
-		w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->d = KREAD(struct mount, mnt, mnt_mountpoint);
 		w->mnt = pm;
 		w->vmnt = pvm;
-		w->mnt_root = BPF_CORE_READ(pvm, mnt_root);
+		w->mnt_root = KREAD(struct vfsmount, pvm, mnt_root);
 		return 0;
 	}
-	parent = BPF_CORE_READ(d, d_parent);
+	parent = KREAD(struct dentry, d, d_parent);
 	w->head = d;
 	w->d = parent;
 	if (parent == d) /* its own name is all the path there is ("/memfd:x") */
@@ -145,7 +147,7 @@ static long walk_cb(__u32 i, void *data)
 	pb = bpf_map_lookup_elem(&stk_pathbufs, &w->buf);
 	if (!pb)
 		return 1;
-	q = BPF_CORE_READ(d, d_name);
+	q = KREAD(struct dentry, d, d_name);
 	len = q.len;
 	if (len > 255)
 		len = 255;
@@ -177,7 +179,7 @@ static __always_inline void walk(struct walk_ctx *w, __u32 buf, __u8 copy, struc
 	w->d = dentry;
 	w->vmnt = vmnt;
 	w->mnt = container_of(vmnt, struct mount, mnt);
-	w->mnt_root = BPF_CORE_READ(vmnt, mnt_root);
+	w->mnt_root = KREAD(struct vfsmount, vmnt, mnt_root);
 	w->root_d = root->d;
 	w->root_m = root->m;
 	w->head = NULL;
@@ -230,7 +232,7 @@ static __always_inline void resolve_kpath(char *b, __u32 buf, struct dentry *d,
 	rp->volume = volume_kind(m, root->m);
 	rp->truncated = w.trunc;
 	/* detached, or unlinked while in use (an unhashed dentry) */
-	rp->fileless = w.detached || !BPF_CORE_READ(d, d_hash.pprev);
+	rp->fileless = w.detached || !KREAD(struct dentry, d, d_hash.pprev);
 	rp->ok = 1;
 }
 
@@ -257,7 +259,7 @@ static __always_inline __u8 head_tables(__u32 head_tag, struct dentry *d, struct
 	head = w.head;
 	if (w.trunc || !head)
 		return STK_TABLE_ALL; /* too deep, or the root itself: no filter */
-	q = BPF_CORE_READ(head, d_name);
+	q = KREAD(struct dentry, head, d_name);
 	n = q.len;
 	if (n > STK_HEAD_BYTES)
 		n = STK_HEAD_BYTES;

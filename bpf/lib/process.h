@@ -11,10 +11,6 @@
 extern int bpf_send_signal_task(struct task_struct *task, int sig, enum pid_type type,
 				__u64 value) __ksym __weak;
 
-#ifndef bpf_ksym_exists /* libbpf < 1.2 */
-#define bpf_ksym_exists(sym) (!!(sym))
-#endif
-
 /* processes that got a record: their exit produces an exit record */
 struct tracked_val {
 	__u64 start_time;

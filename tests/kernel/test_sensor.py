@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -181,6 +182,56 @@ def test_first_component_filter(
         ("open", "/short/x", 0b100),
         ("unlink", "/short/x", 0b100),
     ]
+
+
+RENAMED_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.chroot(sys.argv[1])
+    os.chdir("/")
+    for d in ("free/sub", "top/free/sub"):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        os.close(os.open("file", os.O_WRONLY, dir_fd=fd))
+        print("opened", flush=True)
+        sys.stdin.readline()  # the test renames a directory above the file
+        os.close(os.open("file", os.O_WRONLY, dir_fd=fd))
+    """
+)
+
+
+def test_rename_above_an_open_file_changes_the_next_decision(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """The same file (the same dentry, opened through the same directory fd) is decided by
+    the path it has at each open: after a directory above it is renamed into a guarded place
+    (its first component changes, /free -> /locked; or only a deeper one, /top/free ->
+    /top/locked), the next write-open is alerted. Nothing about a file may be remembered
+    across a rename above it."""
+    tables = part_tables(
+        "file",
+        {"modifyFile": 1},
+        [(1, 0, ActionBits.ALERT)],
+        recursive_lpm={"/locked/": 1, "/top/locked/": 1},
+    )
+    load(Bundle(1, {cgroup.id: {"file": 1}}, {"file": tables}))
+    for d in (workdir / "free" / "sub", workdir / "top" / "free" / "sub"):
+        d.mkdir(parents=True)
+        (d / "file").write_text("x")
+    collector.drain()
+    proc = subprocess.Popen(
+        py(RENAMED_SCRIPT, str(workdir)), preexec_fn=cgroup.join(), text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+    for top in (workdir, workdir / "top"):
+        assert proc.stdout.readline() == "opened\n"
+        (top / "free").rename(top / "locked")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    got = [(r.path, r.header.matched) for r in collector.drain() if isinstance(r, FileRecord)]
+    assert got == [("/locked/sub/file", 1), ("/top/locked/sub/file", 1)]  # none for /free/…
 
 
 def test_outside_cgroup_produces_nothing(
