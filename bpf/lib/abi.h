@@ -10,7 +10,7 @@
 #define STK_ABI_H
 
 enum stk_const {
-	STK_RECORD_VERSION = 2,
+	STK_RECORD_VERSION = 3,
 	STK_MASK_WORDS = 16,       /* 1024 selector bits per policy part */
 	STK_PATH_KEY = 256,        /* zero-padded path key bytes */
 	STK_LPM_PATH = 255,        /* path bytes in an LPM key (1 tag byte + 255 = 256) */
@@ -118,6 +118,8 @@ enum stk_stat {
 	STK_STAT_LOST_ALERT = 8,     /* alert/block/would-block records lost (stk_alerts full) */
 	STK_STAT_LOST_EXIT = 9,      /* exit records lost (stk_events full) */
 	STK_STAT_CGROUP_FAIL = 10,   /* cgroup records lost (stk_cgroups full): rescan; not in RB_FAIL */
+	STK_STAT_NAMES_UNKNOWN = 11, /* a changed file (nlink > 1) had names not in the dcache */
+	STK_STAT_PATH_SWAPPED = 12,  /* kill mode: a path string differed at sys_exit from sys_enter */
 	STK_STAT_COUNT = 16,         /* stk_stats entries (spares for new counters) */
 };
 
@@ -267,7 +269,9 @@ struct stk_file_rec {
 	__u8 path_from_fd; /* 1: path and volume from the opened file */
 	__u16 path_len;
 	__u8 path_truncated; /* 1: path is the tail of a path too long to resolve */
-	__u8 pad[3];
+	__u8 other_name;     /* 1: path is another name (hard link) of the file operated on */
+	__u8 names_unknown;  /* 1: the file has names not found (not cached): decided fail-closed */
+	__u8 path_swapped;   /* 1: kill mode: the path string changed during the syscall */
 	char comm[16];
 	char path[];
 }; /* fixed part: 192 + 40 = 232 bytes */

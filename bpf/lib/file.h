@@ -21,6 +21,10 @@ struct path_src {
 	__s64 dirfd;
 	__u32 kstr;
 	__u32 moves; /* a rename's name: a directory moves the paths below it */
+	__u8 other_name;    /* another name (hard link) of the file the operation named */
+	__u8 names_unknown; /* the file has names not found: decided fail-closed */
+	__u8 swapped;       /* kill mode: the path string changed during the syscall */
+	__u8 pad;
 };
 
 /* resolves src into stk_rpaths[0] and *rp (head_tag: see stk_resolve_kpath) */
@@ -54,10 +58,14 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 
 	if (!ops || !candidates(e, STK_PART_FILE, ops))
 		return 0;
-	resolve_src(src, HEAD_FILTER(e->slot, STK_PART_FILE), &rp);
+	/* another name is walked whole: one outside this mount is a name not seen */
+	resolve_src(src, src->other_name ? 0 : HEAD_FILTER(e->slot, STK_PART_FILE), &rp);
 	if (!rp.ok)
 		return 0;
-	actions = evaluate(e->s, &rp, comm, 0, src->moves); /* names: process part only */
+	if (src->other_name && rp.fileless)
+		src->names_unknown = 1;
+	/* names: process part only */
+	actions = evaluate(e->s, &rp, comm, 0, src->moves, src->names_unknown);
 	if (!actions)
 		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));
@@ -90,7 +98,9 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	r->volume = rp.volume;
 	r->path_from_fd = src->dentry != 0;
 	r->path_truncated = rp.truncated;
-	__builtin_memset(r->pad, 0, sizeof(r->pad));
+	r->other_name = src->other_name;
+	r->names_unknown = src->names_unknown;
+	r->path_swapped = src->swapped;
 	__builtin_memcpy(r->comm, comm, 16);
 	plen = rp.len;
 	if (plen > STK_PATH_REC_MAX)
@@ -100,6 +110,127 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 	r->h.size = sizeof(*r) + bound(plen, 4095);
 	output(r, sizeof(*r) + bound(plen, 4095));
 	return verdict;
+}
+
+/*
+ * A file's other names (hard links). Writing, truncating or changing the mode of a file
+ * changes it under every name it has, and the kernel knows only the cached ones: the
+ * hashed dentries on its inode's alias list (read without the inode's lock: a dentry freed
+ * meanwhile ends the walk early, which counts as a name not seen). At most
+ * STK_MAX_ALIASES besides the one operated on; when fewer are found than i_nlink says,
+ * the names not seen are decided fail-closed (every blocking selector of the operations
+ * matches, as for a path too long to see whole: docs/kernel.md, "Attacks").
+ */
+#define STK_MAX_ALIASES 8
+
+struct names_ctx {
+	__u64 node;  /* the next alias list node */
+	__u64 own;   /* the dentry the operation named */
+	__u64 mnt;
+	__u64 found[STK_MAX_ALIASES];
+	__u32 n;     /* found */
+	__u32 own_hashed;
+	/* the decision, for the other names (file_decide's arguments) */
+	__u32 slot, hook, ops, flags, mode, fmode;
+	int lsm;
+	int verdict;
+};
+
+/* in a map: bpf_loop's context must be on the stack, and the stack is short */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct names_ctx);
+} stk_names_ctx SEC(".maps");
+
+static long alias_cb(__u32 i, void *data)
+{
+	__u32 zero = 0;
+	struct names_ctx *c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
+	struct hlist_node *node;
+	struct dentry *d;
+
+	if (!c || !c->node)
+		return 1;
+	node = (struct hlist_node *)c->node;
+	d = container_of(node, struct dentry, d_u.d_alias);
+	c->node = (__u64)BPF_CORE_READ(node, next);
+	if (!BPF_CORE_READ(d, d_hash.pprev))
+		return 0; /* unhashed: a name already gone */
+	if ((__u64)d == c->own) {
+		c->own_hashed = 1;
+		return 0;
+	}
+	if (c->n >= STK_MAX_ALIASES)
+		return 1; /* more than we decide: c->node stays set */
+	c->found[c->n & (STK_MAX_ALIASES - 1)] = (__u64)d;
+	c->n++;
+	return 0;
+}
+
+static long other_name_cb(__u32 i, void *data)
+{
+	__u32 zero = 0;
+	struct names_ctx *c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
+	struct path_src src = { .other_name = 1 };
+	struct entry e;
+	int verdict;
+
+	if (!c || i >= c->n || !enter_slot(&e, c->slot))
+		return 1;
+	src.dentry = c->found[i & (STK_MAX_ALIASES - 1)];
+	src.mnt = c->mnt;
+	verdict = file_decide(&e, c->hook, c->ops, c->flags, c->mode, c->fmode, &src, c->lsm);
+	c->verdict = verdict;
+	return verdict != 0;
+}
+
+/*
+ * file_decide for an operation that changes an existing file (src: its dentry, or a path
+ * string), then for each of its other names (a record each, other_name set). Only a file
+ * with more than one link costs more than file_decide (i_nlink is read).
+ */
+static __always_inline int file_decide_names(struct entry *e, __u32 hook, __u32 ops,
+					     __u32 flags, __u32 mode, __u32 fmode,
+					     struct path_src *src, int lsm)
+{
+	struct dentry *d = (struct dentry *)src->dentry;
+	struct names_ctx *c;
+	struct inode *inode;
+	__u32 nlink, zero = 0, n;
+	int verdict;
+
+	if (!d)
+		return file_decide(e, hook, ops, flags, mode, fmode, src, lsm);
+	inode = BPF_CORE_READ(d, d_inode);
+	nlink = BPF_CORE_READ(inode, __i_nlink);
+	c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
+	if (nlink <= 1 || !c || !candidates(e, STK_PART_FILE, ops))
+		return file_decide(e, hook, ops, flags, mode, fmode, src, lsm);
+	__builtin_memset(c, 0, sizeof(*c));
+	c->node = (__u64)BPF_CORE_READ(inode, i_dentry.first);
+	c->own = src->dentry;
+	c->mnt = src->mnt;
+	c->slot = e->slot;
+	c->hook = hook;
+	c->ops = ops;
+	c->flags = flags;
+	c->mode = mode;
+	c->fmode = fmode;
+	c->lsm = lsm;
+	bpf_loop(2 * STK_MAX_ALIASES + 2, alias_cb, NULL, 0);
+	if (c->node || c->n + c->own_hashed < nlink) {
+		src->names_unknown = 1;
+		stat_inc(STK_STAT_NAMES_UNKNOWN);
+	}
+	n = c->n;
+	verdict = file_decide(e, hook, ops, flags, mode, fmode, src, lsm);
+	if (verdict || !n)
+		return verdict;
+	bpf_loop(STK_MAX_ALIASES, other_name_cb, NULL, 0);
+	c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
+	return c ? c->verdict : 0;
 }
 
 #endif

@@ -136,7 +136,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		bpf_get_current_comm(comm, sizeof(comm));
 	interactive = BPF_CORE_READ(task, signal, tty) != NULL;
 
-	actions = evaluate(e.s, &rp, comm, interactive, 0);
+	actions = evaluate(e.s, &rp, comm, interactive, 0, 0);
 	if (!actions)
 		return 0;
 	if (lsm && !(actions & STK_ACTION_BLOCK))

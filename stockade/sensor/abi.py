@@ -52,7 +52,7 @@ __all__ = [
 class Const(IntEnum):
     """enum stk_const: sizes and limits both sides build on."""
 
-    RECORD_VERSION = 2
+    RECORD_VERSION = 3
     MASK_WORDS = 16  # u64 words per selector mask: 1024 selectors per part
     PATH_KEY = 256
     LPM_PATH = 255
@@ -225,6 +225,8 @@ class Stat(IntEnum):
     LOST_ALERT = 8
     LOST_EXIT = 9
     CGROUP_FAIL = 10  # cgroup records lost (not in RB_FAIL): the cgroups need a rescan
+    NAMES_UNKNOWN = 11  # a changed file with more links than names in the dcache
+    PATH_SWAPPED = 12  # kill mode: a path string changed between sys_enter and sys_exit
 
 
 class PathTable(IntFlag):
@@ -402,7 +404,9 @@ FILE_REC: Final = Layout(
         ("path_from_fd", "B"),
         ("path_len", "H"),
         ("path_truncated", "B"),
-        ("pad", "3s"),
+        ("other_name", "B"),
+        ("names_unknown", "B"),
+        ("path_swapped", "B"),
         ("comm", "16s"),
         ("path", "0s"),
     ),

@@ -94,6 +94,15 @@ def kernel_operations(
             return volume_of(path)
         return "none" if raw.startswith("/") else volume_of(cwd)
 
+    # a file's names (hard links), newest first as the kernel's alias list has them: a
+    # change of the file through a hook that has its inode is decided under each
+    names: dict[str, list[str]] = {}
+
+    def others(path: str, ops: set[str], inode_known: bool) -> list[tuple[PartName, Operation]]:
+        if not inode_known:
+            return []
+        return [file(ops, n, volume_of(n)) for n in names.get(path, []) if n != path]
+
     out = [proc("exec", PY)]
     for op in ops:
         kind, raw = op[0], op[1]
@@ -109,28 +118,52 @@ def kernel_operations(
             out.append(file(created, path, volume_of(path)))
         elif kind in ("modify", "ftruncate"):
             modified = {"modifyFile"} | ({"modifyExecutable"} if x else set())
-            out.append(file(modified, path, volume_of(path)))
+            out += [file(modified, path, volume_of(path)), *others(path, modified, True)]
             if kind == "ftruncate":
-                out.append(file({"modifyFile"} if lsm else modified, path, volume_of(path)))
+                truncated = {"modifyFile"} if lsm else modified
+                out += [file(truncated, path, volume_of(path)), *others(path, truncated, True)]
         elif kind == "chmod":
-            modes[path] = op[2]
+            for n in names.get(path, [path]):
+                modes[n] = op[2]
             changed = {"modifyFile"} | ({"createExecutable"} if op[2] & 0o111 else set())
-            out.append(file(changed, path, string_volume(raw, path)))
+            out += [file(changed, path, string_volume(raw, path)), *others(path, changed, lsm)]
         elif kind in ("rename", "link"):
             target = os.path.normpath(os.path.join(cwd, op[2]))
             modes[target] = modes[path]
+            linked_before = names.pop(path, [path])
             if kind == "rename":
                 del modes[path]
+                group = [target if n == path else n for n in linked_before]
+            else:
+                group = [target, *linked_before]
+            if len(group) > 1:
+                for n in group:
+                    names[n] = group
             ops_ = (
                 {"createFile", "modifyFile", "deleteFile"} if kind == "rename" else {"createFile"}
             )
+            if lsm and x:  # the hook knows the file's mode: a new name for an executable
+                ops_.add("createExecutable")
             out.append(file(ops_, target, string_volume(op[2], target)))
             if kind == "rename":  # the old name is gone
                 out.append(file({"deleteFile"}, path, string_volume(raw, path)))
+            else:  # the file linked is changed (kill mode: by path, its mode and names unknown)
+                linked = {"modifyFile"} | ({"modifyExecutable"} if lsm and x else set())
+                out.append(file(linked, path, string_volume(raw, path)))
+                if lsm:
+                    out += [file(linked, n, volume_of(n)) for n in linked_before if n != path]
         elif kind == "truncate":
-            out.append(file({"modifyFile"}, path, string_volume(raw, path)))
+            out += [
+                file({"modifyFile"}, path, string_volume(raw, path)),
+                *others(path, {"modifyFile"}, lsm),
+            ]
         elif kind == "delete":
             del modes[path]
+            group = names.pop(path, [])
+            if path in group:
+                group.remove(path)
+            if len(group) == 1:
+                names.pop(group[0], None)
             out.append(file({"deleteFile"}, path, string_volume(raw, path)))
     return out
 
