@@ -280,15 +280,14 @@ static __always_inline int has_prefix(const char *s, const char *p, int n)
  * accepted with AT_EMPTY_PATH: the dirfd itself), or procfs' magic links "/proc/self/fd/N",
  * "/proc/thread-self/fd/N", "/dev/fd/N". NULL: a plain path.
  */
-static __always_inline struct file *string_file(__u64 upath, __s64 dirfd, __u32 kstr)
+static __always_inline struct file *string_file(__u64 upath, __s64 dirfd, __u32 kstr, char *s)
 {
-	char s[32] = {};
 	__u32 start, i;
 	__s64 fd = 0;
 	char c;
 
-	if ((kstr ? bpf_probe_read_kernel_str(s, sizeof(s), (void *)upath) :
-		    bpf_probe_read_user_str(s, sizeof(s), (void *)upath)) < 1)
+	if ((kstr ? bpf_probe_read_kernel_str(s, 32, (void *)upath) :
+		    bpf_probe_read_user_str(s, 32, (void *)upath)) < 1)
 		return NULL;
 	if (!s[0])
 		return fd_file(dirfd);
@@ -311,21 +310,37 @@ static __always_inline struct file *string_file(__u64 upath, __s64 dirfd, __u32 
 	return i && !s[(start + i) & 31] ? fd_file(fd) : NULL;
 }
 
+/* a syscall exit's decisions (here, not on the stack: the stack is short) */
+struct finish_state {
+	struct path_src srcs[2]; /* the name, a rename's or link's old name */
+	__u64 upath[2];          /* the strings' addresses in the caller's memory */
+	__u32 ops[2];            /* each name's operations (0: none) */
+	char head[32];           /* string_file's look at a string */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct finish_state);
+} stk_finish SEC(".maps");
+
 /*
- * A path-string syscall's exit (it succeeded): decide the name (a rename's: both names; a
- * link's: the old name too, as modifyFile of the file linked), from the strings saved at
- * sys_enter; a string that differs now is decided as well, both flagged path_swapped.
+ * A path-string syscall's exit (it succeeded): what to decide — the name (srcs[0], ops[0]),
+ * a rename's or link's old name (srcs[1], ops[1]: the link's as modifyFile of the file
+ * linked), from the strings saved at sys_enter (upath: the strings' addresses, to read them
+ * again: a string that differs now is flagged swapped). 0: nothing.
  */
-static __always_inline int finish_strings(struct entry *e, struct inflight *v)
+static __always_inline int string_ops(struct inflight *v, struct path_src *srcs, __u32 *opv,
+				      __u64 *upath, __u32 *flagsp, __u32 *modep, char *head)
 {
-	struct path_src name = { .dirfd = AT_FDCWD }, old = { .dirfd = AT_FDCWD }, srcs[2], p;
+	struct path_src *name = &srcs[0], *old = &srcs[1];
 	struct saved_strs *ss = NULL;
 	struct file *f = NULL;
-	__u64 upath[2];
 	__u32 ops = 0, old_ops = 0, mode = 0, flags = 0;
-	int moves = 0, i;
+	int moves = 0;
 
-	if (!string_args(v->hook, v->args, &name, &old))
+	if (!string_args(v->hook, v->args, name, old))
 		return 0;
 	switch (v->hook) {
 	case STK_HOOK_UNLINK:
@@ -370,27 +385,27 @@ static __always_inline int finish_strings(struct entry *e, struct inflight *v)
 			ops |= 1u << STK_OP_CREATE_EXECUTABLE;
 		break;
 	}
-	upath[0] = name.upath;
-	upath[1] = old.upath;
+	upath[0] = name->upath;
+	upath[1] = old->upath;
 	if (v->extra) { /* saved at sys_enter (else read now, as they are) */
 		ss = bpf_task_storage_get(&stk_saved_strs, bpf_get_current_task_btf(), 0, 0);
 		if (ss) {
-			name.upath = plain(ss->s[0]);
-			old.upath = old.upath ? plain(ss->s[1]) : 0;
-			name.kstr = old.kstr = 1;
-			name.swapped = string_changed(upath[0], ss->s[0], ss->len[0]);
-			old.swapped = old.upath && string_changed(upath[1], ss->s[1], ss->len[1]);
-			if (name.swapped || old.swapped)
+			name->upath = plain(ss->s[0]);
+			old->upath = old->upath ? plain(ss->s[1]) : 0;
+			name->kstr = old->kstr = 1;
+			name->swapped = string_changed(upath[0], ss->s[0], ss->len[0]);
+			old->swapped = old->upath && string_changed(upath[1], ss->s[1], ss->len[1]);
+			if (name->swapped || old->swapped)
 				stat_inc(STK_STAT_PATH_SWAPPED);
 		}
 	}
 	/* chmod, truncate: through an fd named by "" or /proc/self/fd/N? */
 	if (ops & (1u << STK_OP_MODIFY_FILE) && !(ops & (1u << STK_OP_DELETE_FILE)))
-		f = string_file(name.upath, name.dirfd, name.kstr);
+		f = string_file(name->upath, name->dirfd, name->kstr, head);
 	else if (old_ops == 1u << STK_OP_MODIFY_FILE) /* a link of an fd's file */
-		f = string_file(old.upath, old.dirfd, old.kstr);
+		f = string_file(old->upath, old->dirfd, old->kstr, head);
 	if (f) {
-		struct path_src *fp = old_ops ? &old : &name;
+		struct path_src *fp = old_ops ? old : name;
 
 		fp->dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
 		fp->mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
@@ -402,35 +417,23 @@ static __always_inline int finish_strings(struct entry *e, struct inflight *v)
 			}
 		}
 	}
-	name.moves = old.moves = moves;
-	srcs[0] = name;
-	srcs[1] = old;
-	/* the saved names, then the strings that changed since sys_enter as they are now (fail
-	 * closed: either may be what the kernel used); one call site, so the loop stays a loop */
-#pragma clang loop unroll(disable)
-	for (i = 0; i < 4; i++) {
-		p = srcs[i & 1];
-		if (i >= 2) {
-			if (!p.swapped)
-				continue;
-			p.upath = upath[i & 1];
-			p.kstr = 0;
-			p.dentry = p.mnt = 0;
-		} else if (!p.upath) {
-			continue;
-		}
-		file_decide_names(e, v->hook, i & 1 ? old_ops : ops, flags, mode, 0, &p, 0);
-	}
-	return 0;
+	name->moves = old->moves = moves;
+	opv[0] = ops;
+	opv[1] = old->upath ? old_ops : 0;
+	*flagsp = flags;
+	*modep = mode;
+	return 1;
 }
 
 /* a syscall's exit: decide and report what its entry stashed */
 static __always_inline int finish(long ret)
 {
 	struct inflight *vp, v;
-	struct path_src src = { .dirfd = AT_FDCWD };
+	struct finish_state *st;
+	struct path_src *src, *p;
 	struct entry e;
-	__u32 ops = 0, mode = 0, fmode = 0, flags = 0;
+	__u32 ops = 0, mode = 0, fmode = 0, flags = 0, zero = 0;
+	int i;
 
 	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!vp || !vp->hook)
@@ -439,8 +442,12 @@ static __always_inline int finish(long ret)
 	vp->hook = 0;
 	if (ret < 0)
 		return 0;
-	if (!enter(&e))
+	st = bpf_map_lookup_elem(&stk_finish, &zero);
+	if (!st || !enter(&e))
 		return 0;
+	__builtin_memset(st, 0, sizeof(*st));
+	st->srcs[0].dirfd = st->srcs[1].dirfd = AT_FDCWD;
+	src = &st->srcs[0];
 
 	switch (v.hook) {
 	case STK_HOOK_OPEN:
@@ -458,8 +465,8 @@ static __always_inline int finish(long ret)
 		if ((mode & S_IFMT) != S_IFREG)
 			return 0;
 		fmode = BPF_CORE_READ(f, f_mode);
-		src.dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
-		src.mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+		src->dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
+		src->mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
 		if (v.hook <= STK_HOOK_CREAT) {
 			flags = v.extra;
 			if (fmode & FMODE_CREATED)
@@ -480,12 +487,30 @@ static __always_inline int finish(long ret)
 			ops = 1u << STK_OP_MODIFY_FILE |
 			      (mode & S_IXUGO ? 1u << STK_OP_MODIFY_EXECUTABLE : 0);
 		}
+		st->ops[0] = ops;
 		break;
 	}
 	default:
-		return finish_strings(&e, &v);
+		if (!string_ops(&v, st->srcs, st->ops, st->upath, &flags, &mode, st->head))
+			return 0;
 	}
-	return file_decide_names(&e, v.hook, ops, flags, mode, fmode, &src, 0);
+	/* the names, then the strings that changed since sys_enter as they are now (fail
+	 * closed: either may be what the kernel used); one call site, so the stack is one's */
+#pragma clang loop unroll(disable)
+	for (i = 0; i < 4; i++) {
+		p = &st->srcs[i & 1];
+		if (!st->ops[i & 1])
+			continue;
+		if (i >= 2) {
+			if (!p->swapped)
+				continue;
+			p->upath = st->upath[i & 1];
+			p->kstr = 0;
+			p->dentry = p->mnt = 0;
+		}
+		file_decide_names(&e, v.hook, st->ops[i & 1], flags, mode, fmode, p, 0);
+	}
+	return 0;
 }
 
 /* Attached to the matching syscalls/sys_exit_*. */

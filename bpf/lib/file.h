@@ -124,16 +124,12 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 #define STK_MAX_ALIASES 8
 
 struct names_ctx {
-	__u64 node;  /* the next alias list node */
-	__u64 own;   /* the dentry the operation named */
-	__u64 mnt;
+	struct path_src other; /* the name being decided (here: the stack is short) */
+	__u64 node; /* the next alias list node */
+	__u64 own;  /* the dentry the operation named */
 	__u64 found[STK_MAX_ALIASES];
-	__u32 n;     /* found */
+	__u32 n;    /* found */
 	__u32 own_hashed;
-	/* the decision, for the other names (file_decide's arguments) */
-	__u32 slot, hook, ops, flags, mode, fmode;
-	int lsm;
-	int verdict;
 };
 
 /* in a map: bpf_loop's context must be on the stack, and the stack is short */
@@ -169,68 +165,56 @@ static long alias_cb(__u32 i, void *data)
 	return 0;
 }
 
-static long other_name_cb(__u32 i, void *data)
-{
-	__u32 zero = 0;
-	struct names_ctx *c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
-	struct path_src src = { .other_name = 1 };
-	struct entry e;
-	int verdict;
-
-	if (!c || i >= c->n || !enter_slot(&e, c->slot))
-		return 1;
-	src.dentry = c->found[i & (STK_MAX_ALIASES - 1)];
-	src.mnt = c->mnt;
-	verdict = file_decide(&e, c->hook, c->ops, c->flags, c->mode, c->fmode, &src, c->lsm);
-	c->verdict = verdict;
-	return verdict != 0;
-}
-
 /*
  * file_decide for an operation that changes an existing file (src: its dentry, or a path
- * string), then for each of its other names (a record each, other_name set). Only a file
- * with more than one link costs more than file_decide (i_nlink is read).
+ * string), then for each of its other names (a record each, other_name set); stops at a
+ * denial. Only a file with more than one link costs more than file_decide (i_nlink is
+ * read). One call site of file_decide, in a loop: the stack stays that of one.
  */
 static __always_inline int file_decide_names(struct entry *e, __u32 hook, __u32 ops,
 					     __u32 flags, __u32 mode, __u32 fmode,
 					     struct path_src *src, int lsm)
 {
 	struct dentry *d = (struct dentry *)src->dentry;
-	struct names_ctx *c;
+	struct path_src *p = src;
+	struct names_ctx *c = NULL;
 	struct inode *inode;
-	__u32 nlink, zero = 0, n;
-	int verdict;
+	__u32 nlink = 0, zero = 0, n = 0, i;
+	int verdict = 0;
 
-	if (!d)
-		return file_decide(e, hook, ops, flags, mode, fmode, src, lsm);
-	inode = BPF_CORE_READ(d, d_inode);
-	nlink = BPF_CORE_READ(inode, __i_nlink);
-	c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
-	if (nlink <= 1 || !c || !candidates(e, STK_PART_FILE, ops))
-		return file_decide(e, hook, ops, flags, mode, fmode, src, lsm);
-	__builtin_memset(c, 0, sizeof(*c));
-	c->node = (__u64)BPF_CORE_READ(inode, i_dentry.first);
-	c->own = src->dentry;
-	c->mnt = src->mnt;
-	c->slot = e->slot;
-	c->hook = hook;
-	c->ops = ops;
-	c->flags = flags;
-	c->mode = mode;
-	c->fmode = fmode;
-	c->lsm = lsm;
-	bpf_loop(2 * STK_MAX_ALIASES + 2, alias_cb, NULL, 0);
-	if (c->node || c->n + c->own_hashed < nlink) {
-		src->names_unknown = 1;
-		stat_inc(STK_STAT_NAMES_UNKNOWN);
+	if (d) {
+		inode = BPF_CORE_READ(d, d_inode);
+		nlink = BPF_CORE_READ(inode, __i_nlink);
+		if (nlink > 1 && candidates(e, STK_PART_FILE, ops))
+			c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
 	}
-	n = c->n;
-	verdict = file_decide(e, hook, ops, flags, mode, fmode, src, lsm);
-	if (verdict || !n)
-		return verdict;
-	bpf_loop(STK_MAX_ALIASES, other_name_cb, NULL, 0);
-	c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
-	return c ? c->verdict : 0;
+	if (c) {
+		__builtin_memset(c, 0, sizeof(*c));
+		c->node = (__u64)BPF_CORE_READ(inode, i_dentry.first);
+		c->own = src->dentry;
+		bpf_loop(2 * STK_MAX_ALIASES + 2, alias_cb, NULL, 0);
+		if (c->node || c->n + c->own_hashed < nlink) {
+			src->names_unknown = 1;
+			stat_inc(STK_STAT_NAMES_UNKNOWN);
+		}
+		n = c->n;
+		c->other.mnt = src->mnt;
+		c->other.other_name = 1;
+	}
+#pragma clang loop unroll(disable)
+	for (i = 0; i <= STK_MAX_ALIASES && i <= n; i++) {
+		if (i) {
+			if (!c)
+				break;
+			c->other.dentry = c->found[(i - 1) & (STK_MAX_ALIASES - 1)];
+			c->other.names_unknown = 0;
+			p = &c->other;
+		}
+		verdict = file_decide(e, hook, ops, flags, mode, fmode, p, lsm);
+		if (verdict)
+			break;
+	}
+	return verdict;
 }
 
 #endif

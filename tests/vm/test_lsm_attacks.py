@@ -6,6 +6,7 @@ with a `denied` record."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import textwrap
@@ -82,5 +83,74 @@ def test_attacks_are_denied(
             (f"{e}/existing", "path_truncate"),
             (str(e), "path_rename"),  # the guarded directory: its paths would move
         )
+    ]  # fmt: skip
+    assert all(d["cloud_defend"]["outcome"] == "denied" for d in docs)
+
+
+# argv: workdir — the hard-link and new-executable attacks, [name, errno or 0] per line
+LINKS = textwrap.dedent(
+    """
+    import json, os, sys
+    w = sys.argv[1]
+    e = w + "/etc"
+    def attempt(name, fn):
+        try:
+            fn()
+            err = 0
+        except OSError as exc:
+            err = exc.errno
+        print(json.dumps([name, err]), flush=True)
+    attempt("link_out", lambda: os.link(e + "/existing", w + "/link"))
+    attempt("write_early_link", lambda: os.close(os.open(w + "/early", os.O_WRONLY)))
+    attempt("write_many_links", lambda: os.close(os.open(w + "/many0", os.O_WRONLY)))
+    attempt("rename_exe_in", lambda: os.rename(w + "/exe", w + "/bin/exe"))
+    attempt("link_exe_in", lambda: os.link(w + "/exe2", w + "/bin/exe2"))
+    """
+)
+
+
+def test_hard_links_and_new_executables_are_denied(
+    harness: Harness, cgroup: Cgroup, workdir: Path
+) -> None:
+    """A hard link of a guarded file out of its directory (path_link's old name: modifyFile),
+    a write through a link made before the policy (the guarded name is another alias of the
+    inode: other_name), a write to a file with more names than are decided (fail closed:
+    names_unknown), and an executable renamed or linked into a guarded bin directory
+    (createExecutable: the hook knows the mode) — each EPERM, nothing changed."""
+    w = workdir
+    tree(w)
+    (w / "etc" / "second").write_text("data\n")
+    os.link(w / "etc" / "existing", w / "early")  # made before the policy, as in an image
+    for i in range(10):  # more names than the 8 decided
+        os.link(w / "etc" / "second", w / f"many{i}")
+    (w / "bin").mkdir()
+    for exe in ("exe", "exe2"):
+        (w / exe).write_text("#!/bin/sh\n")
+        (w / exe).chmod(0o755)
+    policy = file_block_policy(w)
+    policy["spec"]["file"]["selectors"].append(
+        {"name": "binExe", "targetFilePath": [f"{w}/bin/**"], "operation": ["createExecutable"]}
+    )
+    policy["spec"]["file"]["responses"][0]["match"].append("binExe")
+    harness.apply([policy], {cgroup: WEB})
+    res, docs = harness.run([PY, "-S", "-B", "-c", LINKS, str(w)], cgroup)
+    assert res.returncode == 0, res.stderr
+    results = dict(json.loads(line) for line in res.stdout.splitlines())
+    assert results == dict.fromkeys(results, EPERM) and len(results) == 5, results
+    assert not (w / "link").exists() and sorted(os.listdir(w / "bin")) == []
+    got = [
+        (d["file"]["path"], d["cloud_defend"]["hook_point"], d["cloud_defend"]["file_operations"],
+         d["cloud_defend"].get("other_name", False), d["cloud_defend"].get("names_unknown", False))
+        for d in docs
+    ]  # fmt: skip
+    modify = ["modifyFile"]
+    assert got == [
+        (f"{w}/etc/existing", hook_point(harness, "path_link"), modify, False, False),
+        (f"{w}/etc/existing", hook_point(harness, "file_open"), modify, True, False),
+        (f"{w}/many0", hook_point(harness, "file_open"), modify, False, True),
+        (f"{w}/bin/exe", hook_point(harness, "path_rename"),
+         ["createExecutable", "createFile", "deleteFile", "modifyFile"], False, False),
+        (f"{w}/bin/exe2", hook_point(harness, "path_link"),
+         ["createExecutable", "createFile"], False, False),
     ]  # fmt: skip
     assert all(d["cloud_defend"]["outcome"] == "denied" for d in docs)
