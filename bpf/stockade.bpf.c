@@ -316,6 +316,7 @@ struct finish_state {
 	__u64 upath[2];          /* the strings' addresses in the caller's memory */
 	__u32 ops[2];            /* each name's operations (0: none) */
 	char head[32];           /* string_file's look at a string */
+	__u32 unknown_exe;       /* a rename or link by path: the file's x bits are unknown */
 };
 
 struct {
@@ -332,7 +333,8 @@ struct {
  * again: a string that differs now is flagged swapped). 0: nothing.
  */
 static __always_inline int string_ops(struct inflight *v, struct path_src *srcs, __u32 *opv,
-				      __u64 *upath, __u32 *flagsp, __u32 *modep, char *head)
+				      __u64 *upath, __u32 *flagsp, __u32 *modep, char *head,
+				      __u32 *unknown_exe)
 {
 	struct path_src *name = &srcs[0], *old = &srcs[1];
 	struct saved_strs *ss = NULL;
@@ -418,6 +420,8 @@ static __always_inline int string_ops(struct inflight *v, struct path_src *srcs,
 		}
 	}
 	name->moves = old->moves = moves;
+	/* a rename's or link's new name: whether the file has an x bit is unknown by path */
+	*unknown_exe = old_ops && !f;
 	opv[0] = ops;
 	opv[1] = old->upath ? old_ops : 0;
 	*flagsp = flags;
@@ -432,7 +436,7 @@ static __always_inline int finish(long ret)
 	struct finish_state *st;
 	struct path_src *src, *p;
 	struct entry e;
-	__u32 ops = 0, mode = 0, fmode = 0, flags = 0, zero = 0;
+	__u32 ops = 0, mode = 0, fmode = 0, flags = 0, zero = 0, j;
 	int i;
 
 	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
@@ -491,24 +495,33 @@ static __always_inline int finish(long ret)
 		break;
 	}
 	default:
-		if (!string_ops(&v, st->srcs, st->ops, st->upath, &flags, &mode, st->head))
+		if (!string_ops(&v, st->srcs, st->ops, st->upath, &flags, &mode, st->head,
+				&st->unknown_exe))
 			return 0;
 	}
 	/* the names, then the strings that changed since sys_enter as they are now (fail
 	 * closed: either may be what the kernel used); one call site, so the stack is one's */
 #pragma clang loop unroll(disable)
-	for (i = 0; i < 4; i++) {
-		p = &st->srcs[i & 1];
-		if (!st->ops[i & 1])
+	for (i = 0; i < 5; i++) {
+		j = i > 2 ? i - 3 : i & 1; /* 0, 1: the names; 2: pending; 3, 4: the names now */
+		p = &st->srcs[j];
+		if (i == 2) { /* a name given to a file whose mode is unknown: user space reads it */
+			if (st->unknown_exe)
+				file_decide(&e, v.hook, 1u << STK_OP_CREATE_EXECUTABLE, flags, mode,
+					    fmode, p, DECIDE_PENDING);
 			continue;
-		if (i >= 2) {
+		}
+		if (!st->ops[j])
+			continue;
+		if (i > 2) {
 			if (!p->swapped)
 				continue;
-			p->upath = st->upath[i & 1];
+			p->upath = st->upath[j];
 			p->kstr = 0;
 			p->dentry = p->mnt = 0;
 		}
-		file_decide_names(&e, v.hook, st->ops[i & 1], flags, mode, fmode, p, 0);
+		if (file_decide_names(&e, v.hook, st->ops[j], flags, mode, fmode, p, 0) && !i)
+			st->unknown_exe = 0; /* killed already: no need to read its mode */
 	}
 	return 0;
 }

@@ -47,6 +47,7 @@ enum stk_outcome {
 	STK_OUTCOME_KILLED = 1,      /* kill mode: SIGKILL sent */
 	STK_OUTCOME_KILL_FAILED = 2, /* kill mode: bpf_send_signal failed */
 	STK_OUTCOME_DENIED = 3,      /* lsm mode: -EPERM returned before the operation */
+	STK_OUTCOME_PENDING = 4,     /* kill mode: acts only if the file has an x bit (user space) */
 };
 
 enum stk_volume { STK_VOLUME_NONE = 0, STK_VOLUME_MOUNT = 1, STK_VOLUME_FILE = 2 };

@@ -38,12 +38,20 @@ static __always_inline void resolve_src(struct path_src *src, __u32 head_tag, st
 }
 
 /*
+ * file_decide's lsm argument: kill mode (0), lsm and fmodret modes (1), or kill mode's
+ * createExecutable of a name whose file's mode it can't read (a rename or link by path):
+ * the record's outcome is STK_OUTCOME_PENDING and nothing is done; user space reads the
+ * mode and acts (docs/kernel.md, "Attacks").
+ */
+#define DECIDE_PENDING 2
+
+/*
  * Decide a file operation and write its record when some action applies.
  * Candidates first, then the path (not walked when its first component is in
  * no table and no selector without a path condition can act: walked for the
  * record only). Kill mode (lsm = 0): BLOCK sends SIGKILL (the operation has
  * happened). lsm and fmodret modes (lsm = 1): BLOCK returns -EPERM and the record says denied;
- * AUDIT_BLOCK never denies. Returns the LSM verdict.
+ * AUDIT_BLOCK never denies. Returns the LSM verdict (kill mode: 1 when it killed).
  */
 static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, __u32 flags,
 				       __u32 mode, __u32 fmode, struct path_src *src, int lsm)
@@ -82,13 +90,16 @@ static __always_inline int file_decide(struct entry *e, __u32 hook, __u32 ops, _
 
 	task = (struct task_struct *)bpf_get_current_task(); /* only a record needs it */
 	fill_hdr(&r->h, task, e->s, STK_KIND_FILE, hook, e->slot, e->ctl, e->cgid, actions);
-	if (actions & STK_ACTION_BLOCK) {
+	if (lsm == DECIDE_PENDING) {
+		r->h.outcome = STK_OUTCOME_PENDING; /* nothing done: user space reads the mode */
+	} else if (actions & STK_ACTION_BLOCK) {
 		if (lsm) {
 			stat_inc(STK_STAT_DENIALS);
 			r->h.outcome = STK_OUTCOME_DENIED;
 			verdict = -STK_EPERM;
 		} else {
 			r->h.outcome = kill_current();
+			verdict = 1; /* kill mode: decided (a caller deciding more may stop) */
 		}
 	}
 	r->ops = ops;
@@ -168,7 +179,7 @@ static long alias_cb(__u32 i, void *data)
 /*
  * file_decide for an operation that changes an existing file (src: its dentry, or a path
  * string), then for each of its other names (a record each, other_name set); stops at a
- * denial. Only a file with more than one link costs more than file_decide (i_nlink is
+ * denial (or a kill). Only a file with more than one link costs more than file_decide (i_nlink is
  * read). One call site of file_decide, in a loop: the stack stays that of one.
  */
 static __always_inline int file_decide_names(struct entry *e, __u32 hook, __u32 ops,

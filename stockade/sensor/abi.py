@@ -109,6 +109,7 @@ class Outcome(IntEnum):
     KILLED = 1
     KILL_FAILED = 2
     DENIED = 3
+    PENDING = 4  # kill mode: acts only if the file has an x bit, which user space reads
 
 
 class Volume(IntEnum):

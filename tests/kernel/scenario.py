@@ -48,6 +48,10 @@ Outcome = tuple[str, str, tuple[str, ...], tuple[str, ...], bool, str]
 # what the record of a blocked operation says: killed after it (kill), EPERM before it (lsm,
 # fmodret)
 BLOCKED_OUTCOME = {"kill": "killed", "lsm": "denied", "fmodret": "denied"}
+# kill mode: a name given by rename or link by path is decided again as createExecutable,
+# outcome `pending` (user space reads the mode; the harness reads records after the process
+# is gone, so they stay pending), unless the name's own decision blocked
+PENDING = {"createExecutable"}
 
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
 
@@ -152,6 +156,8 @@ def kernel_operations(
                 out.append(file(linked, path, string_volume(raw, path)))
                 if lsm:
                     out += [file(linked, n, volume_of(n)) for n in linked_before if n != path]
+            if not lsm:  # the new name's createExecutable, for user space to settle: PENDING
+                out.append(file(PENDING, target, string_volume(op[2], target)))
         elif kind == "truncate":
             out += [
                 file({"modifyFile"}, path, string_volume(raw, path)),
@@ -185,10 +191,18 @@ def predict(
     masks = container_masks(applied.bundle, applied.containers[cgroup_id].workload)
     tables = {p: PartTables.from_bundle(applied.bundle, p) for p in ("process", "file")}
     out: list[Outcome] = []
+    blocked: set[str] = set()  # paths a block acted on
     for part, op in operations:
+        pending = op.operations == PENDING and mode == "kill"
+        if pending and op.path in blocked:
+            continue
         mask, actions = tables[part].decide(masks[part], op)
         if not actions:
             continue
+        blocked_or_allowed = "allowed"
+        if ActionBits.BLOCK in actions:
+            blocked.add(op.path or "")
+            blocked_or_allowed = BLOCKED_OUTCOME[mode]
         names = tuple(n for _, n in selector_names(applied.bundle, part, mask))
         out.append(
             (
@@ -197,7 +211,7 @@ def predict(
                 names,
                 _action_names(actions),
                 ActionBits.AUDIT_BLOCK in actions,
-                BLOCKED_OUTCOME[mode] if ActionBits.BLOCK in actions else "allowed",
+                "pending" if pending else blocked_or_allowed,
             )
         )
     return out

@@ -19,7 +19,9 @@ from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.records import FileRecord, ProcessRecord
 
 from .conftest import Cgroup, Collector, Record, part_tables
+from .scenario import Harness
 from .test_sensor import py
+from .test_standalone import WEB
 
 pytestmark = pytest.mark.kernel
 
@@ -545,3 +547,62 @@ def test_a_path_string_changed_mid_call_is_decided_both_ways(
     assert got == [(str(real), True, "killed")]
     assert sensor.stats()["path_swapped"] - before == 1
     assert real.read_text() == "" and decoy.read_text() == "data"  # kill mode: after the fact
+
+
+# argv: how, old, new — gives old the name new (by path), then waits to be killed
+MOVE_SCRIPT = """
+import os, sys, time
+how, old, new = sys.argv[1:]
+(os.rename if how == "rename" else os.link)(old, new)
+print("moved", flush=True)
+time.sleep(30)
+"""
+
+
+def test_executables_moved_into_a_guarded_directory_are_settled_in_user_space(
+    harness: Harness, cgroup: Cgroup, workdir: Path
+) -> None:
+    """An executable renamed or hard-linked by path into a directory that blocks
+    createExecutable: the syscall tracepoint can't read the file's mode, so the kernel writes
+    a `pending` record, and the sensor's user space reads the mode through the process's root
+    and kills the process (after the fact). A file without an x bit moved there: nothing."""
+    w = workdir
+    (w / "bin").mkdir()
+    for name, mode in (("exe", 0o755), ("exe2", 0o700), ("plain", 0o644)):
+        (w / name).write_text("#!/bin/sh\n")
+        (w / name).chmod(mode)
+    harness.apply([{
+        "apiVersion": "stockade.dev/v1alpha1", "kind": "ContainerPolicy",
+        "metadata": {"name": "bin-guard", "namespace": "shop"},
+        "spec": {"file": {
+            "selectors": [{"name": "binExe", "operation": ["createExecutable"],
+                           "targetFilePath": [f"{w}/bin/**"]}],
+            "responses": [{"match": ["binExe"], "actions": ["alert", "block"]}],
+        }},
+    }], {cgroup: WEB})  # fmt: skip
+    assert harness.sa is not None
+    got = {}
+    for how, name in (("rename", "exe"), ("link", "exe2"), ("rename", "plain")):
+        harness.docs()
+        child = subprocess.Popen(
+            py(MOVE_SCRIPT, how, str(w / name), str(w / "bin" / name)),
+            preexec_fn=cgroup.join(), stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout and child.stdout.readline() == "moved\n"
+        deadline = time.monotonic() + 3
+        while child.poll() is None and time.monotonic() < deadline:
+            harness.sa.pump(100)
+        child.kill()
+        docs = harness.docs()
+        got[name] = (
+            child.wait(),
+            [(d["file"]["path"], d["cloud_defend"]["file_operations"], d["cloud_defend"]["outcome"])
+             for d in docs if d["event"]["category"] == ["file"]],
+        )  # fmt: skip
+    assert got == {
+        "exe": (-9, [(f"{w}/bin/exe", ["createExecutable"], "killed")]),
+        "exe2": (-9, [(f"{w}/bin/exe2", ["createExecutable"], "killed")]),
+        "plain": (-9, []),  # killed by the test, after 3 s of nothing
+    }
+    counts = harness.sa.counts
+    assert (counts["pending_executable"], counts["pending_not_executable"]) == (2, 1)
