@@ -275,10 +275,32 @@ static __always_inline int has_prefix(const char *s, const char *p, int n)
 	return 1;
 }
 
+/* "/proc/PID/fd/" where PID is the caller's process or thread: where N starts (0: not so) */
+static __always_inline __u32 own_pid_fd(const char *s)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = 0, i;
+	char c;
+
+	for (i = 0; i < 8; i++) {
+		c = s[(6 + i) & 31];
+		if (c < '0' || c > '9')
+			break;
+		pid = pid * 10 + (c - '0');
+	}
+	if (!i || (pid != id >> 32 && pid != (__u32)id))
+		return 0;
+	if (s[(6 + i) & 31] != '/' || s[(7 + i) & 31] != 'f' || s[(8 + i) & 31] != 'd' ||
+	    s[(9 + i) & 31] != '/')
+		return 0;
+	return 10 + i;
+}
+
 /*
  * The open file a path string names without a path (chmod, truncate follow it): "" (only
  * accepted with AT_EMPTY_PATH: the dirfd itself), or procfs' magic links "/proc/self/fd/N",
- * "/proc/thread-self/fd/N", "/dev/fd/N". NULL: a plain path.
+ * "/proc/thread-self/fd/N", "/dev/fd/N", "/proc/PID/fd/N" (PID: the caller's). NULL: a
+ * plain path.
  */
 static __always_inline struct file *string_file(__u64 upath, __s64 dirfd, __u32 kstr, char *s)
 {
@@ -297,7 +319,11 @@ static __always_inline struct file *string_file(__u64 upath, __s64 dirfd, __u32 
 		start = 8;
 	else if (has_prefix(s, "/proc/thread-self/fd/", 21))
 		start = 21;
+	else if (has_prefix(s, "/proc/", 6))
+		start = own_pid_fd(s);
 	else
+		return NULL;
+	if (!start)
 		return NULL;
 	for (i = 0; i < 8; i++) {
 		c = s[(start + i) & 31];
@@ -621,6 +647,7 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 	struct filename *name;
 	struct entry e;
 	__u32 ops, old_ops = 0, flags = 0, mode = 0, hook;
+	int killed;
 	void *cmd = (void *)req + bpf_core_field_offset(struct io_kiocb, cmd);
 
 	switch (BPF_CORE_READ(req, opcode)) {
@@ -687,8 +714,13 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 	if (!name || !enter(&e))
 		return 0;
 	src.upath = (__u64)BPF_CORE_READ(name, name);
-	file_decide(&e, hook, ops, flags, mode, 0, &src, 0);
-	if (old.upath) /* a rename's or link's old name, as for the syscall */
-		file_decide(&e, hook, old_ops, flags, mode, 0, &old, 0);
+	killed = file_decide(&e, hook, ops, flags, mode, 0, &src, 0);
+	if (!old.upath)
+		return 0;
+	/* a rename's or link's old name, and the new name's createExecutable, as for the syscall */
+	file_decide(&e, hook, old_ops, flags, mode, 0, &old, 0);
+	if (!killed)
+		file_decide(&e, hook, 1u << STK_OP_CREATE_EXECUTABLE, flags, mode, 0, &src,
+			    DECIDE_PENDING);
 	return 0;
 }

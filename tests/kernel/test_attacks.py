@@ -218,7 +218,7 @@ if form == "fchmodat2-empty":
 elif form == "truncate-proc":
     os.truncate(f"/proc/self/fd/{fd}", 0)
 else:
-    os.chmod(form.replace("N", str(fd)), 0o755)
+    os.chmod(form.replace("PID", str(os.getpid())).replace("N", str(fd)), 0o755)
 print("done")
 """
 
@@ -227,14 +227,15 @@ def test_fd_forms_are_the_file(
     collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
 ) -> None:
     """fchmodat2(fd, "", AT_EMPTY_PATH) and chmod/truncate of /proc/self/fd/N, /dev/fd/N,
-    /proc/thread-self/fd/N act on the file the fd has open: decided by its path, killed."""
+    /proc/thread-self/fd/N, /proc/<own pid>/fd/N act on the file the fd has open: decided by
+    its path, killed."""
     load(guard_files(workdir, cgroup))
     target = workdir / "guarded"
     target.write_text("x")
     forms = {
         "fchmodat2-empty": Hook.FCHMODAT2, "truncate-proc": Hook.TRUNCATE,
         "/proc/self/fd/N": Hook.CHMOD, "/dev/fd/N": Hook.CHMOD,
-        "/proc/thread-self/fd/N": Hook.CHMOD,
+        "/proc/thread-self/fd/N": Hook.CHMOD, "/proc/PID/fd/N": Hook.CHMOD,
     }  # fmt: skip
     got = {}
     for form in forms:
