@@ -23,8 +23,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * that file (its path, its name), but only a BLOCK acts — every shared library is mapped
  * so. The SIGKILL lands before the mapping returns to user space: no code of it runs.
  */
-#define PROT_EXEC 4
-
 SEC("tracepoint/syscalls/sys_enter_mmap")
 int stk_mmap_exec(struct trace_event_raw_sys_enter *ctx)
 {

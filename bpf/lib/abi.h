@@ -86,6 +86,7 @@ enum stk_hook {
 	/* lsm mode (BPF LSM hooks) */
 	STK_HOOK_LSM_BPRM_CHECK = 100, /* bprm_check_security: exec */
 	STK_HOOK_LSM_TASK_ALLOC = 101, /* task_alloc: fork */
+	STK_HOOK_LSM_MMAP_FILE = 102,  /* mmap_file: a file's code mapped PROT_EXEC (ld.so PROGRAM) */
 	STK_HOOK_LSM_FILE_OPEN = 110,
 	STK_HOOK_LSM_PATH_MKNOD = 111, /* mknod and open(O_CREAT) of a new file */
 	STK_HOOK_LSM_PATH_UNLINK = 112,
@@ -97,6 +98,7 @@ enum stk_hook {
 	/* fmodret mode: fmod_ret programs on the security_* functions that call the LSM hooks */
 	STK_HOOK_FMODRET_BPRM_CHECK = 120, /* security_bprm_check: exec */
 	STK_HOOK_FMODRET_TASK_ALLOC = 121, /* security_task_alloc: fork */
+	STK_HOOK_FMODRET_MMAP_FILE = 122,  /* security_mmap_file */
 	STK_HOOK_FMODRET_FILE_OPEN = 130,
 	STK_HOOK_FMODRET_PATH_MKNOD = 131,
 	STK_HOOK_FMODRET_PATH_UNLINK = 132,

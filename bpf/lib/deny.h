@@ -48,6 +48,27 @@ static __always_inline int deny_exec(void *ctx, struct linux_binprm *bprm, __u32
 			      BPF_CORE_READ(bprm, filename), PROC_DENY);
 }
 
+/*
+ * A file's code mapped PROT_EXEC without an exec of it (`ld.so PROGRAM`; the kernel's own
+ * mappings of the executable are skipped): decided as an exec of that file, by its path and
+ * name; only a BLOCK acts — every shared library is mapped so (kill mode: stk_mmap_exec).
+ */
+static __always_inline int deny_mmap(void *ctx, struct file *file, unsigned long prot,
+				     __u32 hook)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file *exe;
+
+	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	exe = task->mm ? task->mm->exe_file : NULL;
+	if (exe && BPF_CORE_READ(exe, f_inode) == BPF_CORE_READ(file, f_inode))
+		return 0;
+	return handle_process(ctx, hook, NULL, file,
+			      (const char *)BPF_CORE_READ(file, f_path.dentry, d_name.name),
+			      PROC_MAPPED_DENY);
+}
+
 /* fork (a new process, not a thread): as exec */
 static __always_inline int deny_fork(void *ctx, unsigned long clone_flags, __u32 hook)
 {

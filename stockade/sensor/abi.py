@@ -162,6 +162,7 @@ class Hook(IntEnum):
     IO_URING_LINKAT = 83
     LSM_BPRM_CHECK = 100
     LSM_TASK_ALLOC = 101
+    LSM_MMAP_FILE = 102  # a file's code mapped PROT_EXEC (ld.so PROGRAM)
     LSM_FILE_OPEN = 110
     LSM_PATH_MKNOD = 111
     LSM_PATH_UNLINK = 112
@@ -172,6 +173,7 @@ class Hook(IntEnum):
     LSM_FILE_TRUNCATE = 117  # 6.2+: ftruncate, open(O_TRUNC)
     FMODRET_BPRM_CHECK = 120  # fmodret mode: the security_* functions that call the LSM hooks
     FMODRET_TASK_ALLOC = 121
+    FMODRET_MMAP_FILE = 122
     FMODRET_FILE_OPEN = 130
     FMODRET_PATH_MKNOD = 131
     FMODRET_PATH_UNLINK = 132

@@ -176,7 +176,8 @@ _ECS_TYPES = {
 }  # fmt: skip
 
 
-_EXEC_HOOKS = (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.FMODRET_BPRM_CHECK, Hook.EXEC_MAPPED)
+_EXEC_HOOKS = (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.FMODRET_BPRM_CHECK, Hook.EXEC_MAPPED,
+               Hook.LSM_MMAP_FILE, Hook.FMODRET_MMAP_FILE)  # fmt: skip
 
 
 def _file_action(rec: FileRecord) -> str:

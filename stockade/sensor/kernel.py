@@ -62,6 +62,7 @@ _PART_NAMES: Final[Mapping[Part, PartName]] = {Part.PROCESS: "process", Part.FIL
 # lsm mode: program → the LSM hook it is attached to (bpf/stockade_lsm.bpf.c)
 LSM_HOOKS: Final[Mapping[str, Hook]] = {
     "stk_lsm_exec": Hook.LSM_BPRM_CHECK, "stk_lsm_fork": Hook.LSM_TASK_ALLOC,
+    "stk_lsm_mmap": Hook.LSM_MMAP_FILE,
     "stk_lsm_file_open": Hook.LSM_FILE_OPEN, "stk_lsm_mknod": Hook.LSM_PATH_MKNOD,
     "stk_lsm_unlink": Hook.LSM_PATH_UNLINK, "stk_lsm_rename": Hook.LSM_PATH_RENAME,
     "stk_lsm_link": Hook.LSM_PATH_LINK, "stk_lsm_chmod": Hook.LSM_PATH_CHMOD,

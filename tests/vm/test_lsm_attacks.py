@@ -17,7 +17,7 @@ import pytest
 from ..kernel.conftest import Cgroup
 from ..kernel.scenario import PY, Harness
 from ..kernel.test_attacks import PROGS
-from ..kernel.test_standalone import WEB
+from ..kernel.test_standalone import BLOCKING, WEB
 from .test_lsm import EPERM, file_block_policy, hook_point, tree
 
 pytestmark = pytest.mark.vm
@@ -154,3 +154,24 @@ def test_hard_links_and_new_executables_are_denied(
          ["createExecutable", "createFile"], False, False),
     ]  # fmt: skip
     assert all(d["cloud_defend"]["outcome"] == "denied" for d in docs)
+
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+@pytest.mark.skipif(not Path(LOADER).exists(), reason="no x86-64 glibc loader")
+def test_exec_through_the_loader_is_denied(harness: Harness, cgroup: Cgroup) -> None:
+    """`ld.so /usr/bin/echo` maps echo's code without an exec of echo: mmap_file decides the
+    mapping as echo's exec, and a block on it denies the mapping (the loader fails, echo's
+    code never runs); a program through the loader that nothing blocks runs."""
+    harness.apply([BLOCKING], {cgroup: WEB})
+    res, docs = harness.run([LOADER, "/usr/bin/echo", "MARKER-NEVER"], cgroup)
+    assert "MARKER-NEVER" not in res.stdout and res.returncode == 127, res.stderr
+    assert "failed to map segment" in res.stderr  # the loader's mmap: EPERM
+    mapped = [
+        d for d in docs if d["cloud_defend"]["hook_point"] == hook_point(harness, "mmap_file")
+    ]
+    assert [(d["process"]["executable"], d["process"]["name"], d["cloud_defend"]["outcome"])
+            for d in mapped] == [("/usr/bin/echo", "echo", "denied")]  # fmt: skip
+    res, docs = harness.run([LOADER, "/usr/bin/true"], cgroup)
+    assert res.returncode == 0 and docs == [], docs
