@@ -20,7 +20,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TextIO
+from typing import Final, TextIO
 
 from stockade.policy.bundle import PolicyEntry
 from stockade.policy.model import PartName
@@ -37,6 +37,8 @@ from stockade.sensor.state import StateDir
 
 __all__ = ["DROP_REASONS", "Enforcer", "Generation", "Tally", "drops"]
 
+# kill mode's pending records, settled here (Enforcer.settle)
+PENDING_COUNTS: Final = ("pending_executable", "pending_not_executable", "pending_unread")
 KEEP_GENERATIONS = 16  # far more than can be in the ring buffer at once (0.2 s grace per flip)
 DRAIN_RECORDS = 1 << 15  # more than the 4 MiB ring buffer holds (records are >= 232 bytes)
 POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGTERM get a turn
@@ -287,6 +289,7 @@ class Enforcer:
             "unknown_generation": self.counts["unknown_generation"],
             "cgroup_records": self.counts["cgroup_records"],
             "refused_inputs": self.counts["refused"],
+            **{k: self.counts[k] for k in PENDING_COUNTS},
             "generation": self.generation,
             **self.output.stats(),
         }
