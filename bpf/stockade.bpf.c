@@ -23,8 +23,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * that file (its path, its name), but only a BLOCK acts — every shared library is mapped
  * so. The SIGKILL lands before the mapping returns to user space: no code of it runs.
  */
-#define PROT_EXEC 4
-
 SEC("tracepoint/syscalls/sys_enter_mmap")
 int stk_mmap_exec(struct trace_event_raw_sys_enter *ctx)
 {
@@ -50,7 +48,7 @@ int stk_mmap_exec(struct trace_event_raw_sys_enter *ctx)
 struct inflight {
 	__u64 args[5];
 	__u32 hook; /* 0: nothing stashed */
-	__u32 extra; /* open flags (open family), old mode (fchmod) */
+	__u32 extra; /* open flags (open family), old mode (fchmod), 1: strings saved (path-string calls) */
 };
 
 struct {
@@ -59,6 +57,135 @@ struct {
 	__type(key, int);
 	__type(value, struct inflight);
 } stk_inflight SEC(".maps");
+
+/*
+ * A path-string syscall's strings as they were at its sys_enter (per thread): the kernel
+ * copies them right after, so these are what it most likely used; sys_exit decides them
+ * and compares them with the strings then — another thread may have changed them in
+ * between (a difference: both decided, flagged path_swapped, counted).
+ */
+struct saved_strs {
+	char s[2][STK_PATH_REC_MAX + 1]; /* [0] the name (a rename's or link's new one), [1] the old name */
+	__s32 len[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct saved_strs);
+} stk_saved_strs SEC(".maps");
+
+/* a path-string syscall's (dirfd, string) arguments: the name, and a rename's or link's old name */
+static __always_inline int string_args(__u32 hook, __u64 *args, struct path_src *name,
+				       struct path_src *old)
+{
+	switch (hook) {
+	case STK_HOOK_UNLINK:
+	case STK_HOOK_TRUNCATE:
+	case STK_HOOK_CHMOD:
+	case STK_HOOK_MKNOD:
+		name->upath = args[0];
+		return 1;
+	case STK_HOOK_UNLINKAT:
+	case STK_HOOK_FCHMODAT:
+	case STK_HOOK_FCHMODAT2:
+	case STK_HOOK_MKNODAT:
+		name->dirfd = (__s32)args[0];
+		name->upath = args[1];
+		return 1;
+	case STK_HOOK_RENAME:
+	case STK_HOOK_LINK:
+		name->upath = args[1];
+		old->upath = args[0];
+		return 1;
+	case STK_HOOK_RENAMEAT:
+	case STK_HOOK_RENAMEAT2:
+	case STK_HOOK_LINKAT:
+		name->dirfd = (__s32)args[2];
+		name->upath = args[3];
+		old->dirfd = (__s32)args[0];
+		old->upath = args[1];
+		return 1;
+	}
+	return 0;
+}
+
+/* a map value's address as a plain integer (6.1 refuses pointers as global-function args) */
+static __always_inline __u64 plain(const void *p)
+{
+	__u64 u = 0;
+
+	bpf_probe_read_kernel(&u, sizeof(u), &p);
+	return u;
+}
+
+/* sys_enter: a copy of the strings (0: none could be kept; sys_exit then reads them) */
+static __always_inline __u32 save_strings(__u32 hook, __u64 *args)
+{
+	struct path_src name = {}, old = {};
+	struct saved_strs *ss;
+
+	if (!string_args(hook, args, &name, &old))
+		return 0;
+	ss = bpf_task_storage_get(&stk_saved_strs, bpf_get_current_task_btf(), 0,
+				  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!ss) {
+		stat_inc(STK_STAT_INFLIGHT_FAIL);
+		return 0;
+	}
+	ss->len[0] = bpf_probe_read_user_str(ss->s[0], STK_PATH_REC_MAX, (void *)name.upath);
+	ss->len[1] = old.upath ?
+		bpf_probe_read_user_str(ss->s[1], STK_PATH_REC_MAX, (void *)old.upath) : 0;
+	return 1;
+}
+
+/* does the user string at sys_exit differ from the one saved at sys_enter? */
+struct cmp_ctx {
+	__u64 saved;
+	__u32 len;
+	__u32 differ;
+};
+
+static long cmp_cb(__u32 i, void *data)
+{
+	struct cmp_ctx *c = data;
+	struct pathbuf *pb;
+	__u32 one = 1, off = (i * 8) & (PB_END - 8), rest;
+	__u64 a, b = 0, keep = ~0ull;
+
+	pb = bpf_map_lookup_elem(&stk_pathbufs, &one);
+	if (!pb || off >= c->len)
+		return 1;
+	a = *(__u64 *)&pb->b[off];
+	bpf_probe_read_kernel(&b, sizeof(b), (void *)(c->saved + off));
+	rest = c->len - off;
+	if (rest < 8)
+		keep = (1ull << (rest * 8)) - 1; /* bytes past the string's end: whatever was there */
+	if ((a ^ b) & keep) {
+		c->differ = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int string_changed(__u64 upath, char *saved, __s32 saved_len)
+{
+	struct cmp_ctx c = { .saved = (__u64)saved };
+	struct pathbuf *pb;
+	__u32 one = 1;
+	long n;
+
+	pb = bpf_map_lookup_elem(&stk_pathbufs, &one);
+	if (!pb || saved_len < 1)
+		return 0;
+	n = bpf_probe_read_user_str(pb->b, STK_PATH_REC_MAX, (void *)upath);
+	if (n != saved_len)
+		return 1;
+	c.len = n;
+	bpf_loop(((__u32)n + 7) / 8, cmp_cb, &c, 0);
+	return c.differ;
+}
 
 /* a syscall's entry: stash the arguments of a call that can be a file operation of a listed cgroup */
 static __always_inline int stash(__u32 hook, __u64 *args)
@@ -114,6 +241,8 @@ static __always_inline int stash(__u32 hook, __u64 *args)
 		return 0;
 	}
 	__builtin_memcpy(v->args, args, sizeof(v->args));
+	if (hook >= STK_HOOK_UNLINK)
+		extra = hook == STK_HOOK_FCHMOD ? extra : save_strings(hook, args);
 	v->extra = extra;
 	v->hook = hook;
 	return 0;
@@ -151,19 +280,41 @@ static __always_inline int has_prefix(const char *s, const char *p, int n)
 	return 1;
 }
 
+/* "/proc/PID/fd/" where PID is the caller's process or thread: where N starts (0: not so) */
+static __always_inline __u32 own_pid_fd(const char *s)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = 0, i;
+	char c;
+
+	for (i = 0; i < 8; i++) {
+		c = s[(6 + i) & 31];
+		if (c < '0' || c > '9')
+			break;
+		pid = pid * 10 + (c - '0');
+	}
+	if (!i || (pid != id >> 32 && pid != (__u32)id))
+		return 0;
+	if (s[(6 + i) & 31] != '/' || s[(7 + i) & 31] != 'f' || s[(8 + i) & 31] != 'd' ||
+	    s[(9 + i) & 31] != '/')
+		return 0;
+	return 10 + i;
+}
+
 /*
  * The open file a path string names without a path (chmod, truncate follow it): "" (only
  * accepted with AT_EMPTY_PATH: the dirfd itself), or procfs' magic links "/proc/self/fd/N",
- * "/proc/thread-self/fd/N", "/dev/fd/N". NULL: a plain path.
+ * "/proc/thread-self/fd/N", "/dev/fd/N", "/proc/PID/fd/N" (PID: the caller's). NULL: a
+ * plain path.
  */
-static __always_inline struct file *string_file(__u64 upath, __s64 dirfd)
+static __always_inline struct file *string_file(__u64 upath, __s64 dirfd, __u32 kstr, char *s)
 {
-	char s[32] = {};
 	__u32 start, i;
 	__s64 fd = 0;
 	char c;
 
-	if (bpf_probe_read_user_str(s, sizeof(s), (void *)upath) < 1)
+	if ((kstr ? bpf_probe_read_kernel_str(s, 32, (void *)upath) :
+		    bpf_probe_read_user_str(s, 32, (void *)upath)) < 1)
 		return NULL;
 	if (!s[0])
 		return fd_file(dirfd);
@@ -173,7 +324,11 @@ static __always_inline struct file *string_file(__u64 upath, __s64 dirfd)
 		start = 8;
 	else if (has_prefix(s, "/proc/thread-self/fd/", 21))
 		start = 21;
+	else if (has_prefix(s, "/proc/", 6))
+		start = own_pid_fd(s);
 	else
+		return NULL;
+	if (!start)
 		return NULL;
 	for (i = 0; i < 8; i++) {
 		c = s[(start + i) & 31];
@@ -186,13 +341,134 @@ static __always_inline struct file *string_file(__u64 upath, __s64 dirfd)
 	return i && !s[(start + i) & 31] ? fd_file(fd) : NULL;
 }
 
+/* a syscall exit's decisions (here, not on the stack: the stack is short) */
+struct finish_state {
+	struct path_src srcs[2]; /* the name, a rename's or link's old name */
+	__u64 upath[2];          /* the strings' addresses in the caller's memory */
+	__u32 ops[2];            /* each name's operations (0: none) */
+	char head[32];           /* string_file's look at a string */
+	__u32 unknown_exe;       /* a rename or link by path: the file's x bits are unknown */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct finish_state);
+} stk_finish SEC(".maps");
+
+/*
+ * A path-string syscall's exit (it succeeded): what to decide — the name (srcs[0], ops[0]),
+ * a rename's or link's old name (srcs[1], ops[1]: the link's as modifyFile of the file
+ * linked), from the strings saved at sys_enter (upath: the strings' addresses, to read them
+ * again: a string that differs now is flagged swapped). 0: nothing.
+ */
+static __always_inline int string_ops(struct inflight *v, struct path_src *srcs, __u32 *opv,
+				      __u64 *upath, __u32 *flagsp, __u32 *modep, char *head,
+				      __u32 *unknown_exe)
+{
+	struct path_src *name = &srcs[0], *old = &srcs[1];
+	struct saved_strs *ss = NULL;
+	struct file *f = NULL;
+	__u32 ops = 0, old_ops = 0, mode = 0, flags = 0;
+	int moves = 0;
+
+	if (!string_args(v->hook, v->args, name, old))
+		return 0;
+	switch (v->hook) {
+	case STK_HOOK_UNLINK:
+	case STK_HOOK_UNLINKAT:
+		if (v->hook == STK_HOOK_UNLINKAT)
+			flags = v->args[2];
+		ops = 1u << STK_OP_DELETE_FILE;
+		break;
+	case STK_HOOK_TRUNCATE:
+		ops = 1u << STK_OP_MODIFY_FILE;
+		break;
+	case STK_HOOK_RENAME:
+	case STK_HOOK_RENAMEAT:
+	case STK_HOOK_RENAMEAT2:
+		flags = v->hook == STK_HOOK_RENAMEAT2 ? v->args[4] : 0;
+		/* new name, or replacing a file: without a lookup we can't tell which */
+		ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
+		/* the old name is gone (or, exchanged, replaced) */
+		old_ops = flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE;
+		moves = 1; /* a directory moves the paths below it */
+		break;
+	case STK_HOOK_LINK:
+	case STK_HOOK_LINKAT:
+		flags = v->hook == STK_HOOK_LINKAT ? v->args[4] : 0;
+		ops = 1u << STK_OP_CREATE_FILE;
+		old_ops = 1u << STK_OP_MODIFY_FILE; /* the file linked: see deny_link */
+		break;
+	case STK_HOOK_CHMOD:
+	case STK_HOOK_FCHMODAT:
+	case STK_HOOK_FCHMODAT2:
+	case STK_HOOK_MKNOD:
+	case STK_HOOK_MKNODAT:
+		mode = v->args[v->hook == STK_HOOK_CHMOD || v->hook == STK_HOOK_MKNOD ? 1 : 2];
+		if (v->hook >= STK_HOOK_MKNOD) {
+			if ((mode & S_IFMT) != 0 && (mode & S_IFMT) != S_IFREG)
+				return 0;
+			ops = 1u << STK_OP_CREATE_FILE;
+		} else {
+			ops = 1u << STK_OP_MODIFY_FILE;
+		}
+		if (mode & S_IXUGO)
+			ops |= 1u << STK_OP_CREATE_EXECUTABLE;
+		break;
+	}
+	upath[0] = name->upath;
+	upath[1] = old->upath;
+	if (v->extra) { /* saved at sys_enter (else read now, as they are) */
+		ss = bpf_task_storage_get(&stk_saved_strs, bpf_get_current_task_btf(), 0, 0);
+		if (ss) {
+			name->upath = plain(ss->s[0]);
+			old->upath = old->upath ? plain(ss->s[1]) : 0;
+			name->kstr = old->kstr = 1;
+			name->swapped = string_changed(upath[0], ss->s[0], ss->len[0]);
+			old->swapped = old->upath && string_changed(upath[1], ss->s[1], ss->len[1]);
+			if (name->swapped || old->swapped)
+				stat_inc(STK_STAT_PATH_SWAPPED);
+		}
+	}
+	/* chmod, truncate: through an fd named by "" or /proc/self/fd/N? */
+	if (ops & (1u << STK_OP_MODIFY_FILE) && !(ops & (1u << STK_OP_DELETE_FILE)))
+		f = string_file(name->upath, name->dirfd, name->kstr, head);
+	else if (old_ops == 1u << STK_OP_MODIFY_FILE) /* a link of an fd's file */
+		f = string_file(old->upath, old->dirfd, old->kstr, head);
+	if (f) {
+		struct path_src *fp = old_ops ? old : name;
+
+		fp->dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
+		fp->mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+		if (old_ops) { /* a link: the file's mode is known, so is createExecutable */
+			mode = BPF_CORE_READ(f, f_inode, i_mode);
+			if (mode & S_IXUGO) {
+				ops |= 1u << STK_OP_CREATE_EXECUTABLE;
+				old_ops |= 1u << STK_OP_MODIFY_EXECUTABLE;
+			}
+		}
+	}
+	name->moves = old->moves = moves;
+	/* a rename's or link's new name: whether the file has an x bit is unknown by path */
+	*unknown_exe = old_ops && !f;
+	opv[0] = ops;
+	opv[1] = old->upath ? old_ops : 0;
+	*flagsp = flags;
+	*modep = mode;
+	return 1;
+}
+
 /* a syscall's exit: decide and report what its entry stashed */
 static __always_inline int finish(long ret)
 {
 	struct inflight *vp, v;
-	struct path_src src = { .dirfd = AT_FDCWD };
+	struct finish_state *st;
+	struct path_src *src, *p;
 	struct entry e;
-	__u32 ops = 0, mode = 0, fmode = 0, flags = 0;
+	__u32 ops = 0, mode = 0, fmode = 0, flags = 0, zero = 0, j;
+	int i;
 
 	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!vp || !vp->hook)
@@ -201,8 +477,12 @@ static __always_inline int finish(long ret)
 	vp->hook = 0;
 	if (ret < 0)
 		return 0;
-	if (!enter(&e))
+	st = bpf_map_lookup_elem(&stk_finish, &zero);
+	if (!st || !enter(&e))
 		return 0;
+	__builtin_memset(st, 0, sizeof(*st));
+	st->srcs[0].dirfd = st->srcs[1].dirfd = AT_FDCWD;
+	src = &st->srcs[0];
 
 	switch (v.hook) {
 	case STK_HOOK_OPEN:
@@ -214,7 +494,6 @@ static __always_inline int finish(long ret)
 		__s64 fd = v.hook <= STK_HOOK_CREAT ? ret : (__s64)v.args[0];
 		struct file *f = fd_file(fd);
 		struct inode *ino;
-		struct path fp;
 
 		if (!f)
 			return 0;
@@ -223,10 +502,8 @@ static __always_inline int finish(long ret)
 		if ((mode & S_IFMT) != S_IFREG)
 			return 0;
 		fmode = KREAD(struct file, f, f_mode);
-		/* one read for both, as plain values: they go to a global function */
-		BPF_CORE_READ_INTO(&fp, f, f_path);
-		src.dentry = (__u64)fp.dentry;
-		src.mnt = (__u64)fp.mnt;
+		src->dentry = (__u64)KREAD(struct file, f, f_path.dentry);
+		src->mnt = (__u64)KREAD(struct file, f, f_path.mnt);
 		if (v.hook <= STK_HOOK_CREAT) {
 			flags = v.extra;
 			if (fmode & FMODE_CREATED)
@@ -247,103 +524,37 @@ static __always_inline int finish(long ret)
 			ops = 1u << STK_OP_MODIFY_FILE |
 			      (mode & S_IXUGO ? 1u << STK_OP_MODIFY_EXECUTABLE : 0);
 		}
+		st->ops[0] = ops;
 		break;
 	}
 	default:
-		/* path-string syscalls: pick (dirfd, path) and the operations */
-		switch (v.hook) {
-		case STK_HOOK_UNLINK:
-		case STK_HOOK_TRUNCATE:
-			src.upath = v.args[0];
-			break;
-		case STK_HOOK_CHMOD:
-		case STK_HOOK_MKNOD:
-			src.upath = v.args[0];
-			mode = v.args[1];
-			break;
-		case STK_HOOK_UNLINKAT:
-			src.dirfd = (__s32)v.args[0];
-			src.upath = v.args[1];
-			flags = v.args[2];
-			break;
-		case STK_HOOK_RENAME:
-		case STK_HOOK_LINK:
-			src.upath = v.args[1];
-			break;
-		case STK_HOOK_RENAMEAT:
-		case STK_HOOK_RENAMEAT2:
-		case STK_HOOK_LINKAT:
-			src.dirfd = (__s32)v.args[2];
-			src.upath = v.args[3];
-			flags = v.hook == STK_HOOK_RENAMEAT ? 0 : v.args[4];
-			break;
-		case STK_HOOK_FCHMODAT:
-		case STK_HOOK_FCHMODAT2:
-		case STK_HOOK_MKNODAT:
-			src.dirfd = (__s32)v.args[0];
-			src.upath = v.args[1];
-			mode = v.args[2];
-			break;
-		default:
+		if (!string_ops(&v, st->srcs, st->ops, st->upath, &flags, &mode, st->head,
+				&st->unknown_exe))
 			return 0;
-		}
-		switch (v.hook) {
-		case STK_HOOK_UNLINK:
-		case STK_HOOK_UNLINKAT:
-			ops = 1u << STK_OP_DELETE_FILE;
-			break;
-		case STK_HOOK_TRUNCATE:
-			ops = 1u << STK_OP_MODIFY_FILE;
-			break;
-		case STK_HOOK_RENAME:
-		case STK_HOOK_RENAMEAT:
-		case STK_HOOK_RENAMEAT2:
-			/* new name, or replacing a file: without a lookup we can't tell which */
-			ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE |
-			      1u << STK_OP_DELETE_FILE;
-			break;
-		case STK_HOOK_LINK:
-		case STK_HOOK_LINKAT:
-			ops = 1u << STK_OP_CREATE_FILE;
-			break;
-		case STK_HOOK_CHMOD:
-		case STK_HOOK_FCHMODAT:
-		case STK_HOOK_FCHMODAT2:
-			ops = 1u << STK_OP_MODIFY_FILE |
-			      (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
-			break;
-		case STK_HOOK_MKNOD:
-		case STK_HOOK_MKNODAT:
-			if ((mode & S_IFMT) != 0 && (mode & S_IFMT) != S_IFREG)
-				return 0;
-			ops = 1u << STK_OP_CREATE_FILE |
-			      (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
-			break;
-		}
-		if (ops & (1u << STK_OP_MODIFY_FILE) && !(ops & (1u << STK_OP_DELETE_FILE))) {
-			/* chmod, truncate: through an fd named by "" or /proc/self/fd/N? */
-			struct file *f = string_file(src.upath, src.dirfd);
-
-			if (f) {
-				src.dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
-				src.mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
-			}
-		}
-		break;
 	}
-	src.moves = v.hook == STK_HOOK_RENAME || v.hook == STK_HOOK_RENAMEAT ||
-		    v.hook == STK_HOOK_RENAMEAT2;
-	file_decide(&e, v.hook, ops, flags, mode, fmode, &src, 0);
-	if (src.moves) {
-		/* the old name is gone (or, exchanged, replaced): a decision of its own */
-		struct path_src old = { .dirfd = AT_FDCWD, .upath = v.args[0], .moves = 1 };
-
-		if (v.hook != STK_HOOK_RENAME) {
-			old.dirfd = (__s32)v.args[0];
-			old.upath = v.args[1];
+	/* the names, then the strings that changed since sys_enter as they are now (fail
+	 * closed: either may be what the kernel used); one call site, so the stack is one's */
+#pragma clang loop unroll(disable)
+	for (i = 0; i < 5; i++) {
+		j = i > 2 ? i - 3 : i & 1; /* 0, 1: the names; 2: pending; 3, 4: the names now */
+		p = &st->srcs[j];
+		if (i == 2) { /* a name given to a file whose mode is unknown: user space reads it */
+			if (st->unknown_exe)
+				file_decide(&e, v.hook, 1u << STK_OP_CREATE_EXECUTABLE, flags, mode,
+					    fmode, p, DECIDE_PENDING);
+			continue;
 		}
-		file_decide(&e, v.hook, flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE,
-			    flags, mode, fmode, &old, 0);
+		if (!st->ops[j])
+			continue;
+		if (i > 2) {
+			if (!p->swapped)
+				continue;
+			p->upath = st->upath[j];
+			p->kstr = 0;
+			p->dentry = p->mnt = 0;
+		}
+		if (file_decide_names(&e, v.hook, st->ops[j], flags, mode, fmode, p, 0) && !i)
+			st->unknown_exe = 0; /* killed already: no need to read its mode */
 	}
 	return 0;
 }
@@ -442,7 +653,8 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 	struct path_src src = { .kstr = 1 }, old = { .kstr = 1 };
 	struct filename *name;
 	struct entry e;
-	__u32 ops, flags = 0, mode = 0, hook;
+	__u32 ops, old_ops = 0, flags = 0, mode = 0, hook;
+	int killed;
 	void *cmd = (void *)req + bpf_core_field_offset(struct io_kiocb, cmd);
 
 	switch (BPF_CORE_READ(req, opcode)) {
@@ -487,6 +699,7 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 		src.moves = old.moves = 1;
 		hook = STK_HOOK_IO_URING_RENAMEAT;
 		ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
+		old_ops = flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE;
 		break;
 	}
 	case IORING_OP_LINKAT: {
@@ -495,8 +708,11 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 		flags = BPF_CORE_READ(l, flags);
 		src.dirfd = BPF_CORE_READ(l, new_dfd);
 		name = BPF_CORE_READ(l, newpath);
+		old.dirfd = BPF_CORE_READ(l, old_dfd);
+		old.upath = (__u64)BPF_CORE_READ(l, oldpath, name);
 		hook = STK_HOOK_IO_URING_LINKAT;
 		ops = 1u << STK_OP_CREATE_FILE;
+		old_ops = 1u << STK_OP_MODIFY_FILE; /* the file linked, as for the syscall */
 		break;
 	}
 	default:
@@ -505,9 +721,13 @@ int BPF_PROG(stk_uring_submit, struct io_kiocb *req)
 	if (!name || !enter(&e))
 		return 0;
 	src.upath = (__u64)BPF_CORE_READ(name, name);
-	file_decide(&e, hook, ops, flags, mode, 0, &src, 0);
-	if (old.upath) /* a rename's old name, as for the syscall */
-		file_decide(&e, hook, flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE,
-			    flags, mode, 0, &old, 0);
+	killed = file_decide(&e, hook, ops, flags, mode, 0, &src, 0);
+	if (!old.upath)
+		return 0;
+	/* a rename's or link's old name, and the new name's createExecutable, as for the syscall */
+	file_decide(&e, hook, old_ops, flags, mode, 0, &old, 0);
+	if (!killed)
+		file_decide(&e, hook, 1u << STK_OP_CREATE_EXECUTABLE, flags, mode, 0, &src,
+			    DECIDE_PENDING);
 	return 0;
 }

@@ -28,6 +28,13 @@ int BPF_PROG(stk_fmodret_fork, struct task_struct *task, unsigned long clone_fla
 	return ret ?: deny_fork(ctx, clone_flags, STK_HOOK_FMODRET_TASK_ALLOC);
 }
 
+SEC("fmod_ret/security_mmap_file")
+int BPF_PROG(stk_fmodret_mmap, struct file *file, unsigned long prot, unsigned long flags,
+	     int ret)
+{
+	return ret ?: deny_mmap(ctx, file, prot, STK_HOOK_FMODRET_MMAP_FILE);
+}
+
 /* sched_process_* and cgroup records: lib/common_progs.h */
 
 /* ----------------------------------------------------------------- files */

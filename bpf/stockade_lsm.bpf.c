@@ -26,6 +26,13 @@ int BPF_PROG(stk_lsm_fork, struct task_struct *task, unsigned long clone_flags, 
 	return ret ?: deny_fork(ctx, clone_flags, STK_HOOK_LSM_TASK_ALLOC);
 }
 
+SEC("lsm/mmap_file")
+int BPF_PROG(stk_lsm_mmap, struct file *file, unsigned long reqprot, unsigned long prot,
+	     unsigned long flags, int ret)
+{
+	return ret ?: deny_mmap(ctx, file, prot, STK_HOOK_LSM_MMAP_FILE);
+}
+
 /* sched_process_* and cgroup records: lib/common_progs.h */
 
 /* ----------------------------------------------------------------- files */

@@ -10,7 +10,7 @@
 #define STK_ABI_H
 
 enum stk_const {
-	STK_RECORD_VERSION = 2,
+	STK_RECORD_VERSION = 3,
 	STK_MASK_WORDS = 16,       /* 1024 selector bits per policy part */
 	STK_PATH_KEY = 256,        /* zero-padded path key bytes */
 	STK_LPM_PATH = 255,        /* path bytes in an LPM key (1 tag byte + 255 = 256) */
@@ -47,6 +47,7 @@ enum stk_outcome {
 	STK_OUTCOME_KILLED = 1,      /* kill mode: SIGKILL sent */
 	STK_OUTCOME_KILL_FAILED = 2, /* kill mode: bpf_send_signal failed */
 	STK_OUTCOME_DENIED = 3,      /* lsm mode: -EPERM returned before the operation */
+	STK_OUTCOME_PENDING = 4,     /* kill mode: acts only if the file has an x bit (user space) */
 };
 
 enum stk_volume { STK_VOLUME_NONE = 0, STK_VOLUME_MOUNT = 1, STK_VOLUME_FILE = 2 };
@@ -85,6 +86,7 @@ enum stk_hook {
 	/* lsm mode (BPF LSM hooks) */
 	STK_HOOK_LSM_BPRM_CHECK = 100, /* bprm_check_security: exec */
 	STK_HOOK_LSM_TASK_ALLOC = 101, /* task_alloc: fork */
+	STK_HOOK_LSM_MMAP_FILE = 102,  /* mmap_file: a file's code mapped PROT_EXEC (ld.so PROGRAM) */
 	STK_HOOK_LSM_FILE_OPEN = 110,
 	STK_HOOK_LSM_PATH_MKNOD = 111, /* mknod and open(O_CREAT) of a new file */
 	STK_HOOK_LSM_PATH_UNLINK = 112,
@@ -96,6 +98,7 @@ enum stk_hook {
 	/* fmodret mode: fmod_ret programs on the security_* functions that call the LSM hooks */
 	STK_HOOK_FMODRET_BPRM_CHECK = 120, /* security_bprm_check: exec */
 	STK_HOOK_FMODRET_TASK_ALLOC = 121, /* security_task_alloc: fork */
+	STK_HOOK_FMODRET_MMAP_FILE = 122,  /* security_mmap_file */
 	STK_HOOK_FMODRET_FILE_OPEN = 130,
 	STK_HOOK_FMODRET_PATH_MKNOD = 131,
 	STK_HOOK_FMODRET_PATH_UNLINK = 132,
@@ -118,6 +121,8 @@ enum stk_stat {
 	STK_STAT_LOST_ALERT = 8,     /* alert/block/would-block records lost (stk_alerts full) */
 	STK_STAT_LOST_EXIT = 9,      /* exit records lost (stk_events full) */
 	STK_STAT_CGROUP_FAIL = 10,   /* cgroup records lost (stk_cgroups full): rescan; not in RB_FAIL */
+	STK_STAT_NAMES_UNKNOWN = 11, /* a changed file (nlink > 1) had names not in the dcache */
+	STK_STAT_PATH_SWAPPED = 12,  /* kill mode: a path string differed at sys_exit from sys_enter */
 	STK_STAT_COUNT = 16,         /* stk_stats entries (spares for new counters) */
 };
 
@@ -267,7 +272,9 @@ struct stk_file_rec {
 	__u8 path_from_fd; /* 1: path and volume from the opened file */
 	__u16 path_len;
 	__u8 path_truncated; /* 1: path is the tail of a path too long to resolve */
-	__u8 pad[3];
+	__u8 other_name;     /* 1: path is another name (hard link) of the file operated on */
+	__u8 names_unknown;  /* 1: the file has names not found (not cached): decided fail-closed */
+	__u8 path_swapped;   /* 1: kill mode: the path string changed during the syscall */
 	char comm[16];
 	char path[];
 }; /* fixed part: 192 + 40 = 232 bytes */

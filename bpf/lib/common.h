@@ -36,6 +36,7 @@
 #define S_IFREG 0100000
 #define S_IXUGO 0111
 #define FMODE_CREATED 0x100000
+#define PROT_EXEC 4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -465,8 +465,9 @@ static __always_inline int may_block(struct entry *e, __u32 part)
 }
 
 /* The rest of the decision, after candidates() (see stk_evaluate). */
+/* unseen: the path may not be the only one that counts (fail closed, as for a truncated one) */
 static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const char *comm,
-				      int interactive, int moves)
+				      int interactive, int moves, int unseen)
 {
 	s->in.start = rp->start;
 	s->in.len = rp->len;
@@ -475,7 +476,7 @@ static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const
 	s->in.tables = rp->tables;
 	s->in.volume = rp->volume;
 	s->in.interactive = interactive;
-	s->in.truncated = rp->ok && rp->truncated;
+	s->in.truncated = (rp->ok && rp->truncated) || unseen;
 	s->in.moves = moves;
 	__builtin_memcpy(s->in.comm, comm, 16);
 	return stk_evaluate();

@@ -48,6 +48,27 @@ static __always_inline int deny_exec(void *ctx, struct linux_binprm *bprm, __u32
 			      BPF_CORE_READ(bprm, filename), PROC_DENY);
 }
 
+/*
+ * A file's code mapped PROT_EXEC without an exec of it (`ld.so PROGRAM`; the kernel's own
+ * mappings of the executable are skipped): decided as an exec of that file, by its path and
+ * name; only a BLOCK acts — every shared library is mapped so (kill mode: stk_mmap_exec).
+ */
+static __always_inline int deny_mmap(void *ctx, struct file *file, unsigned long prot,
+				     __u32 hook)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file *exe;
+
+	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	exe = task->mm ? task->mm->exe_file : NULL;
+	if (exe && BPF_CORE_READ(exe, f_inode) == BPF_CORE_READ(file, f_inode))
+		return 0;
+	return handle_process(ctx, hook, NULL, file,
+			      (const char *)BPF_CORE_READ(file, f_path.dentry, d_name.name),
+			      PROC_MAPPED_DENY);
+}
+
 /* fork (a new process, not a thread): as exec */
 static __always_inline int deny_fork(void *ctx, unsigned long clone_flags, __u32 hook)
 {
@@ -77,7 +98,7 @@ static __always_inline int deny_file_open(struct file *file, __u32 hook)
 	ops = 1u << STK_OP_MODIFY_FILE | (mode & S_IXUGO ? 1u << STK_OP_MODIFY_EXECUTABLE : 0);
 	d = (__u64)BPF_CORE_READ(file, f_path.dentry);
 	kpath((struct dentry *)d, BPF_CORE_READ(file, f_path.mnt), &src);
-	verdict = file_decide(&e, hook, ops, flags, mode, fmode, &src, 1);
+	verdict = file_decide_names(&e, hook, ops, flags, mode, fmode, &src, 1);
 	if (!verdict && (flags & O_TRUNC)) {
 		id = bpf_get_current_pid_tgid();
 		bpf_map_update_elem(&stk_open_trunc, &id, &d, BPF_ANY);
@@ -115,43 +136,68 @@ static __always_inline int deny_unlink(const struct path *dir, struct dentry *de
 	return file_decide(&e, hook, 1u << STK_OP_DELETE_FILE, 0, mode, 0, &src, 1);
 }
 
+/* a name that a rename or link gives to a file with an execute bit creates an executable */
+static __always_inline __u32 created_executable(__u32 mode)
+{
+	return is_reg(mode) && (mode & S_IXUGO) ? 1u << STK_OP_CREATE_EXECUTABLE : 0;
+}
+
 static __always_inline int deny_rename(const struct path *old_dir, struct dentry *old_dentry,
 				       const struct path *new_dir, struct dentry *new_dentry,
 				       unsigned int flags, __u32 hook)
 {
 	struct path_src src = {};
 	struct entry e;
-	__u32 ops, mode;
+	__u32 ops, mode, new_mode;
 	int verdict;
 
 	if (!enter(&e))
 		return 0;
 	/* as in kill mode: the new name, create + modify + delete; then the old name, gone
-	 * (deleteFile) or, exchanged, replaced */
+	 * (deleteFile) or, exchanged, replaced; a name given to an executable also
+	 * createExecutable */
 	ops = 1u << STK_OP_CREATE_FILE | 1u << STK_OP_MODIFY_FILE | 1u << STK_OP_DELETE_FILE;
 	mode = BPF_CORE_READ(old_dentry, d_inode, i_mode);
 	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &src);
 	src.moves = 1; /* a directory moves the paths below it */
-	verdict = file_decide(&e, hook, ops, flags, mode, 0, &src, 1);
+	verdict = file_decide(&e, hook, ops | created_executable(mode), flags, mode, 0, &src, 1);
 	if (verdict)
 		return verdict;
 	kpath(old_dentry, BPF_CORE_READ(old_dir, mnt), &src);
-	return file_decide(&e, hook, flags & RENAME_EXCHANGE ? ops : 1u << STK_OP_DELETE_FILE,
-			   flags, mode, 0, &src, 1);
+	if (!(flags & RENAME_EXCHANGE))
+		return file_decide(&e, hook, 1u << STK_OP_DELETE_FILE, flags, mode, 0, &src, 1);
+	new_mode = BPF_CORE_READ(new_dentry, d_inode, i_mode);
+	return file_decide(&e, hook, ops | created_executable(new_mode), flags, new_mode, 0, &src,
+			   1);
 }
 
-/* a hard link: createFile of the new name */
+/*
+ * A hard link: createFile (+createExecutable) of the new name, and modifyFile
+ * (+modifyExecutable) of the file linked, under each of its names: a link is a change of
+ * the file (its link count, its ctime) that gives it a name the policy may not guard, so a
+ * file that may not be changed may not be linked either (AppArmor: a link may not grant
+ * more than its target allows).
+ */
 static __always_inline int deny_link(struct dentry *old_dentry, const struct path *new_dir,
 				     struct dentry *new_dentry, __u32 hook)
 {
 	struct path_src src = {};
 	struct entry e;
+	__u32 mode;
+	int verdict;
 
 	if (!enter(&e))
 		return 0;
+	mode = BPF_CORE_READ(old_dentry, d_inode, i_mode);
 	kpath(new_dentry, BPF_CORE_READ(new_dir, mnt), &src);
-	return file_decide(&e, hook, 1u << STK_OP_CREATE_FILE, 0,
-			   BPF_CORE_READ(old_dentry, d_inode, i_mode), 0, &src, 1);
+	verdict = file_decide(&e, hook, 1u << STK_OP_CREATE_FILE | created_executable(mode), 0,
+			      mode, 0, &src, 1);
+	if (verdict || !is_reg(mode))
+		return verdict;
+	kpath(old_dentry, BPF_CORE_READ(new_dir, mnt), &src);
+	return file_decide_names(&e, hook, 1u << STK_OP_MODIFY_FILE |
+				 (mode & S_IXUGO ? 1u << STK_OP_MODIFY_EXECUTABLE : 0),
+				 0, mode, 0, &src, 1);
 }
 
 static __always_inline int deny_chmod(const struct path *path, umode_t mode, __u32 hook)
@@ -168,7 +214,7 @@ static __always_inline int deny_chmod(const struct path *path, umode_t mode, __u
 	 */
 	ops = 1u << STK_OP_MODIFY_FILE | (mode & S_IXUGO ? 1u << STK_OP_CREATE_EXECUTABLE : 0);
 	kpath(BPF_CORE_READ(path, dentry), BPF_CORE_READ(path, mnt), &src);
-	return file_decide(&e, hook, ops, 0, mode, 0, &src, 1);
+	return file_decide_names(&e, hook, ops, 0, mode, 0, &src, 1);
 }
 
 /* truncate, ftruncate, open(O_TRUNC) (skipped: decided at file_open) of (d, m) */
@@ -195,7 +241,7 @@ static __always_inline int deny_truncate(struct dentry *d, struct vfsmount *m, _
 		return 0;
 	/* as kill mode's truncate by path: modifyFile */
 	kpath(d, m, &src);
-	return file_decide(&e, hook, 1u << STK_OP_MODIFY_FILE, 0, mode, 0, &src, 1);
+	return file_decide_names(&e, hook, 1u << STK_OP_MODIFY_FILE, 0, mode, 0, &src, 1);
 }
 
 #endif

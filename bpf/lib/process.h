@@ -73,6 +73,7 @@ static __noinline void exec_comm(const char *filename, char *comm)
 #define PROC_REPORT 0 /* a sched_process_* tracepoint */
 #define PROC_DENY 1   /* an LSM hook, or fmodret mode's program on its security_* function */
 #define PROC_MAPPED 2 /* kill mode: a file's code mapped without exec (ld.so PROGRAM) */
+#define PROC_MAPPED_DENY 3 /* the same, from an LSM hook (or fmodret): -EPERM */
 
 /*
  * exec/fork: decide and report. From the sched_process_* tracepoints
@@ -84,7 +85,8 @@ static __noinline void exec_comm(const char *filename, char *comm)
  * handled there (record `denied`, returns -EPERM); what is allowed is
  * reported by the tracepoint once it has happened. PROC_MAPPED (exe_in: the
  * file mapped PROT_EXEC, filename: its name): an exec of that file, only a
- * BLOCK acts (killed before the code runs; every library would be reported else).
+ * BLOCK acts (killed before the code runs; every library would be reported else);
+ * PROC_MAPPED_DENY: the same from lsm/fmodret mode's mmap_file, denied (EPERM).
  */
 static __always_inline int handle_process(void *ctx, __u32 hook, struct task_struct *child,
 					  struct file *exe_in, const char *filename, int lsm)
@@ -104,8 +106,8 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 			     hook == STK_HOOK_FMODRET_TASK_ALLOC
 		     ? STK_OP_FORK
 		     : STK_OP_EXEC;
-	if (!enter_slot(&e, lsm == PROC_DENY     ? remember_slot(op)
-			    : lsm == PROC_MAPPED ? ACTIVE_SLOT
+	if (!enter_slot(&e, lsm == PROC_DENY    ? remember_slot(op)
+			    : lsm >= PROC_MAPPED ? ACTIVE_SLOT
 						 : recall_slot(op)))
 		return 0;
 	if (!candidates(&e, STK_PART_PROCESS, 1u << op))
@@ -132,7 +134,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 		bpf_get_current_comm(comm, sizeof(comm));
 	interactive = BPF_CORE_READ(task, signal, tty) != NULL;
 
-	actions = evaluate(e.s, &rp, comm, interactive, 0);
+	actions = evaluate(e.s, &rp, comm, interactive, 0, 0);
 	if (!actions)
 		return 0;
 	if (lsm && !(actions & STK_ACTION_BLOCK))
@@ -144,7 +146,7 @@ static __always_inline int handle_process(void *ctx, __u32 hook, struct task_str
 
 	fill_hdr(&r->h, task, e.s, STK_KIND_PROCESS, hook, e.slot, e.ctl, e.cgid, actions);
 	if (actions & STK_ACTION_BLOCK) {
-		if (lsm == PROC_DENY) {
+		if (lsm == PROC_DENY || lsm == PROC_MAPPED_DENY) {
 			stat_inc(STK_STAT_DENIALS);
 			r->h.outcome = STK_OUTCOME_DENIED;
 			verdict = -STK_EPERM;

@@ -52,7 +52,7 @@ __all__ = [
 class Const(IntEnum):
     """enum stk_const: sizes and limits both sides build on."""
 
-    RECORD_VERSION = 2
+    RECORD_VERSION = 3
     MASK_WORDS = 16  # u64 words per selector mask: 1024 selectors per part
     PATH_KEY = 256
     LPM_PATH = 255
@@ -109,6 +109,7 @@ class Outcome(IntEnum):
     KILLED = 1
     KILL_FAILED = 2
     DENIED = 3
+    PENDING = 4  # kill mode: acts only if the file has an x bit, which user space reads
 
 
 class Volume(IntEnum):
@@ -161,6 +162,7 @@ class Hook(IntEnum):
     IO_URING_LINKAT = 83
     LSM_BPRM_CHECK = 100
     LSM_TASK_ALLOC = 101
+    LSM_MMAP_FILE = 102  # a file's code mapped PROT_EXEC (ld.so PROGRAM)
     LSM_FILE_OPEN = 110
     LSM_PATH_MKNOD = 111
     LSM_PATH_UNLINK = 112
@@ -171,6 +173,7 @@ class Hook(IntEnum):
     LSM_FILE_TRUNCATE = 117  # 6.2+: ftruncate, open(O_TRUNC)
     FMODRET_BPRM_CHECK = 120  # fmodret mode: the security_* functions that call the LSM hooks
     FMODRET_TASK_ALLOC = 121
+    FMODRET_MMAP_FILE = 122
     FMODRET_FILE_OPEN = 130
     FMODRET_PATH_MKNOD = 131
     FMODRET_PATH_UNLINK = 132
@@ -225,6 +228,8 @@ class Stat(IntEnum):
     LOST_ALERT = 8
     LOST_EXIT = 9
     CGROUP_FAIL = 10  # cgroup records lost (not in RB_FAIL): the cgroups need a rescan
+    NAMES_UNKNOWN = 11  # a changed file with more links than names in the dcache
+    PATH_SWAPPED = 12  # kill mode: a path string changed between sys_enter and sys_exit
 
 
 class PathTable(IntFlag):
@@ -402,7 +407,9 @@ FILE_REC: Final = Layout(
         ("path_from_fd", "B"),
         ("path_len", "H"),
         ("path_truncated", "B"),
-        ("pad", "3s"),
+        ("other_name", "B"),
+        ("names_unknown", "B"),
+        ("path_swapped", "B"),
         ("comm", "16s"),
         ("path", "0s"),
     ),

@@ -176,7 +176,8 @@ _ECS_TYPES = {
 }  # fmt: skip
 
 
-_EXEC_HOOKS = (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.FMODRET_BPRM_CHECK, Hook.EXEC_MAPPED)
+_EXEC_HOOKS = (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.FMODRET_BPRM_CHECK, Hook.EXEC_MAPPED,
+               Hook.LSM_MMAP_FILE, Hook.FMODRET_MMAP_FILE)  # fmt: skip
 
 
 def _file_action(rec: FileRecord) -> str:
@@ -368,6 +369,9 @@ def document(
         doc["file"] = _file(rec)
         doc["cloud_defend"]["file_operations"] = sorted(rec.ops)
         doc["cloud_defend"]["volume"] = rec.volume
+        for flag in ("other_name", "names_unknown", "path_swapped"):  # docs/kernel.md, "Attacks"
+            if getattr(rec, flag):
+                doc["cloud_defend"][flag] = True
     if rec.executable_truncated if isinstance(rec, ProcessRecord) else rec.path_truncated:
         doc["cloud_defend"]["path_truncated"] = True  # a path's tail: decided fail-closed
     if isinstance(rec, ProcessRecord) and rec.executable_fileless:

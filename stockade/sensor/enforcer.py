@@ -11,13 +11,16 @@ ever flips.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
 import struct
 import sys
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import dataclass, replace
+from typing import Final, TextIO
 
 from stockade.policy.bundle import PolicyEntry
 from stockade.policy.model import PartName
@@ -34,6 +37,8 @@ from stockade.sensor.state import StateDir
 
 __all__ = ["DROP_REASONS", "Enforcer", "Generation", "Tally", "drops"]
 
+# kill mode's pending records, settled here (Enforcer.settle)
+PENDING_COUNTS: Final = ("pending_executable", "pending_not_executable", "pending_unread")
 KEEP_GENERATIONS = 16  # far more than can be in the ring buffer at once (0.2 s grace per flip)
 DRAIN_RECORDS = 1 << 15  # more than the 4 MiB ring buffer holds (records are >= 232 bytes)
 POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGTERM get a turn
@@ -189,6 +194,11 @@ class Enforcer:
         if isinstance(rec, CgroupRecord):
             self.on_cgroup(rec)
             return
+        if isinstance(rec, FileRecord) and rec.header.outcome == "pending":
+            settled = self.settle(rec)
+            if settled is None:
+                return
+            rec = settled
         generation = self.generations.get(rec.header.generation)
         if generation is None:
             self.counts["unknown_generation"] += 1
@@ -200,6 +210,31 @@ class Enforcer:
         self.records[_KIND_NAMES.get(rec.header.kind, "other"), rec.header.outcome] += 1
         if generation is not None:
             self._tally(rec, generation)
+
+    def settle(self, rec: FileRecord) -> FileRecord | None:
+        """Kill mode's createExecutable of a name given by rename or link (by path): the
+        kernel could not read the file's mode there, so it is read here, through the
+        process's root — after the fact. Not an executable: no record (None). Executable:
+        the record, killed if a block applies. Unreadable (the process, or the file, gone):
+        the record as it is, outcome `pending` (docs/kernel.md, "Attacks")."""
+        h = rec.header
+        try:
+            mode = os.stat(f"/proc/{h.tgid}/root{rec.path}").st_mode
+        except OSError:
+            self.counts["pending_unread"] += 1
+            return rec
+        if not stat.S_ISREG(mode) or not mode & 0o111:
+            self.counts["pending_not_executable"] += 1
+            return None
+        outcome = "allowed"
+        if h.actions & ActionBits.BLOCK:
+            try:
+                os.kill(h.tgid, signal.SIGKILL)
+                outcome = "killed"
+            except OSError:
+                outcome = "kill_failed"
+        self.counts["pending_executable"] += 1
+        return replace(rec, header=replace(h, outcome=outcome), mode=mode)
 
     def _tally_policies(self, applied: Applied) -> None:
         """Counters for the policies of the bundle now in force: those of earlier
@@ -254,6 +289,7 @@ class Enforcer:
             "unknown_generation": self.counts["unknown_generation"],
             "cgroup_records": self.counts["cgroup_records"],
             "refused_inputs": self.counts["refused"],
+            **{k: self.counts[k] for k in PENDING_COUNTS},
             "generation": self.generation,
             **self.output.stats(),
         }

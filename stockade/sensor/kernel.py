@@ -62,6 +62,7 @@ _PART_NAMES: Final[Mapping[Part, PartName]] = {Part.PROCESS: "process", Part.FIL
 # lsm mode: program → the LSM hook it is attached to (bpf/stockade_lsm.bpf.c)
 LSM_HOOKS: Final[Mapping[str, Hook]] = {
     "stk_lsm_exec": Hook.LSM_BPRM_CHECK, "stk_lsm_fork": Hook.LSM_TASK_ALLOC,
+    "stk_lsm_mmap": Hook.LSM_MMAP_FILE,
     "stk_lsm_file_open": Hook.LSM_FILE_OPEN, "stk_lsm_mknod": Hook.LSM_PATH_MKNOD,
     "stk_lsm_unlink": Hook.LSM_PATH_UNLINK, "stk_lsm_rename": Hook.LSM_PATH_RENAME,
     "stk_lsm_link": Hook.LSM_PATH_LINK, "stk_lsm_chmod": Hook.LSM_PATH_CHMOD,
@@ -90,6 +91,17 @@ def present_hooks(hooks: Mapping[str, Hook]) -> dict[str, Hook]:
         prog: hook for prog, hook in hooks.items()
         if f"\0{_attach_function(hook)}\0".encode() in btf
     }  # fmt: skip
+
+
+# io_uring's per-request tracepoint, named `io_uring_submit_sqe` before 6.4 (same first
+# argument, the request); kernels without io_uring have neither.
+IO_URING_TRACEPOINTS = ("io_uring_submit_req", "io_uring_submit_sqe")
+
+
+def io_uring_tracepoint() -> str | None:
+    """The io_uring submit tracepoint this kernel has, by its BTF type `btf_trace_<name>`."""
+    btf = VMLINUX_BTF.read_bytes()
+    return next((n for n in IO_URING_TRACEPOINTS if f"\0btf_trace_{n}\0".encode() in btf), None)
 
 
 def present_file_syscalls() -> list[Hook]:
@@ -202,7 +214,13 @@ class KillSensor(Closing):
         }  # fmt: skip
 
     def _absent_programs(self) -> list[str]:
-        """Programs for what this kernel lacks: not loaded (the verifier would refuse them)."""
+        """Programs for what this kernel lacks: not loaded (the verifier would refuse them).
+        The io_uring program is pointed at the tracepoint's older name where that is the one."""
+        self.uring_point = io_uring_tracepoint()
+        if self.uring_point is None:
+            return ["stk_uring_submit"]
+        if self.uring_point != IO_URING_TRACEPOINTS[0]:
+            self.obj.program("stk_uring_submit").set_attach_target(self.uring_point)
         return []
 
     # -- attach -----------------------------------------------------------------
@@ -223,15 +241,15 @@ class KillSensor(Closing):
         # the 32-bit syscall ABI, which the syscalls/ tracepoints don't see (exit first too)
         self.links.append(self.obj.program("stk_compat_exit").attach())
         self.links.append(self.obj.program("stk_compat_enter").attach())
-        self.links.append(self.obj.program("stk_uring_submit").attach())
+        done += ["tp_btf/sys_exit", "tp_btf/sys_enter"]
+        if self.uring_point:
+            self.links.append(self.obj.program("stk_uring_submit").attach())
+            done.append(f"tp_btf/{self.uring_point}")
         # code mapped without exec: ld.so PROGRAM
         self.links.append(
             self.obj.program("stk_mmap_exec").attach_tracepoint("syscalls", "sys_enter_mmap")
         )
-        return [
-            *done, "tp_btf/sys_exit", "tp_btf/sys_enter", "tp_btf/io_uring_submit_req",
-            "syscalls/mmap",
-        ]  # fmt: skip
+        return [*done, "syscalls/mmap"]
 
     def _attach_shared(self) -> list[str]:
         """The programs the same in both modes: cgroup_{mkdir,rmdir} (first: a caller that

@@ -56,6 +56,7 @@ _sig("bpf_object__close", None, _vp)
 _sig("bpf_object__find_program_by_name", _vp, _vp, _cp)
 _sig("bpf_object__find_map_by_name", _vp, _vp, _cp)
 _sig("bpf_program__set_autoload", _int, _vp, ctypes.c_bool)
+_sig("bpf_program__set_attach_target", _int, _vp, _int, ctypes.c_char_p)
 _sig("bpf_program__fd", _int, _vp)
 _sig("bpf_program__name", _cp, _vp)
 _sig("bpf_program__attach", _vp, _vp)
@@ -215,6 +216,14 @@ class Program:
     def set_autoload(self, autoload: bool) -> None:
         """Include or skip this program at load (before load only)."""
         _check(_lib.bpf_program__set_autoload(self._ptr, autoload), f"autoload {self.name}")
+
+    def set_attach_target(self, function: str) -> None:
+        """Attach a BTF program to `function` (a kernel function or tracepoint) instead of
+        the one its SEC() names (before load only)."""
+        _check(
+            _lib.bpf_program__set_attach_target(self._ptr, 0, function.encode()),
+            f"attach target {self.name}",
+        )
 
     def attach(self) -> Link:
         """Attach as the program's section says (tp_btf, lsm, tracepoint/...)."""

@@ -81,6 +81,9 @@ class FileRecord:
     comm: str
     path: str
     path_truncated: bool = False  # the tail of a path too long to resolve (fail closed)
+    other_name: bool = False  # path is another name (hard link) of the file operated on
+    names_unknown: bool = False  # the file has names the kernel had not cached (fail closed)
+    path_swapped: bool = False  # the path string changed during the syscall (both decided)
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ def decode(raw: bytes) -> ProcessRecord | FileRecord | CgroupRecord:
             flags=q["flags"], mode=q["mode"], fmode=q["fmode"],
             volume=_name(Volume, q["volume"]), path_from_fd=bool(q["path_from_fd"]),
             comm=_cstr(q["comm"]), path=path.decode(errors="surrogateescape"),
-            path_truncated=bool(q["path_truncated"]),
+            path_truncated=bool(q["path_truncated"]), other_name=bool(q["other_name"]),
+            names_unknown=bool(q["names_unknown"]), path_swapped=bool(q["path_swapped"]),
         )  # fmt: skip
     raise ValueError(f"unknown record kind {hdr.kind}")

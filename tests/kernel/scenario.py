@@ -48,6 +48,10 @@ Outcome = tuple[str, str, tuple[str, ...], tuple[str, ...], bool, str]
 # what the record of a blocked operation says: killed after it (kill), EPERM before it (lsm,
 # fmodret)
 BLOCKED_OUTCOME = {"kill": "killed", "lsm": "denied", "fmodret": "denied"}
+# kill mode: a name given by rename or link by path is decided again as createExecutable,
+# outcome `pending` (user space reads the mode; the harness reads records after the process
+# is gone, so they stay pending), unless the name's own decision blocked
+PENDING = {"createExecutable"}
 
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
 
@@ -94,6 +98,15 @@ def kernel_operations(
             return volume_of(path)
         return "none" if raw.startswith("/") else volume_of(cwd)
 
+    # a file's names (hard links), newest first as the kernel's alias list has them: a
+    # change of the file through a hook that has its inode is decided under each
+    names: dict[str, list[str]] = {}
+
+    def others(path: str, ops: set[str], inode_known: bool) -> list[tuple[PartName, Operation]]:
+        if not inode_known:
+            return []
+        return [file(ops, n, volume_of(n)) for n in names.get(path, []) if n != path]
+
     out = [proc("exec", PY)]
     for op in ops:
         kind, raw = op[0], op[1]
@@ -109,28 +122,54 @@ def kernel_operations(
             out.append(file(created, path, volume_of(path)))
         elif kind in ("modify", "ftruncate"):
             modified = {"modifyFile"} | ({"modifyExecutable"} if x else set())
-            out.append(file(modified, path, volume_of(path)))
+            out += [file(modified, path, volume_of(path)), *others(path, modified, True)]
             if kind == "ftruncate":
-                out.append(file({"modifyFile"} if lsm else modified, path, volume_of(path)))
+                truncated = {"modifyFile"} if lsm else modified
+                out += [file(truncated, path, volume_of(path)), *others(path, truncated, True)]
         elif kind == "chmod":
-            modes[path] = op[2]
+            for n in names.get(path, [path]):
+                modes[n] = op[2]
             changed = {"modifyFile"} | ({"createExecutable"} if op[2] & 0o111 else set())
-            out.append(file(changed, path, string_volume(raw, path)))
+            out += [file(changed, path, string_volume(raw, path)), *others(path, changed, lsm)]
         elif kind in ("rename", "link"):
             target = os.path.normpath(os.path.join(cwd, op[2]))
             modes[target] = modes[path]
+            linked_before = names.pop(path, [path])
             if kind == "rename":
                 del modes[path]
+                group = [target if n == path else n for n in linked_before]
+            else:
+                group = [target, *linked_before]
+            if len(group) > 1:
+                for n in group:
+                    names[n] = group
             ops_ = (
                 {"createFile", "modifyFile", "deleteFile"} if kind == "rename" else {"createFile"}
             )
+            if lsm and x:  # the hook knows the file's mode: a new name for an executable
+                ops_.add("createExecutable")
             out.append(file(ops_, target, string_volume(op[2], target)))
             if kind == "rename":  # the old name is gone
                 out.append(file({"deleteFile"}, path, string_volume(raw, path)))
+            else:  # the file linked is changed (kill mode: by path, its mode and names unknown)
+                linked = {"modifyFile"} | ({"modifyExecutable"} if lsm and x else set())
+                out.append(file(linked, path, string_volume(raw, path)))
+                if lsm:
+                    out += [file(linked, n, volume_of(n)) for n in linked_before if n != path]
+            if not lsm:  # the new name's createExecutable, for user space to settle: PENDING
+                out.append(file(PENDING, target, string_volume(op[2], target)))
         elif kind == "truncate":
-            out.append(file({"modifyFile"}, path, string_volume(raw, path)))
+            out += [
+                file({"modifyFile"}, path, string_volume(raw, path)),
+                *others(path, {"modifyFile"}, lsm),
+            ]
         elif kind == "delete":
             del modes[path]
+            group = names.pop(path, [])
+            if path in group:
+                group.remove(path)
+            if len(group) == 1:
+                names.pop(group[0], None)
             out.append(file({"deleteFile"}, path, string_volume(raw, path)))
     return out
 
@@ -152,10 +191,18 @@ def predict(
     masks = container_masks(applied.bundle, applied.containers[cgroup_id].workload)
     tables = {p: PartTables.from_bundle(applied.bundle, p) for p in ("process", "file")}
     out: list[Outcome] = []
+    blocked: set[str] = set()  # paths a block acted on
     for part, op in operations:
+        pending = op.operations == PENDING and mode == "kill"
+        if pending and op.path in blocked:
+            continue
         mask, actions = tables[part].decide(masks[part], op)
         if not actions:
             continue
+        blocked_or_allowed = "allowed"
+        if ActionBits.BLOCK in actions:
+            blocked.add(op.path or "")
+            blocked_or_allowed = BLOCKED_OUTCOME[mode]
         names = tuple(n for _, n in selector_names(applied.bundle, part, mask))
         out.append(
             (
@@ -164,7 +211,7 @@ def predict(
                 names,
                 _action_names(actions),
                 ActionBits.AUDIT_BLOCK in actions,
-                BLOCKED_OUTCOME[mode] if ActionBits.BLOCK in actions else "allowed",
+                "pending" if pending else blocked_or_allowed,
             )
         )
     return out

@@ -18,8 +18,10 @@ from stockade.sensor.abi import ActionBits, Hook
 from stockade.sensor.kernel import Bundle, KillSensor
 from stockade.sensor.records import FileRecord, ProcessRecord
 
-from .conftest import Cgroup, Collector, part_tables
+from .conftest import Cgroup, Collector, Record, part_tables
+from .scenario import Harness
 from .test_sensor import py
+from .test_standalone import WEB
 
 pytestmark = pytest.mark.kernel
 
@@ -216,7 +218,7 @@ if form == "fchmodat2-empty":
 elif form == "truncate-proc":
     os.truncate(f"/proc/self/fd/{fd}", 0)
 else:
-    os.chmod(form.replace("N", str(fd)), 0o755)
+    os.chmod(form.replace("PID", str(os.getpid())).replace("N", str(fd)), 0o755)
 print("done")
 """
 
@@ -225,14 +227,15 @@ def test_fd_forms_are_the_file(
     collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
 ) -> None:
     """fchmodat2(fd, "", AT_EMPTY_PATH) and chmod/truncate of /proc/self/fd/N, /dev/fd/N,
-    /proc/thread-self/fd/N act on the file the fd has open: decided by its path, killed."""
+    /proc/thread-self/fd/N, /proc/<own pid>/fd/N act on the file the fd has open: decided by
+    its path, killed."""
     load(guard_files(workdir, cgroup))
     target = workdir / "guarded"
     target.write_text("x")
     forms = {
         "fchmodat2-empty": Hook.FCHMODAT2, "truncate-proc": Hook.TRUNCATE,
         "/proc/self/fd/N": Hook.CHMOD, "/dev/fd/N": Hook.CHMOD,
-        "/proc/thread-self/fd/N": Hook.CHMOD,
+        "/proc/thread-self/fd/N": Hook.CHMOD, "/proc/PID/fd/N": Hook.CHMOD,
     }  # fmt: skip
     got = {}
     for form in forms:
@@ -256,7 +259,7 @@ def test_io_uring_requests_are_seen_and_blocked(
         (["open", f"{d}/new"], Hook.IO_URING_OPENAT, [f"{d}/new"]),
         (["unlink", f"{d}/a"], Hook.IO_URING_UNLINKAT, [f"{d}/a"]),
         (["rename", f"{d}/b", f"{d}/c"], Hook.IO_URING_RENAMEAT, [f"{d}/c", f"{d}/b"]),
-        (["link", f"{d}/e", f"{d}/g"], Hook.IO_URING_LINKAT, [f"{d}/g"]),
+        (["link", f"{d}/e", f"{d}/g"], Hook.IO_URING_LINKAT, [f"{d}/g", f"{d}/e"]),  # both
     ]
     got = []
     for argv, _, _ in cases:
@@ -267,6 +270,119 @@ def test_io_uring_requests_are_seen_and_blocked(
 
 
 RENAME = "import os, sys; os.rename(sys.argv[1], sys.argv[2])"
+
+# argv: old, new, form — a hard link of old made as new by path, or through an fd
+LINK_SCRIPT = """
+import ctypes, os, sys
+old, new, form = sys.argv[1:]
+libc = ctypes.CDLL(None, use_errno=True)
+if form == "path":
+    os.link(old, new)
+else:
+    fd = os.open(old, os.O_RDONLY)
+    if form == "proc":  # linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, new, AT_SYMLINK_FOLLOW)
+        rc = libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, new.encode(), 0x400)
+    else:  # linkat(fd, "", AT_FDCWD, new, AT_EMPTY_PATH)
+        rc = libc.linkat(fd, b"", -100, new.encode(), 0x1000)
+    if rc:
+        sys.exit(f"linkat: {os.strerror(ctypes.get_errno())}")
+print("linked")
+"""
+
+
+def file_records(recs: list[Record]) -> list[tuple[int, str, list[str], str]]:
+    return [
+        (r.header.hook, r.path, sorted(r.ops), r.header.outcome)
+        for r in recs if isinstance(r, FileRecord)
+    ]  # fmt: skip
+
+
+def test_hard_links_change_the_file_linked(
+    collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """A hard link to a guarded file made into an unguarded directory is a change of the
+    guarded file (modifyFile of its name): killed, by path and through an fd. A link made
+    through an fd knows the file's mode: an executable linked into a guarded directory is
+    createExecutable there."""
+    guarded, free = workdir / "g", workdir / "free"
+    guarded.mkdir()
+    free.mkdir()
+    (guarded / "f").write_text("x")
+    load(guard_files(guarded, cgroup))
+    forms = {"path": Hook.LINK, "proc": Hook.LINKAT, "empty": Hook.LINKAT}
+    got = {}
+    for form in forms:
+        res, recs = collector.run(py(LINK_SCRIPT, f"{guarded}/f", f"{free}/{form}", form), cgroup)
+        got[form] = (res.returncode, file_records(recs))
+    assert got == {
+        form: (-9, [(hook, f"{guarded}/f", ["modifyFile"], "killed")])
+        for form, hook in forms.items()
+    }
+    exe = free / "exe"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    only_create_exe = part_tables(
+        "file", {"createExecutable": 1}, [(1, 0, ActionBits.ALERT | ActionBits.BLOCK)],
+        recursive_lpm={f"{guarded}/": 1},
+    )  # fmt: skip
+    load(Bundle(2, {cgroup.id: {"file": 1}}, {"file": only_create_exe}))
+    for form in ("proc", "empty"):
+        new = f"{guarded}/{form}"
+        res, recs = collector.run(py(LINK_SCRIPT, str(exe), new, form), cgroup)
+        assert (res.returncode, file_records(recs)) == (
+            -9, [(Hook.LINKAT, new, ["createExecutable", "createFile"], "killed")]
+        )  # fmt: skip
+
+
+# argv: path — opens it for writing (the write itself never happens when the open is killed)
+WRITE_SCRIPT = """
+import os, sys
+os.close(os.open(sys.argv[1], os.O_WRONLY))
+print("opened")
+"""
+
+
+def test_a_link_made_earlier_is_the_file(
+    sensor: KillSensor, collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """A guarded file hard-linked before the policy (as an image may ship it), then opened
+    for writing by the other name: the kernel's cached names of the inode are decided too —
+    killed, the record names the guarded path (other_name). When the guarded name is not in
+    the dcache (a filesystem mounted again), the names not seen are decided fail-closed:
+    killed, the record flagged names_unknown, counted."""
+    guarded, free = workdir / "g", workdir / "free"
+    guarded.mkdir()
+    free.mkdir()
+    (guarded / "f").write_text("x")
+    os.link(guarded / "f", free / "x")
+    load(guard_files(guarded, cgroup))
+    (guarded / "f").stat()  # both names cached
+    res, recs = collector.run(py(WRITE_SCRIPT, str(free / "x")), cgroup)
+    got = [(r.path, r.other_name, r.names_unknown) for r in recs if isinstance(r, FileRecord)]
+    assert (res.returncode, got) == (-9, [(f"{guarded}/f", True, False)])
+    # unguarded files with two names, both known: nothing
+    (free / "y").write_text("y")
+    os.link(free / "y", free / "y2")
+    res, recs = collector.run(py(WRITE_SCRIPT, str(free / "y")), cgroup)
+    assert (res.returncode, recs) == (0, [])
+
+    # a cold dcache: an ext4 image mounted again after the link was made
+    image, mnt = workdir / "fs.img", workdir / "mnt"
+    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    (mnt / "g").mkdir()
+    (mnt / "g" / "f").write_text("x")
+    os.link(mnt / "g" / "f", mnt / "x")
+    subprocess.run(["umount", str(mnt)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    load(guard_files(mnt / "g", cgroup))
+    before = sensor.stats()["names_unknown"]
+    res, recs = collector.run(py(WRITE_SCRIPT, str(mnt / "x")), cgroup)
+    got = [(r.path, r.other_name, r.names_unknown) for r in recs if isinstance(r, FileRecord)]
+    assert (res.returncode, got) == (-9, [(f"{mnt}/x", False, True)])
+    assert sensor.stats()["names_unknown"] - before == 1
 
 
 def test_directory_renames_above_a_guarded_path(
@@ -369,3 +485,125 @@ def test_fileless_execs_are_recorded_as_such(
         "memfd": [("/memfd:payload", True)],
         "deleted": [(f"{workdir}/gone", True)],
     }
+
+
+# argv: path — holds a read lease on it until a line arrives on stdin
+LEASE_SCRIPT = """
+import fcntl, os, signal, sys
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease break's notice
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+print("leased", flush=True)
+sys.stdin.readline()
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+"""
+
+# argv: real, decoy (as long) — truncate(real) while another thread writes decoy over the
+# string; truncate waits for the lease on real to be given up, so the change lands mid-call
+SWAP_SCRIPT = """
+import ctypes, sys, threading, time
+real, decoy = sys.argv[1:]
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(real.encode())
+def swap():
+    time.sleep(0.3)  # truncate is waiting in break_lease by now
+    ctypes.memmove(buf, decoy.encode(), len(decoy))
+    print("swapped", flush=True)
+threading.Thread(target=swap).start()
+print("truncated", libc.truncate(buf, 0), flush=True)
+"""
+
+
+def test_a_path_string_changed_mid_call_is_decided_both_ways(
+    sensor: KillSensor, collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """Another thread writes an unguarded path over the string of a truncate of a guarded
+    file while the call runs (made deterministic with a file lease that holds truncate): the
+    string saved at sys_enter is decided (the guarded file: killed), the change is flagged
+    path_swapped and counted. (Before: the string read at sys_exit was decided — the decoy —
+    and the guarded file was truncated without a record.)"""
+    real, decoy = workdir / "g" / "f", workdir / "d" / "f"
+    for f in (real, decoy):
+        f.parent.mkdir()
+        f.write_text("data")
+    load(guard_files(real.parent, cgroup))
+    before = sensor.stats()["path_swapped"]
+    holder = subprocess.Popen(
+        py(LEASE_SCRIPT, str(real)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout and holder.stdin and holder.stdout.readline() == "leased\n"
+    collector.drain()
+    child = subprocess.Popen(
+        py(SWAP_SCRIPT, str(real), str(decoy)),
+        preexec_fn=cgroup.join(), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdout and child.stdout.readline() == "swapped\n"
+    holder.stdin.write("release\n")
+    holder.stdin.flush()
+    assert holder.wait(10) == 0
+    out = child.stdout.read()
+    assert child.wait(10) == -9, out  # killed before "truncated"
+    recs = collector.drain()
+    got = [(r.path, r.path_swapped, r.header.outcome) for r in recs if isinstance(r, FileRecord)]
+    assert got == [(str(real), True, "killed")]
+    assert sensor.stats()["path_swapped"] - before == 1
+    assert real.read_text() == "" and decoy.read_text() == "data"  # kill mode: after the fact
+
+
+# argv: how, old, new — gives old the name new (by path), then waits to be killed
+MOVE_SCRIPT = """
+import os, sys, time
+how, old, new = sys.argv[1:]
+(os.rename if how == "rename" else os.link)(old, new)
+print("moved", flush=True)
+time.sleep(30)
+"""
+
+
+def test_executables_moved_into_a_guarded_directory_are_settled_in_user_space(
+    harness: Harness, cgroup: Cgroup, workdir: Path
+) -> None:
+    """An executable renamed or hard-linked by path into a directory that blocks
+    createExecutable: the syscall tracepoint can't read the file's mode, so the kernel writes
+    a `pending` record, and the sensor's user space reads the mode through the process's root
+    and kills the process (after the fact). A file without an x bit moved there: nothing."""
+    w = workdir
+    (w / "bin").mkdir()
+    for name, mode in (("exe", 0o755), ("exe2", 0o700), ("plain", 0o644)):
+        (w / name).write_text("#!/bin/sh\n")
+        (w / name).chmod(mode)
+    harness.apply([{
+        "apiVersion": "stockade.dev/v1alpha1", "kind": "ContainerPolicy",
+        "metadata": {"name": "bin-guard", "namespace": "shop"},
+        "spec": {"file": {
+            "selectors": [{"name": "binExe", "operation": ["createExecutable"],
+                           "targetFilePath": [f"{w}/bin/**"]}],
+            "responses": [{"match": ["binExe"], "actions": ["alert", "block"]}],
+        }},
+    }], {cgroup: WEB})  # fmt: skip
+    assert harness.sa is not None
+    got = {}
+    for how, name in (("rename", "exe"), ("link", "exe2"), ("rename", "plain")):
+        harness.docs()
+        child = subprocess.Popen(
+            py(MOVE_SCRIPT, how, str(w / name), str(w / "bin" / name)),
+            preexec_fn=cgroup.join(), stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout and child.stdout.readline() == "moved\n"
+        deadline = time.monotonic() + 3
+        while child.poll() is None and time.monotonic() < deadline:
+            harness.sa.pump(100)
+        child.kill()
+        docs = harness.docs()
+        got[name] = (
+            child.wait(),
+            [(d["file"]["path"], d["cloud_defend"]["file_operations"], d["cloud_defend"]["outcome"])
+             for d in docs if d["event"]["category"] == ["file"]],
+        )  # fmt: skip
+    assert got == {
+        "exe": (-9, [(f"{w}/bin/exe", ["createExecutable"], "killed")]),
+        "exe2": (-9, [(f"{w}/bin/exe2", ["createExecutable"], "killed")]),
+        "plain": (-9, []),  # killed by the test, after 3 s of nothing
+    }
+    counts = harness.sa.counts
+    assert (counts["pending_executable"], counts["pending_not_executable"]) == (2, 1)
