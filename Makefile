@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test setup check lint unit integration kernel images crds schemas run services-up services-down
+.PHONY: test setup check lint unit integration kernel bench bench-quick images crds schemas run services-up services-down
 
 ## Set everything up on a fresh machine, then run every check and test.
 test: setup check
@@ -12,9 +12,11 @@ test: setup check
 setup:
 	scripts/setup
 
-## Lint, type-check and run the whole test suite (needs `make setup` once).
+## Lint, type-check, run the whole test suite and every benchmark once, briefly (needs
+## `make setup` once).
 check: lint
 	scripts/test
+	$(MAKE) bench-quick
 
 lint:
 	$(VENV)/bin/ruff check stockade tests benchmarks e2e/vm/run
@@ -29,6 +31,14 @@ integration:
 
 kernel:
 	$(VENV)/bin/pytest tests/kernel
+
+## Every benchmark, in full; rewrites docs/benchmarks.md (root, ~15 min; docs/benchmarks.md).
+bench:
+	$(PY) benchmarks
+
+## Every benchmark with --quick (seconds each): each runs and writes its figures; none kept.
+bench-quick:
+	$(PY) benchmarks --quick
 
 ## Build the operator and sensor images (the base made once and cached; docs/images.md).
 images:
