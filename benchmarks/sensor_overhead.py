@@ -1,6 +1,6 @@
 """Sensor overhead, measured side by side in one run (root; not a test).
 
-    .venv/bin/python benchmarks/sensor_overhead.py [--rounds 5] [--vm]
+    .venv/bin/python benchmarks/sensor_overhead.py [--rounds 5] [--vm] [--quick]
 
 Three ratios, each the median over rounds of (time with the sensor) / (time without),
 the two measured back to back in every round, all inside one test cgroup:
@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _figures import Figure, add_arguments, figure, report
+
 from stockade.sensor.kernel import FMODRET_HOOKS, LSM_HOOKS, present_file_syscalls, present_hooks
 from stockade.sensor.libbpf import BpfObject
 from stockade.sensor.paths import BPF_ARCH
@@ -74,6 +76,7 @@ int main(int argc, char **argv) {
 IN_VM = os.environ.get("STOCKADE_VM") == "1"  # set by e2e/vm/run
 # (rounds, opens, execs) by default: on this machine, and in the test VM under TCG
 DEFAULTS = (3, 40_000, 500) if IN_VM else (5, 200_000, 3_000)
+QUICK = (1, 5_000, 100)
 
 TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
 # empty programs for the floor: one for every tracepoint, one per LSM hook and per security_*
@@ -225,12 +228,15 @@ def main() -> None:
     ap.add_argument("--vm", action="store_true", help="run in lsm mode in the test VM")
     ap.add_argument("--timeout", type=float, default=1800.0, help="for --vm, seconds")
     ap.add_argument("--lsm", help="for --vm: the VM kernel's lsm= (without bpf: fmodret mode)")
+    add_arguments(ap)
     args = ap.parse_args()
     if args.vm and not IN_VM:
         sys.exit(in_vm(args))
     rounds, opens, execs = (
         given if given is not None else default
-        for given, default in zip((args.rounds, args.opens, args.execs), DEFAULTS, strict=True)
+        for given, default in zip(
+            (args.rounds, args.opens, args.execs), QUICK if args.quick else DEFAULTS, strict=True
+        )
     )
     if not IN_VM:  # in the VM the repository is read-only and the objects are built already
         subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
@@ -272,6 +278,7 @@ def main() -> None:
               f"{execs} execs")  # fmt: skip
         print(f"{'case':50} {'mode':5} {'without':>9} {'with':>9} {'ratio':>7} target")
         modes: set[str] = set()
+        figures: list[Figure] = []
         for name, start, argv, goal in cases:
             ratios, base, withs = [], [], []
             for _ in range(rounds):
@@ -291,7 +298,12 @@ def main() -> None:
                 f"{statistics.median(withs):8.3f}s {r:6.3f}x {verdict:6}"
                 f"  {stats.split('stats ')[-1]}"
             )
+            figures.append(figure(
+                f"{name}: with / without", ratios, "x", None if goal is None else f"<= {goal}",
+                note=f"{running.mode.split()[0]} mode; {statistics.median(base):.3f} s without",
+            ))  # fmt: skip
         print(f"sensor mode: {'; '.join(sorted(modes))}")  # and why (the probe's reason)
+        report(args, figures)
     finally:
         cgroup.rmdir()
         shutil.rmtree(d, ignore_errors=True)
