@@ -38,6 +38,17 @@ def compile_c(d: Path, name: str, source: str) -> Path:
     return d / name
 
 
+# a static binary that only exits: an exec that costs the kernel's exec path and nothing else
+TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n syscall");}\n'
+
+
+def compile_tiny(d: Path) -> Path:
+    (d / "tiny.c").write_text(TINY_C)
+    subprocess.run(["gcc", "-static", "-nostdlib", "-O2", "-o", str(d / "tiny"),
+                    str(d / "tiny.c")], check=True)  # fmt: skip
+    return d / "tiny"
+
+
 def run_in(cgroup: Path, argv: list[str], cpu: int | None = None) -> str:
     """Run argv inside `cgroup` (on one CPU if given); its stdout."""
 
@@ -115,11 +126,12 @@ class Sensor:
             / 1e9
         )
 
-    def rss_mib(self) -> float:
+    def memory_mib(self, field: str) -> float:
+        """A /proc/PID/status memory figure: VmRSS (now), VmHWM (the peak)."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {field}")
 
     def stop(self) -> None:
         self.proc.terminate()
