@@ -6,7 +6,8 @@
 
 Every `benchmarks/NAME.py` without a leading underscore is a benchmark (the contract:
 benchmarks/_figures.py). The services of `services/up` are started first and their
-variables passed on. A full run replaces the figures of the benchmarks it ran in
+variables passed on. Quick runs go side by side (their figures mean nothing), full runs one
+after the other. A full run replaces the figures of the benchmarks it ran in
 docs/benchmarks.json (the others stay as they were, with their own date and machine) and
 renders docs/benchmarks.md from it; a quick run writes nothing. The exit status is 1 when a
 benchmark failed or wrote no valid figures.
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +101,24 @@ def machine() -> str:
 
 
 def run(name: str, quick: bool, env: dict[str, str]) -> dict[str, Any] | None:
-    """One benchmark; its record for benchmarks.json, or None when it failed."""
+    """One benchmark; its record for benchmarks.json, or None when it failed. Quick runs
+    go side by side: their output is shown when they fail."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         argv = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if quick else [])]
-        print(f"== {name}: {' '.join(argv[1:])}", flush=True)
+        if not quick:
+            print(f"== {name}: {' '.join(argv[1:])}", flush=True)
         load = os.getloadavg()[0]
         t0 = time.monotonic()
-        rc = subprocess.run([*argv, "--json", out.name], env=env, cwd=REPO, check=False).returncode
+        proc = subprocess.run(
+            [*argv, "--json", out.name], env=env, cwd=REPO, check=False, text=True,
+            stdout=subprocess.PIPE if quick else None, stderr=subprocess.STDOUT if quick else None,
+        )  # fmt: skip
         seconds = time.monotonic() - t0
         text = Path(out.name).read_text()
     figures = json.loads(text) if text.strip() else None
-    wrong = f"exit status {rc}" if rc else valid(figures)
+    wrong = f"exit status {proc.returncode}" if proc.returncode else valid(figures)
+    if wrong and quick:
+        print(proc.stdout, end="")
     print(f"== {name}: {wrong or 'ok'} ({seconds:.0f} s)", flush=True)
     if wrong:
         return None
@@ -182,12 +191,18 @@ def main() -> int:
     if unknown:
         ap.error(f"no benchmark {', '.join(sorted(unknown))}; there are {benchmarks()}")
     env = services_env()
-    failed = []
-    for name in args.names or benchmarks():
-        result = run(name, args.quick, env)
-        if result is None:
-            failed.append(name)
-        elif not args.quick:
+    names = args.names or benchmarks()
+    if args.quick:  # their figures mean nothing: all at once
+        with ThreadPoolExecutor(len(names)) as pool:
+            results = dict(zip(names, pool.map(lambda n: run(n, True, env), names), strict=True))
+        failed = [name for name, result in results.items() if result is None]
+    else:
+        failed = []
+        for name in names:
+            result = run(name, False, env)
+            if result is None:
+                failed.append(name)
+                continue
             data[name] = result
             DATA.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
             PAGE.write_text(render(data, kept_text()))
