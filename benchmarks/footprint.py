@@ -167,7 +167,7 @@ def main() -> None:
                 for n in (1, 64, 1024):  # 1: a policy has one selector at least
                     sensor, startup = start(d, wide(n))
                     try:
-                        add(f"BPF maps' kernel memory, {n} selectors per part",
+                        add(f"BPF maps' kernel memory, {n} selector{'s' * (n > 1)} per part",
                             map_memlock(sensor.proc.pid) / MiB)  # fmt: skip
                         if n == 1024:
                             add("start-up to the first bundle enforced, 1024 selectors per part",
