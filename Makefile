@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test setup check lint unit integration kernel e2e images crds schemas run services-up services-down
+.PHONY: test setup check lint unit integration kernel e2e bench bench-quick images crds schemas run services-up services-down
 
 ## Set everything up on a fresh machine, then run every check and test.
 test: setup check
@@ -12,11 +12,12 @@ test: setup check
 setup:
 	scripts/setup
 
-## Lint, type-check, run the whole test suite and then the end-to-end scenarios (needs
-## `make setup` once).
+## Lint, type-check, run the whole test suite, the end-to-end scenarios and every
+## benchmark once, briefly (needs `make setup` once).
 check: lint
 	scripts/test
 	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory bench-quick
 
 lint:
 	$(VENV)/bin/ruff check stockade tests benchmarks e2e e2e/vm/run
@@ -37,6 +38,14 @@ kernel:
 e2e:
 	$(VENV)/bin/pytest e2e -v -p no:cacheprovider -o log_cli=true --log-cli-level=INFO \
 		--log-cli-format='%(message)s'
+
+## Every benchmark, in full; rewrites docs/benchmarks.md (root, ~15 min; docs/benchmarks.md).
+bench:
+	$(PY) benchmarks
+
+## Every benchmark with --quick (seconds each): each runs and writes its figures; none kept.
+bench-quick:
+	$(PY) benchmarks --quick
 
 ## Build the operator and sensor images (the base made once and cached; docs/images.md).
 images:

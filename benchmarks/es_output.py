@@ -1,7 +1,9 @@
 """The Elasticsearch output's two rates (not a test):
 
-    .venv/bin/python benchmarks/es_output.py enrich [--records 200000]
-    eval "$(services/up)"; .venv/bin/python benchmarks/es_output.py index [--docs 100000]
+    .venv/bin/python benchmarks/es_output.py [enrich|index] [--records 200000] [--docs 100000]
+
+(`index` needs Elasticsearch: `eval "$(services/up)"` first; without `enrich` or `index`,
+both run.)
 
 `enrich`: ring-buffer record bytes → decode → ECS document → JSON (what the writer thread
 sends), with a null sink, on one core: records/s per record kind and for the default
@@ -22,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _figures import Figure, add_arguments, figure, report
 
 from stockade.policy.compiler import compile_bundle
 from stockade.policy.evaluator import ContainerFacts, KubernetesFacts
@@ -87,12 +91,13 @@ def applied() -> Applied:
     return Applied(1, bundle, {CGROUP: container})
 
 
-def enrich(n: int) -> None:
+def enrich(n: int) -> list[Figure]:
     host, app = Host.detect(), applied()
     mixes = {
         "exec": [PROCESS], "exit": [EXIT], "file": [FILE],
         "mix (2 exec : 2 exit : 1 file)": [PROCESS, EXIT] * 2 + [FILE],
     }  # fmt: skip
+    figures = []
     for name, kinds in mixes.items():
         raws = [raw_record(kinds[i % len(kinds)], i) for i in range(n)]
         cache = ProcessCache()
@@ -108,13 +113,16 @@ def enrich(n: int) -> None:
             cache.enrich(doc, rec)
             size += len(json.dumps(doc, separators=(",", ":")))
         t2 = time.process_time()
-        print(
-            f"enrich {name}: {n / (t1 - t0):,.0f} records/s to documents, "
-            f"{n / (t2 - t1):,.0f}/s with JSON ({size / n:.0f} bytes each), one core"
-        )
+        figures += [
+            figure(f"enrich {name}: records to documents, one core", n / (t1 - t0), "records/s",
+                   ">= 50000", note=f"{n:,} records"),
+            figure(f"enrich {name}: with JSON", n / (t2 - t1), "records/s",
+                   note=f"{size / n:.0f} bytes each"),
+        ]  # fmt: skip
+    return figures
 
 
-def index(n: int, batch: int) -> None:
+def index(n: int, batch: int) -> list[Figure]:
     from stockade.sensor.elastic.config import ElasticConfig
     from stockade.sensor.elastic.writer import ElasticOutput
 
@@ -134,11 +142,11 @@ def index(n: int, batch: int) -> None:
         while (s := out.stats())["es_delivered"] + s["es_dead_letter"] < n:
             time.sleep(0.05)
         elapsed = time.monotonic() - t0
-        print(
-            f"index ({batch} per bulk): {n:,} documents in {elapsed:.1f} s = "
-            f"{n / elapsed:,.0f} documents/s "
-            f"({s['es_failed_requests']} failed requests, {s['es_spooled']} spooled)"
-        )
+        return [
+            figure(f"index ({batch} per bulk)", n / elapsed, "documents/s",
+                   note=f"{n:,} documents in {elapsed:.1f} s, {s['es_failed_requests']} failed "
+                   f"requests, {s['es_spooled']} spooled")
+        ]  # fmt: skip
     finally:
         out.close()
         client = cfg.client()
@@ -151,16 +159,18 @@ def index(n: int, batch: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="what", required=True)
-    sub.add_parser("enrich").add_argument("--records", type=int, default=200_000)
-    p_index = sub.add_parser("index")
-    p_index.add_argument("--docs", type=int, default=100_000)
-    p_index.add_argument("--batch", type=int, default=1000, help="documents per bulk request")
+    p.add_argument("what", nargs="?", choices=["enrich", "index"], help="default: both")
+    p.add_argument("--records", type=int, help="enrich: default 200,000 (--quick 5,000)")
+    p.add_argument("--docs", type=int, help="index: default 100,000 (--quick 5,000)")
+    p.add_argument("--batch", type=int, default=1000, help="documents per bulk request")
+    add_arguments(p)
     args = p.parse_args()
-    if args.what == "enrich":
-        enrich(args.records)
-    else:
-        index(args.docs, args.batch)
+    figures = []
+    if args.what in (None, "enrich"):
+        figures += enrich(args.records or (5_000 if args.quick else 200_000))
+    if args.what in (None, "index"):
+        figures += index(args.docs or (5_000 if args.quick else 100_000), args.batch)
+    report(args, figures)
     return 0
 
 

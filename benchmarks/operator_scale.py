@@ -2,6 +2,7 @@
 
     eval "$(services/up)"
     .venv/bin/python benchmarks/operator_scale.py [--nodes 1000] [--pods 30000] [--policies 500]
+    .venv/bin/python benchmarks/operator_scale.py --quick   # 20 nodes, 200 pods, 10 policies
 
 Creates (bulk, in parallel) Nodes, Pods bound with `spec.nodeName` across labelled
 namespaces, and policies (ContainerPolicies with podSelectors; ClusterContainerPolicies
@@ -42,6 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from _figures import Figure, add_arguments, figure, report
 from kubernetes import client, config
 
 from stockade.operator.metrics import scrape
@@ -331,16 +333,21 @@ def cpu_seconds(pid: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--nodes", type=int, default=1000)
-    p.add_argument("--pods", type=int, default=30000)
-    p.add_argument("--policies", type=int, default=500)
-    p.add_argument("--namespaces", type=int, default=50)
-    p.add_argument("--samples", type=int, default=50, help="pod-binding latency samples")
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--pods", type=int)
+    p.add_argument("--policies", type=int)
+    p.add_argument("--namespaces", type=int)
+    p.add_argument("--samples", type=int, help="pod-binding latency samples")
     p.add_argument("--threads", type=int, default=32, help="parallel creates")
     p.add_argument("--timeout", type=float, default=1800, help="cold start limit, seconds")
     p.add_argument("--keep-log", type=Path, help="copy the operator's log here")
     p.add_argument("--profile", type=Path, help="run the operator under cProfile, stats here")
+    add_arguments(p)
     args = p.parse_args()
+    for name, full, quick in (("nodes", 1000, 20), ("pods", 30000, 200), ("policies", 500, 10),
+                              ("namespaces", 50, 5), ("samples", 50, 5)):  # fmt: skip
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if args.policies < 2:
         p.error("--policies must be >= 2 (one cluster policy at least)")
 
@@ -358,6 +365,7 @@ def main() -> int:
     log(f"run {run}: {args.nodes} nodes, {args.pods} pods, {len(w.cpols)} ContainerPolicies, "
         f"{len(w.ccpols)} ClusterContainerPolicies, {args.namespaces} namespaces")  # fmt: skip
     results: list[tuple[str, str, str]] = []
+    figures: list[Figure] = []
     op: subprocess.Popen[bytes] | None = None
     watch: BundleWatch | None = None
     log_path = Path(f"/tmp/operator-scale-{run}.log")
@@ -440,6 +448,7 @@ def main() -> int:
             f"first bundle seen after {until_first:.1f} s; operator CPU {cpu_cold:.0f} s; "
             f"load {load_before:.1f} before",
         ))  # fmt: skip
+        figures.append(figure("cold: start → all bundles written", cold, "s"))
         sizes = [len(v) for v in expected.values()]
         results.append(("policies per bundle (min/mean/max)",
                         f"{min(sizes)}/{statistics.mean(sizes):.0f}/{max(sizes)}",
@@ -471,6 +480,8 @@ def main() -> int:
         edit = edit_done - t0
         results.append((f"policy edit → all {len(affected)} affected bundles",
                         f"{edit:.2f} s", "target <= 10 s"))  # fmt: skip
+        figures.append(figure(f"policy edit → all {len(affected)} affected bundles", edit, "s",
+                              "<= 10"))  # fmt: skip
         log(f"edit: {edit:.2f} s")
         for n in affected:
             expected[n] = (expected[n] - {f"{name}@1"}) | {f"{name}@2"}
@@ -498,15 +509,22 @@ def main() -> int:
         results.append((f"pod bound → bundle has its policy ({len(latencies)} samples)",
                         f"p50 {p50:.3f} s, p99 {p99:.3f} s, max {latencies[-1]:.3f} s",
                         "target p99 <= 2 s"))  # fmt: skip
+        figures += [
+            figure(f"pod bound → bundle has its policy, p50 of {len(latencies)}", p50, "s"),
+            figure(f"pod bound → bundle has its policy, p99 of {len(latencies)}", p99, "s",
+                   "<= 2"),
+        ]  # fmt: skip
 
         # 4, 5. Memory and size.
         hwm = proc_status(op.pid, "VmHWM")
         rss = proc_status(op.pid, "VmRSS")
         results.append(("operator peak RSS (VmHWM)", f"{hwm / MiB:.0f} MiB",
                         f"now {rss / MiB:.0f} MiB; target <= 500 MiB"))  # fmt: skip
+        figures.append(figure("operator peak RSS (VmHWM)", hwm / MiB, "MiB", "<= 500"))
         big, stored, where = watch.largest
         results.append(("largest bundle (canonical JSON)", f"{big / 1024:.1f} KiB",
                         f"{where}; stored {stored / 1024:.1f} KiB; target <= 256 KiB"))  # fmt: skip
+        figures.append(figure("largest bundle (canonical JSON)", big / 1024, "KiB", "<= 256"))
         m = scrape(port)
         count = m.get("stockade_operator_compile_seconds_count", 0.0)
         total = m.get("stockade_operator_compile_seconds_sum", 0.0)
@@ -538,6 +556,10 @@ def main() -> int:
     vwidth = max(len(r[1]) for r in results)
     for what, value, note in results:
         print(f"{what:<{width}}  {value:<{vwidth}}  {note}")
+    note = f"{args.nodes} nodes, {args.pods} pods, {args.policies} policies"
+    for f in figures:
+        f.setdefault("note", note)
+    report(args, figures)
     return 0
 
 

@@ -48,7 +48,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stockade.sensor.kernel import FMODRET_HOOKS, LSM_HOOKS, present_file_syscalls, present_hooks
+from _figures import Figure, add_arguments, figure, report
+
+from stockade.sensor.kernel import (
+    FMODRET_HOOKS,
+    LSM_HOOKS,
+    io_uring_tracepoint,
+    present_file_syscalls,
+    present_hooks,
+)
 from stockade.sensor.libbpf import BpfObject
 from stockade.sensor.paths import BPF_ARCH
 from stockade.sensor.probe import Mode, probe_mode
@@ -89,7 +97,7 @@ TINY_C = 'void _start(void){__asm__ volatile("mov $60,%eax\\n xor %edi,%edi\\n s
 # the BTF tracepoints the sensor attaches to: in every mode, and (the 32-bit syscall ABI and
 # io_uring) in kill mode
 BTF_SHARED = ("sched_process_fork", "cgroup_mkdir", "cgroup_rmdir")
-BTF_KILL = ("sys_enter", "sys_exit", "io_uring_submit_req")
+BTF_KILL = ("sys_enter", "sys_exit", *filter(None, [io_uring_tracepoint()]))
 BTF_TRACEPOINTS = BTF_SHARED + BTF_KILL
 # empty programs for the floor: one for every tracepoint, one per BTF tracepoint, one per LSM
 # hook and per security_* function (fmodret)
@@ -339,7 +347,6 @@ def main() -> None:
     ap.add_argument("--opens", type=int, help=f"default {DEFAULTS[1]}")
     ap.add_argument("--execs", type=int, help=f"default {DEFAULTS[2]}")
     ap.add_argument("--build-files", type=int, help=f"C files in the build, default {DEFAULTS[3]}")
-    ap.add_argument("--quick", action="store_true", help=f"defaults {QUICK}: seconds, no figures")
     ap.add_argument("--only", help="the cases whose names start with one of these (comma list)")
     ap.add_argument(
         "--profile", action="store_true",
@@ -354,6 +361,7 @@ def main() -> None:
     ap.add_argument("--vm", action="store_true", help="run in lsm mode in the test VM")
     ap.add_argument("--timeout", type=float, default=1800.0, help="for --vm, seconds")
     ap.add_argument("--lsm", help="for --vm: the VM kernel's lsm= (without bpf: fmodret mode)")
+    add_arguments(ap)  # --quick: the defaults QUICK, seconds; --json
     args = ap.parse_args()
     if args.vm and not IN_VM:
         sys.exit(in_vm(args))
@@ -406,6 +414,7 @@ def main() -> None:
         print(f"{'case':54} {'mode':5} {'without':>9} {'with':>9} {'ratio':>7} {'target':7} "
               f"{'/floor':>7} target")  # fmt: skip
         modes: set[str] = set()
+        figures: list[Figure] = []
         floors: dict[str, float] = {}
         prefixes = tuple(args.only.split(",")) if args.only else ("",)
         for case in [c for c in CASES if c.name.startswith(prefixes)]:
@@ -446,12 +455,23 @@ def main() -> None:
             )  # fmt: skip
             if profile:
                 print("\n".join(profile))
+            mode_note = f"{running.mode.split()[0]} mode; {statistics.median(base):.3f} s without"
+            figures.append(figure(case.name, ratios, "x", _target(case.target), note=mode_note))
+            if vs_floor is not None:
+                figures.append(
+                    figure(f"{case.name}.vs_floor", vs_floor, "x", _target(case.floor_target))
+                )
         print(f"sensor mode: {'; '.join(sorted(modes))}")  # and why (the probe's reason)
+        report(args, figures)
     finally:
         if args.profile:
             STATS.write_text(stats_before)
         cgroup.rmdir()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _target(bound: float | None) -> str | None:
+    return None if bound is None else f"<= {bound}"
 
 
 def verdict(value: float, target: float | None) -> str:

@@ -1,6 +1,6 @@
 """What a reload and a restart cost enforcement (root; not a test).
 
-    .venv/bin/python benchmarks/sensor_reload.py [--selectors 255] [--values 56]
+    .venv/bin/python benchmarks/sensor_reload.py [--selectors 255] [--values 56] [--quick]
 
 Two measurements of the real `stockade sensor --standalone` process, in a test cgroup where
 a C loop opens a file or fork+execs a tiny static binary:
@@ -34,6 +34,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _figures import Figure, add_arguments, figure, report
 
 REPO = Path(__file__).resolve().parents[1]
 CGROUP2 = Path("/sys/fs/cgroup/unified")
@@ -158,7 +160,9 @@ def start_loop(
         return subprocess.Popen(argv, preexec_fn=join, stdout=out)
 
 
-def reload_large(d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse.Namespace) -> None:
+def reload_large(
+    d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse.Namespace
+) -> list[Figure]:
     target = d / "target"
     target.write_text("")
     (d / "p.yaml").write_text(policy(binary, ["log"], target))
@@ -200,9 +204,15 @@ def reload_large(d: Path, cgroup: Path, loop: Path, binary: Path, args: argparse
           f"{outcome.removeprefix('stockade sensor: ')[:40]}... after "
           f"{applied - written:.1f} s; dropped {stats['dropped']} (rb_fail {stats['rb_fail']}), "
           f"written {stats['written']}; longest stall of the output {stall:.2f} s")  # fmt: skip
+    what = f"large reload ({len(big) / 1e6:.1f} MB, {args.selectors}x{args.values})"
+    return [
+        figure(f"{what}: until applied", applied - written, "s"),
+        figure(f"{what}: records dropped meanwhile", stats["dropped"], "records", "<= 0"),
+        figure(f"{what}: longest stall of the output", stall, "s"),
+    ]
 
 
-def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> None:
+def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> list[Figure]:
     """kill -9 and restart a sensor enforcing `size` ("small": the binary's selector only,
     else SELECTORSxVALUES more file selectors, as for the reload)."""
     many = (0, 0) if size == "small" else tuple(int(n) for n in size.split("x"))
@@ -228,13 +238,20 @@ def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> N
           f"{gap:.2f} s after the restart; the sensor said: "
           + "; ".join(f"{at - second.started:.2f} s {line.removeprefix('stockade sensor: ')[:45]}"
                       for at, line in second.lines[:3]))  # fmt: skip
+    return [
+        figure(f"restart after kill -9 ({size} policy): blocked execs that ran", len(ran), "execs"),
+        figure(f"restart after kill -9 ({size} policy): restart to the last of them", gap, "s"),
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--selectors", type=int, default=255, help="256 with the target's: the most")
-    ap.add_argument("--values", type=int, default=56, help="56: just under the 3 MiB limit")
+    ap.add_argument("--selectors", type=int, help="default 255 (256 with the target's: the most)")
+    ap.add_argument("--values", type=int, help="default 56: just under the 3 MiB limit")
+    add_arguments(ap)
     args = ap.parse_args()
+    args.selectors = args.selectors or (16 if args.quick else 255)
+    args.values = args.values or (4 if args.quick else 56)
     subprocess.run([str(REPO / "bpf" / "build")], check=True, capture_output=True)
     d = Path(tempfile.mkdtemp(prefix="stk-bench-", dir="/var/tmp"))
     cgroup = Path(tempfile.mkdtemp(prefix="stk-bench-", dir=CGROUP2))
@@ -246,9 +263,10 @@ def main() -> None:
         subprocess.run(["gcc", "-static", "-nostdlib", "-O2", "-o", str(binary),
                         str(d / "tiny.c")], check=True)  # fmt: skip
         (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "b"}}}))
-        reload_large(d, cgroup, loop, binary, args)
-        restart_gap(d, cgroup, loop, binary, "small")
-        restart_gap(d, cgroup, loop, binary, f"{args.selectors}x{args.values}")
+        figures = reload_large(d, cgroup, loop, binary, args)
+        figures += restart_gap(d, cgroup, loop, binary, "small")
+        figures += restart_gap(d, cgroup, loop, binary, f"{args.selectors}x{args.values}")
+        report(args, figures)
     finally:
         cgroup.rmdir()
         shutil.rmtree(d, ignore_errors=True)

@@ -2,6 +2,9 @@
 /*
  * The policy maps: what user space writes per slot (stockade/sensor/kernel.py,
  * KillSensor.write_slot) and the programs only read. Layouts in abi.h.
+ * The hash maps are not preallocated (BPF_F_NO_PREALLOC): only user space adds entries, so
+ * their kernel memory follows the bundle rather than max_entries (preallocated, the three
+ * path tables alone took 85 MiB whatever the bundle: docs/benchmarks.md, footprint).
  */
 #ifndef STK_MAPS_H
 #define STK_MAPS_H
@@ -39,6 +42,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct stk_path_key);
 	__type(value, struct stk_mask);
 } stk_exact_paths SEC(".maps");
@@ -46,6 +50,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct stk_path_key);
 	__type(value, struct stk_mask);
 } stk_child_paths SEC(".maps");
@@ -55,6 +60,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct stk_path_key);
 	__type(value, struct stk_mask);
 } stk_dir_paths SEC(".maps");
@@ -78,6 +84,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct stk_head_key);
 	__type(value, __u8);
 } stk_path_heads SEC(".maps");
@@ -85,6 +92,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct stk_name_key);
 	__type(value, struct stk_mask);
 } stk_names SEC(".maps");

@@ -9,6 +9,7 @@ there. See docs/kernel.md, "The kernel ABI".
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Mapping
 from enum import IntEnum, IntFlag
@@ -274,6 +275,12 @@ class Layout(struct.Struct):
             name: (off, struct.Struct("<" + code))
             for (name, code), off in zip(fields, self.offsets().values(), strict=True)
         }
+        # unpack_fields, once per record: (name, first value's index, count) of each member
+        starts = list(itertools.accumulate(self._counts, initial=0))[:-1]
+        self._picks = [
+            (name, start, n)
+            for (name, _), start, n in zip(fields, starts, self._counts, strict=True)
+        ]
 
     def offsets(self) -> dict[str, int]:
         """Each member's byte offset."""
@@ -306,12 +313,11 @@ class Layout(struct.Struct):
 
     def unpack_fields(self, buffer: bytes, offset: int = 0) -> dict[str, Any]:
         """Member name → value (a tuple for a member that unpacks to several values)."""
-        values = iter(self.unpack_from(buffer, offset))
-        out: dict[str, Any] = {}
-        for (name, _), n in zip(self.fields, self._counts, strict=True):
-            got = tuple(next(values) for _ in range(n))
-            out[name] = got[0] if n == 1 else got
-        return out
+        values = self.unpack_from(buffer, offset)
+        return {
+            name: values[start] if n == 1 else values[start : start + n]
+            for name, start, n in self._picks
+        }
 
 
 _MASK = f"{Const.MASK_WORDS * 8}s"

@@ -15,7 +15,7 @@ import platform
 import socket
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from importlib.metadata import version
@@ -41,6 +41,21 @@ class Applied:
     generation: int
     bundle: PolicyBundle
     containers: Mapping[int, Container]
+    # what documents take from the bundle and the containers, made once per matched mask
+    # and per container rather than per record (the documents share it: never mutated)
+    named: dict[tuple[Any, ...], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def memo(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """make(), the first time `key` is asked for (a bounded cache)."""
+        try:
+            return self.named[key]
+        except KeyError:
+            if len(self.named) >= 4096:
+                self.named.clear()
+            value = self.named[key] = make()
+            return value
 
 
 ECS_VERSION = "8.10.0"  # the ECS reference of Elastic's cloud_defend package
@@ -181,11 +196,9 @@ _EXEC_HOOKS = (Hook.EXEC, Hook.LSM_BPRM_CHECK, Hook.FMODRET_BPRM_CHECK, Hook.EXE
 
 
 def _file_action(rec: FileRecord) -> str:
-    known = _hook(rec.header.hook)
-    hook = known.point.removeprefix("security_") if known else ""  # fmodret: the LSM hook's
-    if hook in _FILE_ACTIONS:
-        return _FILE_ACTIONS[hook]
-    return "creation" if "createFile" in rec.ops else "open"  # the open family
+    return _hook_file_action(rec.header.hook) or (
+        "creation" if "createFile" in rec.ops else "open"  # the open family
+    )
 
 
 def _hook(hook: int) -> Hook | None:
@@ -193,6 +206,19 @@ def _hook(hook: int) -> Hook | None:
         return Hook(hook)
     except ValueError:
         return None
+
+
+@lru_cache(maxsize=256)  # per hook, not per record: Hook's properties cost µs
+def _hook_file_action(hook: int) -> str | None:
+    known = _hook(hook)
+    point = known.point.removeprefix("security_") if known else ""  # fmodret: the LSM hook's
+    return _FILE_ACTIONS.get(point)
+
+
+@lru_cache(maxsize=256)
+def _hook_point(hook: int) -> str:
+    known = _hook(hook)
+    return known.hook_point if known else str(hook)
 
 
 _ACTIONS = (("log", int(ActionBits.LOG)), ("alert", int(ActionBits.ALERT)),
@@ -204,10 +230,8 @@ def _action_names(bits: int) -> list[str]:
     return [name for name, bit in _ACTIONS if bits & bit]
 
 
-def _policies(applied: Applied | None, part: PartName, mask: int) -> tuple[list[str], list[Any]]:
+def _policies(applied: Applied, part: PartName, mask: int) -> tuple[list[str], list[Any]]:
     """Matched selector names (bit order) and the policies they belong to."""
-    if applied is None:
-        return [], []
     names: list[str] = []
     policies: dict[int, Document] = {}
     for index, name in selector_names(applied.bundle, part, mask):
@@ -229,9 +253,7 @@ def _policies(applied: Applied | None, part: PartName, mask: int) -> tuple[list[
     return names, list(policies.values())
 
 
-def _container(container: Container | None) -> Document:
-    if container is None:
-        return {}
+def _container(container: Container) -> Document:
     c, k = container.container, container.kubernetes
     out: Document = {}
     image: Document = {}
@@ -332,7 +354,11 @@ def document(
     types = [_ECS_TYPES[action]]
     if h.outcome == "denied":
         types.append("denied")
-    selectors, policies = _policies(applied, part, h.matched)
+    selectors, policies = (
+        applied.memo((part, h.matched), lambda: _policies(applied, part, h.matched))
+        if applied
+        else ([], [])
+    )
     first = policies[0] if policies else None
     doc: Document = {
         "@timestamp": host.timestamp(h.ktime_ns),
@@ -354,7 +380,7 @@ def document(
             "policies": policies,
             "package_policy_id": (first["uid"] or first["name"]) if first else None,
             "package_policy_revision": first["generation"] if first else None,
-            "hook_point": hook.hook_point if (hook := _hook(h.hook)) else str(h.hook),
+            "hook_point": _hook_point(h.hook),
             "actions": actions,
             "would_block": bool(h.actions & _AUDIT_BLOCK),
             "outcome": h.outcome,
@@ -376,5 +402,13 @@ def document(
         doc["cloud_defend"]["path_truncated"] = True  # a path's tail: decided fail-closed
     if isinstance(rec, ProcessRecord) and rec.executable_fileless:
         doc["cloud_defend"]["fileless"] = True  # a memfd or deleted executable
-    doc.update(_container(applied.containers.get(h.cgroup_id) if applied else None))
+    if applied is not None and (listed := applied.containers.get(h.cgroup_id)) is not None:
+        # checked by identity: the node's mapping is live (a container's facts replaced)
+        made, fields = applied.memo(
+            ("container", h.cgroup_id), lambda: (listed, _container(listed))
+        )
+        if made is not listed:
+            fields = _container(listed)
+            applied.named["container", h.cgroup_id] = (listed, fields)
+        doc.update(fields)
     return doc

@@ -139,6 +139,27 @@ def test_elasticsearch_down_during_a_burst_loses_and_duplicates_nothing(
     assert seqs == list(range(2000)) or "documents (" in said, said
 
 
+def test_a_reader_faster_than_indexing_loses_no_alert_the_backlog_waits_in_the_spool(
+    es: Elasticsearch, output: OutputFactory, namespace: str
+) -> None:
+    """120,000 alerts at ~20,000/s for 6 s, more than Elasticsearch indexes here, into the
+    sensor's queue of 50,000: without the spool the queue overflows and drops alerts."""
+    out = output()
+    alerts = docs(20_000, alert=True)  # each written 6 times: a replay is a 409, delivered
+    for _ in range(6):
+        for i in range(0, len(alerts), 200):
+            for d in alerts[i : i + 200]:
+                out.write(d)
+            time.sleep(0.01)
+    final = ("es_delivered", "es_dead_letter", "es_dropped_alerts")
+    deadline = time.monotonic() + 300
+    while sum((s := out.stats())[k] for k in final) < 6 * len(alerts):
+        assert time.monotonic() < deadline, s
+        time.sleep(0.2)
+    assert s["es_dropped_alerts"] == 0, s
+    assert count(es, f"logs-cloud_defend.alerts-{namespace}") == len(alerts)
+
+
 def test_full_spool_drops_logs_before_alerts_and_counts_both(
     es: Elasticsearch, services_env: dict[str, str], output: OutputFactory, namespace: str
 ) -> None:

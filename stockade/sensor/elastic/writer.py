@@ -7,7 +7,8 @@ thread takes batches from it (by count, bytes and time) and sends them with bulk
 Elasticsearch already holds is answered 409 and counted as delivered. Whatever can't be
 delivered now (network errors, timeouts, 429, 5xx, 401/403) goes to the on-disk spool and
 is retried in order, head first, with exponential backoff; while the spool holds anything,
-new documents queue behind it. A document refused for its content (400: a mapping error)
+new documents queue behind it, and so do they while Elasticsearch indexes slower than the
+reader writes (the queue half full). A document refused for its content (400: a mapping error)
 goes to the dead-letter file and a counter and is never retried.
 """
 
@@ -158,6 +159,12 @@ class ElasticOutput:
             size += len(batch[-1][1].source)
         return batch
 
+    def _behind(self) -> bool:
+        """The reader writes faster than Elasticsearch indexes: the queue is half full. Its
+        backlog then goes to the spool, which a disk takes faster than Elasticsearch
+        indexes, rather than fill the queue, which would drop alerts."""
+        return self.queue.qsize() >= self.queue.maxsize // 2
+
     def _to_spool(self, batch: list[tuple[str, Item]]) -> None:
         for lane in ("alerts", "logs"):
             items = [item for la, item in batch if la == lane]
@@ -185,8 +192,10 @@ class ElasticOutput:
                 deadline = time.monotonic() + self.drain_s
             batch = self._take(0.05 if self.spool or deadline else self.flush_s)
             if batch:
-                if self.spool:  # keep order: behind what waits
+                if self.spool or self._behind():  # keep order: behind what waits
                     self._to_spool(batch)
+                    while self._behind():
+                        self._to_spool(self._take(0))
                 else:
                     again = {id(i) for i in self._deliver([i for _, i in batch])}
                     self._to_spool([(la, i) for la, i in batch if id(i) in again])
