@@ -1,0 +1,139 @@
+"""The local stack against a hostile machine: another local user's state directory, pid
+files that name someone else's process, a demo record that names a cgroup not the demo's,
+two commands at once, hostile STOCKADE_* values, an interrupted build, an unwritable file.
+
+No services run here: each case is refused (or survived) before `up` would start them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stockade.local.stack import Process, start_time
+from tests.operator.conftest import STOCKADE
+
+NOBODY = 65534
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown, cgroups")
+
+
+def stockade(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(STOCKADE), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    """An unrelated process whose command line says `sensor`, as another stack's would."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sensor"])
+    deadline = time.monotonic() + 10
+    while b"sensor" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_pid_file_naming_another_process_is_not_followed(
+    tmp_path: Path, victim: subprocess.Popen[bytes]
+) -> None:
+    """A stale pid file whose pid now belongs to another `... sensor` process: `down`
+    leaves that process alone (a pid alone, or with another start time, is not ours)."""
+    sensor = Process("sensor", tmp_path)
+    for content in (str(victim.pid), f"{victim.pid} {start_time(victim.pid) - 1}"):
+        sensor.pidfile.write_text(content)
+        assert sensor.pid() is None
+        assert sensor.stop() is False
+        assert victim.poll() is None
+
+
+def test_a_started_process_is_found_and_stopped(tmp_path: Path) -> None:
+    sensor = Process("sensor", tmp_path)
+    sensor.start([sys.executable, "-c", "import time; time.sleep(60)", "sensor"], os.environ)
+    pid = sensor.pid()
+    assert pid is not None
+    assert sensor.stop() is True
+    assert (
+        not Path(f"/proc/{pid}").exists()
+        or b"sensor" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+
+
+@root_only
+@pytest.mark.parametrize("how", ["owned", "symlink", "shared-parent", "world-writable"])
+def test_a_state_directory_another_user_controls_is_refused(
+    tmp_path: Path, victim: subprocess.Popen[bytes], how: str
+) -> None:
+    """The default state is in /tmp: a local user who made it (or a link to it, or its
+    parent) first would have root follow their pid files and symlinks. `down` refuses, in
+    one line, and the process their pid file names lives on."""
+    planted = tmp_path / "planted"
+    (planted / "local").mkdir(parents=True)
+    (planted / "local" / "sensor.pid").write_text(str(victim.pid))
+    state = planted
+    if how == "owned":
+        os.chown(planted, NOBODY, NOBODY)
+    elif how == "symlink":
+        state = tmp_path / "state"
+        state.symlink_to(planted)
+        os.lchown(state, NOBODY, NOBODY)
+    elif how == "shared-parent":
+        tmp_path.chmod(0o777)  # not sticky: anyone may rename `planted` away and replace it
+    else:
+        planted.chmod(0o777)
+    env = {**os.environ, "STOCKADE_STATE": str(state)}
+    down = stockade(env, "down")
+    assert down.returncode == 1, down
+    assert down.stderr.startswith(f"stockade down: STOCKADE_STATE={state}: ")
+    assert len(down.stderr.splitlines()) == 1
+    assert victim.poll() is None
+    assert (planted / "local" / "sensor.pid").exists()
+
+
+def test_hostile_environment_values_are_one_line(tmp_path: Path) -> None:
+    base = {**os.environ, "STOCKADE_STATE": str(tmp_path / "state")}
+    for key, value in [
+        ("STOCKADE_OPERATOR_PORT", "70000"),
+        ("STOCKADE_SENSOR_PORT", "-1"),
+        ("STOCKADE_ES_PORT", "9200; touch /tmp/x"),
+        ("STOCKADE_APISERVER_PORT", "0"),
+        ("STOCKADE_STATE", "relative/state"),
+    ]:
+        down = stockade({**base, key: value}, "down")
+        assert down.returncode == 1, (key, value, down)
+        assert down.stderr.startswith(f"stockade down: {key}=") and "Traceback" not in down.stderr
+        assert len(down.stderr.splitlines()) == 1
+
+
+def test_a_second_command_on_the_same_stack_is_refused(tmp_path: Path) -> None:
+    """Two `up`s at once would each start an operator, the loser's pid file orphaning the
+    winner's: while one runs, another says so in one line."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {**os.environ, "STOCKADE_STATE": str(state)}
+    with (state / "lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = stockade(env, "down")
+    assert (busy.returncode, busy.stderr) == (
+        1, f"stockade down: another `stockade up`, `down` or `demo` is running on {state}\n"
+    )  # fmt: skip
+    assert state.exists()  # not removed under the running command
+    assert stockade(env, "down").returncode == 0  # once it is done
+    assert not state.exists()
+
+
+def test_a_file_down_cant_remove_is_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "local" / "sensor.pid").mkdir(parents=True)  # not a file: unlink fails
+    down = stockade({**os.environ, "STOCKADE_STATE": str(state)}, "down")
+    assert down.returncode == 1 and "Traceback" not in down.stderr, down
+    assert down.stderr.startswith("stockade down: ") and "sensor.pid" in down.stderr
