@@ -287,6 +287,11 @@ def _describe(alert: dict[str, Any]) -> str:
 
 def run_demo(stack: Stack, say: Progress) -> dict[str, Any]:
     """The story; returns what it saw (the blocked exec's status, the alerts, the counts)."""
+    with stack.exclusive():
+        return _story(stack, say)
+
+
+def _story(stack: Stack, say: Progress) -> dict[str, Any]:
     if stack.sensor.pid() is None:
         raise StackError("the stack is not up: run `stockade up` first")
     rootfs = build_rootfs(stack.local / "demo-rootfs")
