@@ -177,9 +177,10 @@ def remove_demo(stack: Stack, progress: Progress) -> None:
     record = _record(stack)
     try:
         cgroup = Path(json.loads(record.read_text())["cgroup"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return
-    if cgroup.is_relative_to(CGROUP2):
+    pods = CGROUP2 / "kubepods.slice"  # where the stand-in's pods are, and nothing else
+    if ".." not in cgroup.parts and cgroup.is_relative_to(pods) and cgroup != pods:
         kill(cgroup)
         remove(cgroup)
         for parent in cgroup.parents:  # the QoS and kubepods slices, if no other pod is left
@@ -187,6 +188,8 @@ def remove_demo(stack: Stack, progress: Progress) -> None:
                 break
             prune(parent)
         progress(f"demo container: stopped, cgroup {cgroup} removed")
+    else:
+        progress(f"{record}: cgroup {cgroup} is not a pod's under {pods}: left alone")
     record.unlink()
 
 

@@ -8,6 +8,7 @@ No services run here: each case is refused (or survived) before `up` would start
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from stockade.local.stack import Process, start_time
+from stockade.local.demo import remove_demo
+from stockade.local.kubelet import CGROUP2
+from stockade.local.stack import Process, Stack, start_time
 from tests.operator.conftest import STOCKADE
 
 NOBODY = 65534
@@ -137,3 +140,35 @@ def test_a_file_down_cant_remove_is_one_line(tmp_path: Path) -> None:
     down = stockade({**os.environ, "STOCKADE_STATE": str(state)}, "down")
     assert down.returncode == 1 and "Traceback" not in down.stderr, down
     assert down.stderr.startswith("stockade down: ") and "sensor.pid" in down.stderr
+
+
+@root_only
+@pytest.mark.kernel
+@pytest.mark.parametrize("where", ["outside", "dotdot"])
+def test_a_demo_record_naming_another_cgroup_is_left_alone(tmp_path: Path, where: str) -> None:
+    """`down` kills and removes the cgroup its demo record names: one that is not a pod's
+    (another group of the v2 hierarchy, or one reached by `..`) keeps its processes."""
+    other = CGROUP2 / f"stockade-test-{os.urandom(4).hex()}"
+    other.mkdir()
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        (other / "cgroup.procs").write_text(str(proc.pid))
+        named = other if where == "outside" else CGROUP2 / "kubepods.slice" / ".." / other.name
+        stack = Stack(tmp_path, "node", 1, 2, {})
+        stack.local.mkdir()
+        (stack.local / "demo.json").write_text(json.dumps({"cgroup": str(named)}))
+        said: list[str] = []
+        remove_demo(stack, said.append)
+        assert proc.poll() is None and other.exists()
+        assert "left alone" in said[0]
+    finally:
+        proc.kill()
+        proc.wait()
+        for _ in range(100):
+            try:
+                other.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)
