@@ -56,19 +56,22 @@ def build_rootfs(root: Path) -> Path:
         raise StackError(
             "the demo container's root is built from busybox: apt-get install busybox-static"
         )
-    if (root / "bin" / "sh").exists():
+    if root.exists():
         return root
+    new = root.with_name(f"{root.name}.new")  # renamed into place whole: an interrupted
+    shutil.rmtree(new, ignore_errors=True)  # build is built again, not reused half-made
     for directory in ("bin", "etc", "tmp", "proc", "root", "usr/local/bin"):
-        (root / directory).mkdir(parents=True, exist_ok=True)
-    (root / "tmp").chmod(0o1777)
-    shutil.copy2(busybox, root / "bin" / "busybox")
+        (new / directory).mkdir(parents=True, exist_ok=True)
+    (new / "tmp").chmod(0o1777)
+    shutil.copy2(busybox, new / "bin" / "busybox")
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
     for applet in applets.stdout.split():
         if applet != "busybox" and "/" not in applet:
-            (root / "bin" / applet).hardlink_to(root / "bin" / "busybox")
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\n")
-    (root / "etc" / "hostname").write_text("demo\n")
+            (new / "bin" / applet).hardlink_to(new / "bin" / "busybox")
+    (new / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (new / "etc" / "group").write_text("root:x:0:\n")
+    (new / "etc" / "hostname").write_text("demo\n")
+    new.rename(root)
     return root
 
 

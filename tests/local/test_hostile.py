@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade.local.demo import remove_demo
+from stockade.local.demo import build_rootfs, remove_demo
 from stockade.local.kubelet import CGROUP2
 from stockade.local.stack import Process, Stack, start_time
 from tests.operator.conftest import STOCKADE
@@ -140,6 +140,33 @@ def test_a_file_down_cant_remove_is_one_line(tmp_path: Path) -> None:
     down = stockade({**os.environ, "STOCKADE_STATE": str(state)}, "down")
     assert down.returncode == 1 and "Traceback" not in down.stderr, down
     assert down.stderr.startswith("stockade down: ") and "sensor.pid" in down.stderr
+
+
+def test_an_interrupted_rootfs_build_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a full disk) halfway through the demo root's busybox links: the next
+    `demo` builds it whole instead of failing on the links already there."""
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("the demo's root is built from busybox")
+    links = 0
+    hardlink_to = Path.hardlink_to
+
+    def interrupted(self: Path, target: Path) -> None:
+        nonlocal links
+        links += 1
+        if links == 20:
+            raise KeyboardInterrupt
+        hardlink_to(self, target)
+
+    root = tmp_path / "demo-rootfs"
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "hardlink_to", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            build_rootfs(root)
+    build_rootfs(root)
+    assert (root / "bin" / "sh").stat().st_ino == (root / "bin" / "busybox").stat().st_ino
+    assert (root / "bin" / "cp").exists() and (root / "tmp").stat().st_mode & 0o1777 == 0o1777
 
 
 @root_only
