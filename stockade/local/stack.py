@@ -483,6 +483,12 @@ class Stack:
         """Stop and remove everything `up` and `demo` made; nothing there is fine."""
         from stockade.local.demo import remove_demo
 
+        marks = [self.state / "lock", self.state / "pki" / "ca.crt"]  # `up`'s, services/up's
+        if self.state.exists() and not any(mark.exists() for mark in marks):
+            raise StackError(
+                f"STOCKADE_STATE={self.state}: no stack was started there"
+                " (no lock or pki/ca.crt); not removing it"
+            )
         with self.exclusive():
             remove_demo(self, progress)
             for proc in (self.sensor, self.operator):

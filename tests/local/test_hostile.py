@@ -134,9 +134,23 @@ def test_a_second_command_on_the_same_stack_is_refused(tmp_path: Path) -> None:
     assert not state.exists()
 
 
+def test_down_removes_only_a_stack(tmp_path: Path) -> None:
+    """A mistyped STOCKADE_STATE (/etc, a home directory) is not removed by `down`."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes").write_text("mine")
+    down = stockade({**os.environ, "STOCKADE_STATE": str(precious)}, "down")
+    assert (down.returncode, down.stderr) == (
+        1, f"stockade down: STOCKADE_STATE={precious}: no stack was started there"
+        " (no lock or pki/ca.crt); not removing it\n",
+    )  # fmt: skip
+    assert (precious / "notes").read_text() == "mine"
+
+
 def test_a_file_down_cant_remove_is_one_line(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "local" / "sensor.pid").mkdir(parents=True)  # not a file: unlink fails
+    (state / "lock").touch()
     down = stockade({**os.environ, "STOCKADE_STATE": str(state)}, "down")
     assert down.returncode == 1 and "Traceback" not in down.stderr, down
     assert down.stderr.startswith("stockade down: ") and "sensor.pid" in down.stderr
