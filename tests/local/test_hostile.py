@@ -102,6 +102,21 @@ def test_a_state_directory_another_user_controls_is_refused(
     assert (planted / "local" / "sensor.pid").exists()
 
 
+def test_down_stops_no_service_whose_pid_was_recycled(
+    tmp_path: Path, victim: subprocess.Popen[bytes]
+) -> None:
+    """services/down followed any live pid in the services' pid files (es.pid is written by
+    the Elasticsearch user): now only the service of this state directory is stopped."""
+    state = tmp_path / "state"
+    for pidfile in ("run/etcd.pid", "run/kube-apiserver.pid", "elasticsearch/run/es.pid"):
+        (state / pidfile).parent.mkdir(parents=True, exist_ok=True)
+        (state / pidfile).write_text(f"{victim.pid}\n")
+    (state / "lock").touch()
+    down = stockade({**os.environ, "STOCKADE_STATE": str(state)}, "down")
+    assert down.returncode == 0, down
+    assert victim.poll() is None and not state.exists()
+
+
 def test_hostile_environment_values_are_one_line(tmp_path: Path) -> None:
     base = {**os.environ, "STOCKADE_STATE": str(tmp_path / "state")}
     for key, value in [
