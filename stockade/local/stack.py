@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client, config
 
@@ -249,11 +250,17 @@ class Stack:
 
     @contextmanager
     def api(self) -> Iterator[client.ApiClient]:
+        """A client of the stack's apiserver; its failures are one line (StackError)."""
         api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(self.kubeconfig)
         )
         try:
             yield api
+        except client.ApiException as exc:
+            raise StackError(f"the apiserver answered {exc.status} {exc.reason}") from None
+        except urllib3.exceptions.HTTPError as exc:  # not answering: refused, timed out
+            reason = getattr(exc, "reason", None) or exc
+            raise StackError(f"the apiserver ({self.kubeconfig}): {reason}") from None
         finally:
             api.close()  # type: ignore[no-untyped-call]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -160,6 +161,33 @@ def test_down_removes_only_a_stack(tmp_path: Path) -> None:
         " (no lock or pki/ca.crt); not removing it\n",
     )  # fmt: skip
     assert (precious / "notes").read_text() == "mine"
+
+
+def test_demo_with_the_apiserver_gone_is_one_line(
+    tmp_path: Path, victim: subprocess.Popen[bytes]
+) -> None:
+    """The sensor runs but the apiserver doesn't answer: one line naming it, exit 1."""
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("the demo's root is built from busybox")
+    state = tmp_path / "state"
+    (state / "local").mkdir(parents=True)
+    (state / "local" / "sensor.pid").write_text(f"{victim.pid} {start_time(victim.pid)}")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    (state / "kubeconfig").write_text(
+        json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {
+                "server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "users": [{"name": "u", "user": {}}],
+        })
+    )  # fmt: skip
+    demo = stockade({**os.environ, "STOCKADE_STATE": str(state)}, "demo")
+    assert demo.returncode == 1 and "Traceback" not in demo.stderr, demo
+    assert demo.stderr.startswith("stockade demo: the apiserver (") and "refused" in demo.stderr
+    assert len(demo.stderr.splitlines()) == 1
 
 
 def test_a_file_down_cant_remove_is_one_line(tmp_path: Path) -> None:
