@@ -11,6 +11,10 @@ STOCKADE_STATE="${STOCKADE_STATE:-/tmp/stockade-services}"
 STOCKADE_BIN="$STOCKADE_CACHE/bin"
 ES_HOME="$STOCKADE_CACHE/elasticsearch-$ES_VERSION"
 ES_USER="${STOCKADE_ES_USER:-stockade-es}"
+# What each service's command line has that no other stack's has (see pid_alive).
+ETCD_PATTERN="--data-dir $STOCKADE_STATE/etcd "
+APISERVER_PATTERN="--tls-cert-file $STOCKADE_STATE/pki/apiserver.crt "
+ES_PATTERN="-Djava.io.tmpdir=$STOCKADE_STATE/elasticsearch/tmp "
 
 # Fixed loopback ports (override with the env vars).
 ETCD_PORT="${STOCKADE_ETCD_PORT:-12379}"
@@ -39,6 +43,10 @@ find_es_java_home() {
     return 1
 }
 
-pid_alive() { # pidfile
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+pid_alive() { # pidfile pattern: its pid runs with pattern in its command line
+    # Not any process with that pid: a recycled one, or "-1" from a pid file the
+    # Elasticsearch user writes, would have root kill what it names.
+    local pid
+    [ -s "$1" ] && pid="$(cat "$1")" && [[ "$pid" =~ ^[1-9][0-9]*$ ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
 }

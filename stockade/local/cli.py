@@ -1,7 +1,8 @@
 """`stockade up`, `stockade down`, `stockade demo`: the local stack from the command line.
 
-Registered into the `stockade` command by `register(subparsers)`. A piece that fails is one
-line naming it (exit 1); Ctrl-C is one line too (exit 130), never a traceback.
+Registered into the `stockade` command by `register(subparsers)`. A piece that fails, or a
+file that can't be written, is one line naming it (exit 1); Ctrl-C is one line too (exit
+130), never a traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _guarded(run: Callable[[argparse.Namespace], int], interrupted: str) -> Any:
     def guarded(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except StackError as exc:
+        except (StackError, OSError) as exc:  # OSError: a full disk, an unwritable directory
             print(f"stockade {args.command}: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

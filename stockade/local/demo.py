@@ -56,19 +56,22 @@ def build_rootfs(root: Path) -> Path:
         raise StackError(
             "the demo container's root is built from busybox: apt-get install busybox-static"
         )
-    if (root / "bin" / "sh").exists():
+    if root.exists():
         return root
+    new = root.with_name(f"{root.name}.new")  # renamed into place whole: an interrupted
+    shutil.rmtree(new, ignore_errors=True)  # build is built again, not reused half-made
     for directory in ("bin", "etc", "tmp", "proc", "root", "usr/local/bin"):
-        (root / directory).mkdir(parents=True, exist_ok=True)
-    (root / "tmp").chmod(0o1777)
-    shutil.copy2(busybox, root / "bin" / "busybox")
+        (new / directory).mkdir(parents=True, exist_ok=True)
+    (new / "tmp").chmod(0o1777)
+    shutil.copy2(busybox, new / "bin" / "busybox")
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
     for applet in applets.stdout.split():
         if applet != "busybox" and "/" not in applet:
-            (root / "bin" / applet).hardlink_to(root / "bin" / "busybox")
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\n")
-    (root / "etc" / "hostname").write_text("demo\n")
+            (new / "bin" / applet).hardlink_to(new / "bin" / "busybox")
+    (new / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (new / "etc" / "group").write_text("root:x:0:\n")
+    (new / "etc" / "hostname").write_text("demo\n")
+    new.rename(root)
     return root
 
 
@@ -177,9 +180,10 @@ def remove_demo(stack: Stack, progress: Progress) -> None:
     record = _record(stack)
     try:
         cgroup = Path(json.loads(record.read_text())["cgroup"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return
-    if cgroup.is_relative_to(CGROUP2):
+    pods = CGROUP2 / "kubepods.slice"  # where the stand-in's pods are, and nothing else
+    if ".." not in cgroup.parts and cgroup.is_relative_to(pods) and cgroup != pods:
         kill(cgroup)
         remove(cgroup)
         for parent in cgroup.parents:  # the QoS and kubepods slices, if no other pod is left
@@ -187,6 +191,8 @@ def remove_demo(stack: Stack, progress: Progress) -> None:
                 break
             prune(parent)
         progress(f"demo container: stopped, cgroup {cgroup} removed")
+    else:
+        progress(f"{record}: cgroup {cgroup} is not a pod's under {pods}: left alone")
     record.unlink()
 
 
@@ -287,6 +293,11 @@ def _describe(alert: dict[str, Any]) -> str:
 
 def run_demo(stack: Stack, say: Progress) -> dict[str, Any]:
     """The story; returns what it saw (the blocked exec's status, the alerts, the counts)."""
+    with stack.exclusive():
+        return _story(stack, say)
+
+
+def _story(stack: Stack, say: Progress) -> dict[str, Any]:
     if stack.sensor.pid() is None:
         raise StackError("the stack is not up: run `stockade up` first")
     rootfs = build_rootfs(stack.local / "demo-rootfs")

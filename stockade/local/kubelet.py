@@ -369,10 +369,14 @@ class Kubelet:
             sandbox=self._create_container(cgroup, "POD", PAUSE),
         )
         self.pods.append(pod)
-        for container, image in containers:
-            pod.containers[container] = self._create_container(cgroup, container, image)
-        if status:
-            pod.write_status()
+        try:
+            for container, image in containers:
+                pod.containers[container] = self._create_container(cgroup, container, image)
+            if status:
+                pod.write_status()
+        except BaseException:  # Ctrl-C, an apiserver error: no cgroups left that no one knows
+            pod.delete()
+            raise
         return pod
 
     def _write_pending_status(

@@ -21,12 +21,14 @@ sensor`), started in their own sessions with their pid files and logs under
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client, config
 
@@ -52,6 +55,7 @@ CLUSTER = "local"
 DEFAULT_POLICY = "default"  # the ClusterContainerPolicy made of examples/policies/default.yaml
 HEARTBEAT_S = 2  # the sensor's report, so counts show within seconds
 Progress = Callable[[str], None]
+PORTS = ("ETCD", "ETCD_PEER", "APISERVER", "ES", "ES_TRANSPORT", "OPERATOR", "SENSOR")
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -72,6 +76,31 @@ def wait(what: str, probe: Callable[[], Any], timeout: float, check: Callable[[]
         time.sleep(0.2)
 
 
+def start_time(pid: int) -> int:
+    """When `pid` started (clock ticks since boot, /proc/PID/stat field 22)."""
+    stat_line = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat_line.rpartition(")")[2].split()[19])
+
+
+def check_owned(state: Path) -> None:
+    """Refuse a state directory another user could change: root would write, chown and
+    remove through their symlinks and run what they put there (the default is in /tmp).
+    Every existing component, as named and as resolved, must be root's or ours, and none
+    writable by others but a sticky parent such as /tmp."""
+    me = os.geteuid()
+    resolved = state.resolve()
+    for path in dict.fromkeys([state, *state.parents, resolved, *resolved.parents]):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if info.st_uid not in (0, me):
+            raise StackError(f"STOCKADE_STATE={state}: {path} is owned by uid {info.st_uid}")
+        shared = info.st_mode & 0o022 and not stat.S_ISLNK(info.st_mode)
+        if shared and (path in (state, resolved) or not info.st_mode & stat.S_ISVTX):
+            raise StackError(f"STOCKADE_STATE={state}: {path} is writable by other users")
+
+
 @dataclass(frozen=True)
 class Process:
     """A background `stockade` command with its pid file and log."""
@@ -88,10 +117,13 @@ class Process:
         return self.directory / f"{self.name}.log"
 
     def pid(self) -> int | None:
-        """The pid if it runs and is this command (a recycled pid is not)."""
+        """The pid if it runs and is this command: the pid file names the pid and its start
+        time, so a recycled pid (even another stack's `stockade sensor`) is not."""
         try:
-            pid = int(self.pidfile.read_text())
+            pid, started = (int(field) for field in self.pidfile.read_text().split())
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if start_time(pid) != started:
+                return None
         except (OSError, ValueError):
             return None
         return pid if self.name.encode() in argv[:4] else None
@@ -107,7 +139,7 @@ class Process:
                 env=dict(env),
                 start_new_session=True,  # Ctrl-C of `up` leaves it running
             )
-        self.pidfile.write_text(str(proc.pid))
+        self.pidfile.write_text(f"{proc.pid} {start_time(proc.pid)}")
         deadline = time.monotonic() + 10  # until the child has exec'd: `pid` knows it then
         while self.pid() is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -125,12 +157,15 @@ class Process:
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while self.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while self.pid() is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.pid() is not None:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # exited meanwhile
+            pass
         self.pidfile.unlink(missing_ok=True)
         return True
 
@@ -151,14 +186,20 @@ class Stack:
         node = socket.gethostname().lower()
         if not NODE_NAME.match(node) or len(node) > 253:
             raise StackError(f"the host name {node!r} is not a Kubernetes node name")
-        try:
-            ports = [
-                int(env.get(f"STOCKADE_{p}_PORT", d))
-                for p, d in (("OPERATOR", 19090), ("SENSOR", 19464))
-            ]
-        except ValueError as exc:
-            raise StackError(f"STOCKADE_OPERATOR_PORT / STOCKADE_SENSOR_PORT: {exc}") from None
-        state = Path(env.get("STOCKADE_STATE", "/tmp/stockade-services"))
+        for name in PORTS:  # services/up's too: it would write any text into its configs
+            value = env.get(f"STOCKADE_{name}_PORT")
+            if value and not (  # empty: the default, as services/up reads it
+                value.isascii() and value.isdigit() and 0 < int(value) < 65536
+            ):
+                raise StackError(f"STOCKADE_{name}_PORT={value!r}: not a port (1-65535)")
+        ports = [
+            int(env.get(f"STOCKADE_{p}_PORT") or d)
+            for p, d in (("OPERATOR", 19090), ("SENSOR", 19464))
+        ]
+        state = Path(env.get("STOCKADE_STATE") or "/tmp/stockade-services")  # as services/up
+        if not state.is_absolute():
+            raise StackError(f"STOCKADE_STATE={state}: not an absolute path")
+        check_owned(state)
         return cls(state, node, ports[0], ports[1], env)
 
     # --- where things are -------------------------------------------------------------
@@ -209,28 +250,61 @@ class Stack:
 
     @contextmanager
     def api(self) -> Iterator[client.ApiClient]:
+        """A client of the stack's apiserver; its failures are one line (StackError)."""
         api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(self.kubeconfig)
         )
         try:
             yield api
+        except client.ApiException as exc:
+            raise StackError(f"the apiserver answered {exc.status} {exc.reason}") from None
+        except urllib3.exceptions.HTTPError as exc:  # not answering: refused, timed out
+            reason = getattr(exc, "reason", None) or exc
+            raise StackError(f"the apiserver ({self.kubeconfig}): {reason}") from None
         finally:
             api.close()  # type: ignore[no-untyped-call]
 
     # --- up -------------------------------------------------------------------------------
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One `up`, `down` or `demo` at a time on this state directory (if it exists): two
+        `up`s would each start an operator, the second's pid file orphaning the first."""
+        try:
+            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except FileNotFoundError:  # no stack here
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StackError(
+                f"another `stockade up`, `down` or `demo` is running on {self.state}"
+            ) from None
+        try:
+            yield
+        finally:
+            os.close(fd)
+
     def up(self, progress: Progress = _quiet) -> None:
         """Start what isn't running; return once the default policy is Ready on the node."""
         t0 = time.monotonic()
-        self._services(progress)
-        env = self.env()
-        self._crds(progress)
-        with self.api() as api:
-            self._node(api, progress)
-            self._operator(env, progress)
-            self._sensor(env, progress)
-            self._default_policy(progress)
-            self._wait_reported(api, progress)
+        self.state.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_owned(self.state)  # again: another user may have made it since `from_env`
+        with self.exclusive():
+            self._services(progress)
+            # root's alone: the demo's root (its /tmp is 1777) must not be reachable by others
+            self.local.mkdir(mode=0o700, exist_ok=True)
+            self.local.chmod(0o700)
+            env = self.env()
+            self._crds(progress)
+            with self.api() as api:
+                self._node(api, progress)
+                self._operator(env, progress)
+                self._sensor(env, progress)
+                self._default_policy(progress)
+                self._wait_reported(api, progress)
         progress(f"up in {time.monotonic() - t0:.0f} s")
 
     def _services(self, progress: Progress) -> None:
@@ -416,14 +490,21 @@ class Stack:
         """Stop and remove everything `up` and `demo` made; nothing there is fine."""
         from stockade.local.demo import remove_demo
 
-        remove_demo(self, progress)
-        for proc in (self.sensor, self.operator):
-            if proc.stop():
-                progress(f"{proc.name}: stopped")
-        script = REPO / "services" / "down"
-        out = subprocess.run(
-            [str(script)], env=dict(self.environ), capture_output=True, text=True, check=False
-        )
+        marks = [self.state / "lock", self.state / "pki" / "ca.crt"]  # `up`'s, services/up's
+        if self.state.exists() and not any(mark.exists() for mark in marks):
+            raise StackError(
+                f"STOCKADE_STATE={self.state}: no stack was started there"
+                " (no lock or pki/ca.crt); not removing it"
+            )
+        with self.exclusive():
+            remove_demo(self, progress)
+            for proc in (self.sensor, self.operator):
+                if proc.stop():
+                    progress(f"{proc.name}: stopped")
+            script = REPO / "services" / "down"
+            out = subprocess.run(
+                [str(script)], env=dict(self.environ), capture_output=True, text=True, check=False
+            )
         for line in out.stderr.splitlines():
             progress("  " + line.removeprefix("[services] "))
         if out.returncode != 0:

@@ -106,6 +106,25 @@ def test_a_started_pod_is_bound_running_and_its_process_runs_in_its_container(
     assert node["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
 
 
+def test_a_start_interrupted_leaves_no_cgroup(
+    kubelet: Kubelet, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the status is written (`stockade demo` before it records the cgroup for
+    `down`): the pod's cgroups and the Pod are gone, not left in the shared hierarchy."""
+    made: list[Path] = []
+
+    def interrupted(pod: Pod) -> None:
+        made.append(pod.cgroup)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pod, "write_status", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kubelet.start_pod(namespace, "cut", {"app": "web"})
+    assert made and not made[0].exists() and kubelet.pods == []
+    with pytest.raises(client.ApiException, match="Not Found"):
+        kubelet.core.read_namespaced_pod("cut", namespace)
+
+
 def test_status_can_name_the_containers_after_their_cgroups_exist(
     core: client.CoreV1Api, kubelet: Kubelet, namespace: str
 ) -> None:
