@@ -8,16 +8,19 @@ pass), and each replace is conditional on the resourceVersion the last one retur
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import urllib3
-from kubernetes import client, watch
+from kubernetes import client
 
+from stockade.kube import ListWatch
 from stockade.operator.bundles import NODE_ANNOTATION, SELECTOR
 
 from .conftest import Cluster, Kubectl, Operator, wait_for
@@ -45,43 +48,32 @@ def policy(namespace: str, mode: str) -> str:
     )
 
 
-class Writes(threading.Thread):
-    """Every bundle write as the apiserver's watch delivers it: node → the policy's
-    generations, in the order they were stored."""
+class Writes:
+    """Every bundle write as the apiserver's watch delivers it (`stockade.kube.ListWatch`):
+    node → the policy's generations, in the order they were stored."""
 
     def __init__(self, core: client.CoreV1Api, namespace: str, key: str) -> None:
-        super().__init__(daemon=True)
-        self.core, self.namespace, self.key = core, namespace, key
+        self.key = key
         self.generations: dict[str, list[int]] = {}
         self.lock = threading.Lock()
-        self.watch = watch.Watch()
-        self.stopped = False
+        self.watch = ListWatch(
+            "bundle-watch", partial(core.list_namespaced_config_map, namespace),
+            on_list=self.listed,
+            on_event=lambda _, item: self.seen(item),
+            log=logging.getLogger("test"), label_selector=SELECTOR,
+        )  # fmt: skip
 
-    def run(self) -> None:
-        """Watch; a broken watch resumes from the last resourceVersion seen."""
-        version = None
-        while not self.stopped:
-            try:
-                for event in self.watch.stream(
-                    self.core.list_namespaced_config_map, self.namespace,
-                    label_selector=SELECTOR, resource_version=version,
-                ):  # fmt: skip
-                    version = self.seen(event["object"])
-            except (urllib3.exceptions.HTTPError, client.ApiException):
-                time.sleep(0.2)
+    def listed(self, items: list[Mapping[str, Any]]) -> None:
+        for item in items:
+            self.seen(item)
 
-    def seen(self, cm: Any) -> str:
-        annotations = cm.metadata.annotations or {}
+    def seen(self, cm: Mapping[str, Any]) -> None:
+        annotations = cm["metadata"].get("annotations") or {}
         held = annotations.get("stockade.dev/policies", "").split("\n")
         ours = [int(p.rpartition("@")[2]) for p in held if p.startswith(self.key + "@")]
         with self.lock:
             if ours:
                 self.generations.setdefault(annotations[NODE_ANNOTATION], []).extend(ours)
-        return str(cm.metadata.resource_version)
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.watch.stop()
 
     def latest(self) -> dict[str, int]:
         with self.lock:
@@ -97,7 +89,7 @@ def test_edits_in_quick_succession_reach_every_node_in_order(
     for i, node in enumerate(nodes):
         cluster.pod(namespace, f"web-{i}", node, {"app": "web"})
     writes = Writes(core, namespace, f"{namespace}/everywhere")
-    writes.start()
+    writes.watch.start()
     op = Operator(kubeconfig, namespace, tmp_path / "operator.log")
     op.start("--standalone", "--write-concurrency", "8")
     try:
@@ -118,7 +110,7 @@ def test_edits_in_quick_succession_reach_every_node_in_order(
         time.sleep(1.0)  # a stale write, if any, would land after the newest
     finally:
         op.stop()
-        writes.stop()
+        writes.watch.stop()
     with writes.lock:
         sequences = dict(writes.generations)
     backwards = {n: g for n, g in sequences.items() if g != sorted(g)}
