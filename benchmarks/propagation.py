@@ -178,12 +178,14 @@ def after(starts: list[float], events: list[float]) -> list[float]:
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
+    """p50 and p99 (the nearest rank)."""
     ordered = sorted(values)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1,
-                                                   round(0.99 * (len(ordered) - 1)))]  # fmt: skip
+    return statistics.median(ordered), ordered[round(0.99 * (len(ordered) - 1))]
 
 
 class Bench:
+    """One node, its operator and sensor, and the three measurements on them."""
+
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
         self.work = work
