@@ -10,8 +10,9 @@ with namespaceSelectors, some with podSelectors too), then runs `stockade operat
 --standalone` as a subprocess and measures:
 
 1. cold start: operator start → every Node's ConfigMap holds exactly the expected policies;
-2. one policy edit (the widest cluster policy, new generation) → every affected bundle
-   holds the new generation (target <= 10 s);
+2. policy edits (the widest cluster policy, a new generation each; `--edits`, one after
+   another) → every affected bundle holds the new generation (target <= 5 s), and the
+   bundle writes per second that makes;
 3. a pod bound to a node whose bundle lacks its policy → that bundle holds it, p50/p99
    over `--samples` (target p99 <= 2 s);
 4. the operator's peak RSS, VmHWM (target <= 500 MiB);
@@ -26,6 +27,8 @@ deleted at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import base64
+import gzip
 import json
 import os
 import random
@@ -43,11 +46,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from _figures import Figure, add_arguments, figure, report
 from kubernetes import client, config
 
 from stockade.operator.metrics import scrape
-from stockade.policy.bundle import BUNDLE_GZIP_KEY, BUNDLE_KEY, encode, from_configmap
+from stockade.policy.bundle import BUNDLE_GZIP_KEY, BUNDLE_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 STOCKADE = REPO / ".venv" / "bin" / "stockade"
@@ -207,14 +211,23 @@ def bulk(what: str, calls: Iterable[Callable[[], Any]], threads: int) -> float:
 
 
 def ignore_404(fn: Callable[[], Any]) -> None:
-    try:
-        resp = fn()
-        if hasattr(resp, "release_conn"):
-            resp.data  # noqa: B018 - read the body: frees the pooled connection
-            resp.release_conn()
-    except client.ApiException as exc:
-        if exc.status != 404:
-            raise
+    """Call; gone already is fine; a broken connection is tried again (a loaded apiserver
+    can drop the long answer of a delete-collection: it lists what it deleted)."""
+    for attempt in range(5):
+        try:
+            resp = fn()
+            if hasattr(resp, "release_conn"):
+                resp.data  # noqa: B018 - read the body: frees the pooled connection
+                resp.release_conn()
+            return
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            return
+        except urllib3.exceptions.HTTPError:
+            if attempt == 4:
+                raise
+            time.sleep(1.0)
 
 
 # --- following the bundles -------------------------------------------------------------
@@ -271,11 +284,14 @@ class BundleWatch(threading.Thread):
             if event["type"] == "DELETED":
                 self.seen.pop(node, None)
             else:
+                # Sizes only: checking the bundle (`from_configmap`, ~6 ms) on every event
+                # took the cores the operator and the apiserver are measured on.
                 data, binary = obj.get("data") or {}, obj.get("binaryData") or {}
-                stored = len(binary.get(BUNDLE_GZIP_KEY, "")) or len(
-                    data.get(BUNDLE_KEY, "").encode()
-                )
-                raw = len(encode(from_configmap(data, binary, meta["annotations"])))
+                if BUNDLE_GZIP_KEY in binary:
+                    stored = len(binary[BUNDLE_GZIP_KEY])
+                    raw = len(gzip.decompress(base64.b64decode(binary[BUNDLE_GZIP_KEY])))
+                else:
+                    raw = stored = len(data.get(BUNDLE_KEY, "").encode())
                 held = meta["annotations"].get("stockade.dev/policies", "")
                 self.seen[node] = Seen(frozenset(filter(None, held.split("\n"))), raw, stored, now)
                 if raw > self.largest[0]:
@@ -300,6 +316,10 @@ class BundleWatch(threading.Thread):
 
 def holds(node: str, policy: str, seen: dict[str, Seen]) -> bool:
     return node in seen and policy in seen[node].policies
+
+
+def all_hold(nodes: list[str], policy: str, seen: dict[str, Seen]) -> bool:
+    return all(holds(node, policy, seen) for node in nodes)
 
 
 def free_port() -> int:
@@ -338,6 +358,9 @@ def main() -> int:
     p.add_argument("--policies", type=int)
     p.add_argument("--namespaces", type=int)
     p.add_argument("--samples", type=int, help="pod-binding latency samples")
+    p.add_argument("--edits", type=int, default=3, help="policy edits timed, one after another")
+    p.add_argument("--write-concurrency", type=int, default=16,
+                   help="the operator's --write-concurrency")  # fmt: skip
     p.add_argument("--threads", type=int, default=32, help="parallel creates")
     p.add_argument("--timeout", type=float, default=1800, help="cold start limit, seconds")
     p.add_argument("--keep-log", type=Path, help="copy the operator's log here")
@@ -413,7 +436,8 @@ def main() -> int:
             )
             op = subprocess.Popen(
                 [*profile, str(STOCKADE), "operator", "--namespace", op_ns, "--standalone",
-                 "--metrics-port", str(port), "--log-level", "info"],
+                 "--metrics-port", str(port), "--log-level", "info",
+                 "--write-concurrency", str(args.write_concurrency)],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         log(f"operator pid {op.pid}, log {log_path}")
@@ -465,27 +489,39 @@ def main() -> int:
 
         metric_quiet()
 
-        # 2. One edit of the widest policy (cluster-wide, env=prod namespaces).
+        # 2. Edits of the widest policy (cluster-wide, env=prod namespaces), one at a time.
         name = w.ccpols[0][0]
         affected = [n for n, v in expected.items() if f"{name}@1" in v]
-        t0 = time.monotonic()
-        custom.patch_cluster_custom_object(
-            GROUP, VERSION, "clustercontainerpolicies", name, {"spec": {"mode": "audit"}}
-        )
-        edit_done = watch.wait(
-            f"{name}@2 in {len(affected)} bundles",
-            lambda seen: all(f"{name}@2" in seen[n].policies for n in affected),
-            300,
-        )
-        edit = edit_done - t0
+        edits: list[float] = []
+        cpu: list[float] = []  # the operator's CPU seconds in each edit
+        for generation in range(2, 2 + args.edits):
+            before, after = f"{name}@{generation - 1}", f"{name}@{generation}"
+            t0, cpu0 = time.monotonic(), cpu_seconds(op.pid)
+            custom.patch_cluster_custom_object(
+                GROUP, VERSION, "clustercontainerpolicies", name,
+                {"spec": {"mode": "audit" if generation % 2 == 0 else "enforce"}},
+            )  # fmt: skip
+            edit_done = watch.wait(
+                f"{after} in {len(affected)} bundles", partial(all_hold, affected, after), 300
+            )
+            edits.append(edit_done - t0)
+            cpu.append(cpu_seconds(op.pid) - cpu0)
+            log(f"edit to generation {generation}: {edits[-1]:.2f} s")
+            for n in affected:
+                expected[n] = (expected[n] - {before}) | {after}
+            metric_quiet()
+        edit = statistics.median(edits)
         results.append((f"policy edit → all {len(affected)} affected bundles",
-                        f"{edit:.2f} s", "target <= 10 s"))  # fmt: skip
-        figures.append(figure(f"policy edit → all {len(affected)} affected bundles", edit, "s",
-                              "<= 10"))  # fmt: skip
-        log(f"edit: {edit:.2f} s")
-        for n in affected:
-            expected[n] = (expected[n] - {f"{name}@1"}) | {f"{name}@2"}
-        metric_quiet()
+                        f"{edit:.2f} s", f"median of {len(edits)}: "
+                        f"{', '.join(f'{e:.2f}' for e in edits)}; target <= 5 s"))  # fmt: skip
+        rates = [len(affected) / e for e in edits]
+        results.append(("bundle writes per second in an edit", f"{statistics.median(rates):.0f}/s",
+                        f"{args.write_concurrency} in flight; operator CPU "
+                        f"{', '.join(f'{c:.1f}' for c in cpu)} s in the edits"))  # fmt: skip
+        figures.append(figure(f"policy edit → all {len(affected)} affected bundles", edits, "s",
+                              "<= 5"))  # fmt: skip
+        figures.append(figure("bundle writes per second in an edit", rates, "1/s",
+                              note=f"{args.write_concurrency} in flight"))  # fmt: skip
 
         # 3. A pod bound to a node whose bundle lacks its policy.
         rng = random.Random(2)

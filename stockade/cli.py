@@ -240,6 +240,7 @@ def cmd_generate_bundle_schema(args: argparse.Namespace) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     from stockade.operator.election import StartupError, Timing
+    from stockade.operator.kube import DEFAULT_WRITERS
     from stockade.operator.main import Config, main
 
     try:
@@ -255,6 +256,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
         )
         return 2
 
+    writers = DEFAULT_WRITERS if args.write_concurrency is None else args.write_concurrency
+    if writers < 1:
+        print(f"stockade operator: --write-concurrency must be >= 1, not {writers}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
     return main(
         Config(
             namespace=args.namespace,
@@ -265,6 +272,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             timing=timing,
             resync=args.resync,
             sensor_silent_after=args.sensor_silent_after,
+            writers=writers,
         )
     )
 
@@ -366,6 +374,12 @@ def parser() -> argparse.ArgumentParser:
         help="a targeted node whose sensor's last heartbeat is older than this makes its"
         " policies Ready=False, reason SensorSilent (default %(default)g: sensors beat at least"
         " every 10 s, so several missed heartbeats, not one late write)",
+    )
+    p.add_argument(
+        "--write-concurrency",
+        type=int,
+        metavar="N",
+        help="apiserver calls in flight at most (bundle and status writes; default 16)",
     )
     p.set_defaults(run=cmd_operator)
 

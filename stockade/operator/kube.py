@@ -1,9 +1,11 @@
 """The few API calls the operator writes with, run in threads off the event loop.
 
 kopf reads (watches); this writes. The official client is synchronous, so
-each call runs in a worker thread, at most `parallel` at a time. Every write
-carries a request timeout and a resourceVersion precondition where the
-object exists, and is checked against the Lease right before it is sent.
+each call runs in one of `parallel` threads of the operator's own (not
+asyncio's default executor, which has min(32, CPUs + 4) threads: 6 on 2
+cores, whatever `parallel` says). Every write carries a request timeout and a
+resourceVersion precondition where the object exists, and is checked against
+the Lease right before it is sent.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -32,6 +36,7 @@ T = TypeVar("T")
 log = logging.getLogger("stockade.operator")
 WRITE_TIMEOUT = 10.0  # seconds; shortened to the lease's remaining time when electing
 READ_TIMEOUT = 30.0
+DEFAULT_WRITERS = 16  # calls in flight (`--write-concurrency`)
 LIST_PAGE = 100  # bundle ConfigMaps per page (~40 KiB each)
 JSON_PATCH = "application/json-patch+json"
 PLURALS = {
@@ -68,26 +73,31 @@ class Stored:
 
 
 class Kube:
-    """`write_timeout(cap)`: how long a write starting now may take, at most `cap`;
-    raises `election.NotLeading` when no write may start (checked in the thread,
-    right before the call)."""
+    """`parallel`: calls in flight at most (threads; the client's connection pool must
+    hold as many). `write_timeout(cap)`: how long a write starting now may take, at
+    most `cap`; raises `election.NotLeading` when no write may start (checked in the
+    thread, right before the call). `close()` waits for the calls in flight."""
 
     def __init__(
         self,
         api: client.ApiClient,
         namespace: str,
-        parallel: int = 16,
+        parallel: int = DEFAULT_WRITERS,
         write_timeout: Callable[[float], float] = _unlimited,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespace = namespace
         self.write_timeout = write_timeout
-        self._slots = asyncio.Semaphore(parallel)
+        self._threads = ThreadPoolExecutor(parallel, thread_name_prefix="stockade-write")
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        async with self._slots:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Wait for the calls in flight (before the Lease is released), start no more."""
+        self._threads.shutdown(wait=True)
 
     async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
         def guarded() -> str:

@@ -18,11 +18,10 @@ from stockade.operator import kopf_patches, metrics
 from stockade.operator.election import Elector, StartupError, Timing
 from stockade.operator.handlers import register
 from stockade.operator.heartbeats import DEFAULT_AFTER
-from stockade.operator.kube import Kube
+from stockade.operator.kube import DEFAULT_WRITERS, Kube
 from stockade.operator.pods import PodIndex, PodWatch
 from stockade.operator.reconciler import Options, Reconciler
 
-PARALLEL_WRITES = 16
 log = logging.getLogger("stockade.operator")
 
 
@@ -36,6 +35,7 @@ class Config:
     timing: Timing = field(default_factory=Timing)
     resync: float = 300.0
     sensor_silent_after: float = DEFAULT_AFTER
+    writers: int = DEFAULT_WRITERS  # apiserver calls in flight at most
 
 
 def configure_logging(level: str) -> None:
@@ -59,8 +59,8 @@ def settings() -> kopf.OperatorSettings:
 
 
 async def run(config: Config, elector: Elector | None) -> None:
-    api = api_client(PARALLEL_WRITES)
-    kube = Kube(api, config.namespace, PARALLEL_WRITES)
+    api = api_client(config.writers)
+    kube = Kube(api, config.namespace, config.writers)
     if elector is not None:
         kube.write_timeout = elector.write_timeout
     reconciler = Reconciler(
@@ -84,6 +84,7 @@ async def run(config: Config, elector: Elector | None) -> None:
         )
     finally:
         watch.stop()
+        await asyncio.to_thread(kube.close)  # every write done before the Lease is released
 
 
 def main(config: Config) -> int:
@@ -112,7 +113,7 @@ def main(config: Config) -> int:
             elector.start_renewing()
         metrics.LEADER.set(1)
         asyncio.run(run(config, elector))
-        if elector is not None:  # every write is done (asyncio.run joined their threads)
+        if elector is not None:  # every write is done (`run` closed `kube`)
             elector.release()
     except StartupError as exc:
         print(f"stockade operator: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import re
+import weakref
 import zlib
 from collections.abc import Mapping
 from enum import StrEnum
@@ -226,7 +227,16 @@ class Bundle(_Frozen):
             "file": file,
         }
         unsealed = cls.model_validate({**content, "hash": "sha256:" + "0" * 64})
-        return unsealed.model_copy(update={"hash": content_hash(unsealed)})
+        # The hash is over the canonical bytes without it, the payload those bytes with
+        # it: both from one dump and one serialization (`encode` returns these).
+        pieces = _canonical_pieces(
+            unsealed.model_dump(mode="json", by_alias=True, exclude={"hash"})
+        )
+        digest = "sha256:" + hashlib.sha256(_joined(pieces)).hexdigest()
+        sealed = unsealed.model_copy(update={"hash": digest})
+        _ENCODED[id(sealed)] = _joined({**pieces, "hash": _canonical(digest)})
+        weakref.finalize(sealed, _ENCODED.pop, id(sealed), None)
+        return sealed
 
     @model_validator(mode="after")
     def _references(self) -> Bundle:
@@ -275,9 +285,25 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _canonical_pieces(content: Mapping[str, Any]) -> dict[str, bytes]:
+    """Each top-level value's canonical bytes, by key (`_joined` makes the object's)."""
+    return {key: _canonical(value) for key, value in content.items()}
+
+
+def _joined(pieces: Mapping[str, bytes]) -> bytes:
+    """`_canonical` of the object whose values' canonical bytes are `pieces`."""
+    return b"{" + b",".join(_canonical(k) + b":" + pieces[k] for k in sorted(pieces)) + b"}"
+
+
+# id(bundle) → its canonical bytes, for bundles made by `Bundle.seal` while they live:
+# the operator would otherwise dump and serialize each bundle twice (hash, payload).
+_ENCODED: dict[int, bytes] = {}
+
+
 def encode(bundle: Bundle) -> bytes:
     """The canonical bytes of a bundle: sorted keys, no whitespace, UTF-8."""
-    return _canonical(bundle.to_json())
+    raw = _ENCODED.get(id(bundle))
+    return raw if raw is not None else _canonical(bundle.to_json())
 
 
 def content_hash(bundle: Bundle) -> str:

@@ -113,6 +113,15 @@ def test_same_bytes_and_hash_as_before_the_typed_models() -> None:
     assert compile_bundle(examples, namespace_labels=labels).hash == EXAMPLES_HASH
 
 
+def test_a_sealed_bundles_kept_bytes_are_those_of_its_model() -> None:
+    """`seal` keeps the bytes it hashed (with the hash): the same as serializing the model."""
+    for bundle in (web_bundle(), big_bundle()):
+        model = json.dumps(bundle.to_json(), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False).encode()  # fmt: skip
+        assert encode(bundle) == model
+        assert decode(model).hash == bundle.hash  # decode checks the hash against the bytes
+
+
 def test_decode_reads_back_what_encode_wrote() -> None:
     bundle = web_bundle()
     assert decode(WEB_BYTES) == bundle
