@@ -49,10 +49,10 @@ from typing import Any
 from _figures import Figure, add_arguments, figure, report
 from kubernetes import client, config
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the node stand-ins of tests/node
+from stockade.local.kubelet import Kubelet, Pod
 
-from tests.node.kubelet import Kubelet, Pod  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the operator and sensor processes of tests/
 
 from tests.integration.conftest import force_delete_namespace, install_crds  # noqa: E402
 from tests.node.sensor import SensorProcess  # noqa: E402
