@@ -48,5 +48,5 @@ pid_alive() { # pidfile pattern: its pid runs with pattern in its command line
     # Elasticsearch user writes, would have root kill what it names.
     local pid
     [ -s "$1" ] && pid="$(cat "$1")" && [[ "$pid" =~ ^[1-9][0-9]*$ ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$2"
 }
