@@ -29,7 +29,7 @@ from stockade.policy.compiler import compile_bundle
 from stockade.policy.loader import iter_policies
 from stockade.sensor.serve import CLIENT_TIMEOUT_S
 from tests.node.sensor import SensorProcess
-from tests.operator.conftest import Kubectl, Operator, wait_for
+from tests.operator.conftest import Kubectl, Operator, free_port, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -307,6 +307,28 @@ def test_an_output_that_cant_be_written_loses_documents_not_enforcement(
         time.sleep(0.2)  # its record written (and failed) before the next exec
     assert node_sensor.running()
     assert node_sensor.stop() == 0
+
+
+def test_the_elasticsearch_outputs_complaints_are_json_log_lines(
+    node_sensor: SensorProcess,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    """The log is JSON lines (docs/sensor.md), also what the output says about an
+    Elasticsearch it can't reach (`log_lines` fails on any other line)."""
+    web, _ = web_and_db
+    node_sensor.start("--output", f"elasticsearch:http://127.0.0.1:{free_port()}")  # nobody
+    kubectl("apply", "-f", "-", input=block_exec("no-tool", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    said = wait_for("the output's complaint in the log", lambda: [
+        line for line in node_sensor.log_lines()
+        if line["message"].startswith("elasticsearch: can't connect")])  # fmt: skip
+    assert said[0]["level"] == "warning" and said[0]["logger"] == "stockade.sensor", said
+    assert "spooling to" in said[0]["message"]
+    assert node_sensor.stop() == 0
+    node_sensor.log_lines()  # the last ones too
 
 
 def test_idle_connections_to_the_metrics_port_are_closed(node_sensor: SensorProcess) -> None:
