@@ -16,7 +16,6 @@ are deleted afterwards.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -134,7 +133,7 @@ def index(n: int, batch: int) -> list[Figure]:
     host, app = Host.detect(), applied()
     docs = [document(event(raw_record(RecordKind.PROCESS, i)), app, "kill", host) for i in range(n)]
     spool = Path(tempfile.mkdtemp(prefix="stk-bench-spool-"))
-    out = ElasticOutput(cfg, spool, queue_max=n + 1, batch_docs=batch, log=io.StringIO())
+    out = ElasticOutput(cfg, spool, queue_max=n + 1, batch_docs=batch)
     try:
         t0 = time.monotonic()
         for d in docs:

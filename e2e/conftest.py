@@ -127,15 +127,8 @@ class Stack:
         start_elasticsearch()
 
     def sensor_log(self) -> list[dict[str, Any]]:
-        """The sensor's log lines: JSON, but for the Elasticsearch output's own plain lines
-        (`stockade sensor: elasticsearch: ...`), which come as {"message": line}."""
-        lines = []
-        for line in self.sensor.log.read_text().splitlines():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                lines.append({"message": line})
-        return lines
+        """The sensor's log: JSON lines, every one (anything else fails the test)."""
+        return self.sensor.log_lines()
 
     def mode(self) -> str:
         """The enforcement mode the sensor probed at its last start."""

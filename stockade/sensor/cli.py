@@ -50,19 +50,27 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         args.node_name = args.node_name or os.environ.get("NODE_NAME", "")
         if not args.node_name:
             return _fail("--node-name (or NODE_NAME) is required without --standalone")
+    import logging
+
     from stockade.sensor.elastic.config import ConfigError
+    from stockade.sensor.logs import configure_logging
     from stockade.sensor.output import open_output
     from stockade.sensor.probe import Mode, probe_mode
     from stockade.sensor.state import StateDir
 
+    # before the output opens: what it says (its spool, Elasticsearch) goes through the log
+    configure_logging(args.log_level, json_lines=not args.standalone)
+    log = logging.getLogger("stockade.sensor")
     try:
         state = StateDir(args.state_dir)
     except OSError as exc:
-        return _fail(f"{args.state_dir}: can't use as the state directory: {exc.strerror}", 1)
+        log.error(f"{args.state_dir}: can't use as the state directory: {exc.strerror}")
+        return 1
     try:
         out = open_output(args)
     except (ConfigError, OSError) as exc:
-        return _fail(f"--output: {exc}")
+        log.error(f"--output: {exc}")
+        return 2
     probed = state.probed()  # restarted in this boot: the kernel can do what it could
     if probed is None:
         probe = probe_mode()
@@ -136,11 +144,9 @@ def _node(
     from stockade.sensor.cgroups import v2_root
     from stockade.sensor.kernel import open_sensor
     from stockade.sensor.libbpf import BpfError
-    from stockade.sensor.logs import configure_json_logging
     from stockade.sensor.node import NodeOptions, NodeSensor
     from stockade.sensor.serve import serve
 
-    configure_json_logging(args.log_level)
     log = logging.getLogger("stockade.sensor")
     log.info(f"mode {mode} ({reason})", extra={"mode": mode, "node": args.node_name})
     root = args.cgroup_root or v2_root()

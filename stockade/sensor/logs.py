@@ -1,4 +1,6 @@
-"""JSON-lines logs for the Kubernetes sensor (what log collectors on a node parse)."""
+"""The sensor's log on stderr, the one way every part of it says something (`logging`,
+the `stockade.sensor` logger): JSON lines for the Kubernetes sensor (what log collectors on
+a node parse), `stockade sensor: MESSAGE` lines for the standalone one."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-__all__ = ["configure_json_logging"]
+__all__ = ["configure_logging", "formatter"]
 
 # what every LogRecord has: anything else was passed as `extra` and is written as a field
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -28,16 +30,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure_json_logging(level: str) -> None:
-    """One JSON object per line on stderr; the client libraries only from warnings up."""
+def formatter(json_lines: bool) -> logging.Formatter:
+    """One JSON object per line, or the standalone sensor's plain lines."""
+    return JsonFormatter() if json_lines else logging.Formatter("stockade sensor: %(message)s")
+
+
+def configure_logging(level: str, *, json_lines: bool) -> None:
+    """Everything logged goes to stderr as `formatter` writes it; the client libraries only
+    from warnings up."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter(json_lines))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     numeric = logging.getLevelName(level.upper())
     root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
     for noisy in ("kubernetes", "urllib3", "elastic_transport"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # a library's warnings too, not as bare lines
     threading.excepthook = _thread_died
 
 

@@ -32,6 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from stockade.kube import Body, ListWatch, backoff
 from stockade.operator.bundles import CLUSTER_ANNOTATION, configmap_name
+from stockade.policy.bundle import Bundle as PolicyBundle
 from stockade.policy.bundle import BundleError, from_configmap
 from stockade.policy.model import PartName
 from stockade.policy.reports import AppliedBundle, NodeError, Sensor
@@ -115,6 +116,7 @@ class NodeSensor(Enforcer):
         self._rescan_due = self._commit_due = self._rescanned = 0.0
         self._containers_changed = False
         self._carrying = False  # counts carried from the last sensor, not reported yet
+        self._cache_applied = False  # the containers known are those the cache kept
         self.reporter = ReportWriter(api, log)
         self.watches = [
             ListWatch(
@@ -168,7 +170,7 @@ class NodeSensor(Enforcer):
         and the counts the previous sensor couldn't report. Meant for before the programs
         attach; True if a cached bundle is in force."""
         self._rescan()
-        cached = self.apply_cached()
+        cached = self._cache_applied = self.apply_cached()
         carried = self.state.read_unreported()
         self._carrying = bool(carried)
         for entry in carried:
@@ -182,14 +184,11 @@ class NodeSensor(Enforcer):
         return cached
 
     def restored(self, applied: Applied) -> Applied:
-        """The cached containers whose cgroup is the same directory still (an id is an inode:
-        after a reboot it may be another cgroup's), as the table's facts until the pods come."""
-        kept = {
-            cgid: c for cgid, c in applied.containers.items()
-            if self.table.cgroups.get(cgid, ("",))[0] == c.cgroup_path
-        }  # fmt: skip
-        self.table.listed.update(kept)
-        return Applied(applied.generation, applied.bundle, dict(kept))
+        """The cached containers whose cgroup is still there, listed with their cached facts
+        until the pods come (`NodeContainers.restore`)."""
+        return Applied(
+            applied.generation, applied.bundle, self.table.restore(applied.containers.values())
+        )
 
     def start(self) -> None:
         """Start the watches, the report writer and the cluster id lookup."""
@@ -225,12 +224,13 @@ class NodeSensor(Enforcer):
         return self.documented
 
     def activate(self, prepared: Generation, slot: int, how: str) -> None:
+        # the containers that changed since the slot was written, into it before the flip:
+        # none of them is undecided for a moment in the new generation
+        self._slot, self._written = slot, dict(prepared.cgroups)
+        self._sync_cgroups(set(self.table.listed) | set(self._written), prepared.applied.bundle)
         super().activate(prepared, slot, how)
-        self._slot = slot
-        self._written = dict(prepared.cgroups)
         self.applied_time = now()
         self._dirty = True
-        self._sync_cgroups(set(self.table.listed) | set(self._written))
 
     def _write_bundle(
         self, body: Body, snapshot: dict[int, Container]
@@ -276,16 +276,19 @@ class NodeSensor(Enforcer):
 
     # -- containers -------------------------------------------------------------------
 
-    def _sync_cgroups(self, cgroup_ids: set[int]) -> None:
-        """Write the masks of these cgroups (as the bundle in force computes them) into the
-        active slot where they differ from what it holds; unlist the ones gone."""
-        current = self.in_force
-        if current is None:
-            return
+    def _sync_cgroups(self, cgroup_ids: set[int], bundle: PolicyBundle | None = None) -> None:
+        """Write the masks of these cgroups (as `bundle`, by default the one in force,
+        computes them) into `_slot` where they differ from what it holds; unlist the ones
+        gone."""
+        if bundle is None:
+            current = self.in_force
+            if current is None:
+                return
+            bundle = current.applied.bundle
         failed = False
         for cgid in cgroup_ids:
             facts = self.table.listed.get(cgid)
-            masks = container_masks(current.applied.bundle, facts.workload) if facts else None
+            masks = container_masks(bundle, facts.workload) if facts else None
             if masks == self._written.get(cgid):
                 continue
             try:
@@ -482,7 +485,9 @@ class NodeSensor(Enforcer):
 
     @property
     def ready(self) -> bool:
-        return self.in_force is not None
+        """A bundle in force for the containers known: the pods listed by the apiserver, or
+        (until then) those the cached bundle was applied for."""
+        return self.in_force is not None and (self.table.pods_listed or self._cache_applied)
 
     def run(self, stop: Callable[[], bool]) -> None:
         while not stop():

@@ -10,13 +10,17 @@ with what is known of it:
 - a container's cgroup with the pod's facts and, once the pod's status names the container
   (`containerID`), its name and image.
 `Container.workload` is what the kernel's per-cgroup masks are computed from.
+
+After a restart, the containers the last sensor enforced for (`restore`) stay listed with
+the facts it kept until the first full list of pods says otherwise: a change that comes
+before it (the cluster's id or name, a cgroup scan) never unlists them for want of a pod.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stockade.policy.evaluator import ContainerFacts, KubernetesFacts
@@ -139,6 +143,8 @@ class NodeContainers:
     cgroups: dict[int, tuple[str, KubeCgroup]] = field(default_factory=dict)
     listed: dict[int, Container] = field(default_factory=dict)
     mirrors: dict[str, set[str]] = field(default_factory=dict)  # static pod uid → mirror pods
+    restored: dict[int, Container] = field(default_factory=dict)  # until the pods are listed
+    pods_listed: bool = False  # a full list of the pods came (`replace_pods`)
 
     def _owner(self, cgroup_uid: str) -> PodFacts | None:
         """The pod whose facts the cgroups named with `cgroup_uid` get: the pod of that uid
@@ -154,7 +160,7 @@ class NodeContainers:
         path, kc = self.cgroups[cgroup_id]
         pod = self._owner(kc.pod_uid)
         if pod is None:
-            return None
+            return None if self.pods_listed else self.restored.get(cgroup_id)
         kubernetes = pod.kubernetes.model_copy(
             update={"cluster_id": self.cluster_id, "cluster_name": self.cluster_name}
         )
@@ -224,7 +230,26 @@ class NodeContainers:
         self.pods, self.mirrors = {}, {}
         for pod in pods:
             self._index(pod)
+        self.pods_listed, self.restored = True, {}
         return self._refresh(set(self.cgroups) | set(self.listed))
+
+    def restore(self, containers: Iterable[Container]) -> dict[int, Container]:
+        """The containers a previous sensor kept (before any pod is known), listed with its
+        facts until the pods are: those whose cgroup directory is still there, under the id
+        it has now (an id is an inode: after a reboot it may be another cgroup's, and a
+        directory made again has another; the path names the pod and the container). The
+        cluster's id and name they were decided with hold until the apiserver says."""
+        ids = {path: cgid for cgid, (path, _) in self.cgroups.items()}
+        kept = {
+            ids[c.cgroup_path]: replace(c, cgroup_id=ids[c.cgroup_path])
+            for c in containers if c.cgroup_path in ids
+        }  # fmt: skip
+        for c in kept.values():
+            self.cluster_id = self.cluster_id or c.kubernetes.cluster_id
+            self.cluster_name = self.cluster_name or c.kubernetes.cluster_name
+        self.restored = dict(kept)
+        self.listed.update(kept)
+        return kept
 
     def add_cgroup(self, cgroup_id: int, path: str) -> set[int]:
         """A cgroup seen (made, or found by a scan); ignored unless a kubelet layout's."""

@@ -76,7 +76,9 @@ class _Sensor(Collector):
         for watch in node.watches:
             restarts.add_metric([watch.name], watch.failures)
         yield restarts
-        ready = GaugeMetricFamily("stockade_sensor_ready", "1 once a bundle is in force")
+        ready = GaugeMetricFamily(
+            "stockade_sensor_ready", "1 once a bundle is in force for the containers known"
+        )
         ready.add_metric([], 1.0 if node.ready else 0.0)
         yield ready
 
@@ -98,7 +100,10 @@ def serve(node: NodeSensor, port: int, host: str = "0.0.0.0") -> ThreadingHTTPSe
                 self._send(503 if stalled else 200, b"stalled\n" if stalled else b"ok\n")
             elif path == "/readyz":
                 ready = node.ready
-                self._send(200 if ready else 503, b"ok\n" if ready else b"no bundle in force\n")
+                self._send(
+                    200 if ready else 503,
+                    b"ok\n" if ready else b"not enforcing for the node's containers yet\n",
+                )
             else:
                 self._send(404, b"not found\n")
 

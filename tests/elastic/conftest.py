@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from elasticsearch import Elasticsearch
 from stockade.sensor.elastic import templates
 from stockade.sensor.elastic.config import ElasticConfig
 from stockade.sensor.elastic.writer import ElasticOutput
+from stockade.sensor.logs import formatter
 from tests.integration.conftest import SERVICES_UP, es, services_env, unique
 
 __all__ = ["es", "services_env", "unique"]  # fixtures, shared with tests/integration
@@ -51,10 +53,22 @@ def config(env: dict[str, str], namespace: str, **kw: object) -> ElasticConfig:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
+def said_into(name: str) -> logging.Logger:
+    """A logger of its own writing the standalone sensor's plain lines into a StringIO."""
+    log = logging.getLogger(f"tests.elastic.{name}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(formatter(json_lines=False))
+    log.handlers[:] = [handler]
+    return log
+
+
 def logged(out: ElasticOutput) -> str:
-    """What the output said (the fixture's outputs log into a StringIO)."""
-    assert isinstance(out.log, io.StringIO)
-    return out.log.getvalue()
+    """What the output said (the fixture's outputs log into a StringIO: `said_into`)."""
+    stream = getattr(out.log.handlers[0], "stream", None)
+    assert isinstance(stream, io.StringIO)
+    return stream.getvalue()
 
 
 def wait_delivered(out: ElasticOutput, n: int, timeout: float = 120.0) -> dict[str, int]:
@@ -101,7 +115,7 @@ def outputs(env: dict[str, str], namespace: str, tmp_path: Path) -> Iterator[Out
     def make(spool_max_bytes: int = 1 << 30, drain_s: float = 5.0, **kw: object) -> ElasticOutput:
         out = ElasticOutput(
             config(env, namespace, **kw), tmp_path / "spool",
-            spool_max_bytes=spool_max_bytes, drain_s=drain_s, log=io.StringIO(),
+            spool_max_bytes=spool_max_bytes, drain_s=drain_s, log=said_into(str(len(made))),
         )  # fmt: skip
         made.append(out)
         return out

@@ -412,7 +412,7 @@ def test_documents_the_output_drops_count_in_the_sensors_dropped(
     (workdir / "policy.yaml").write_text(yaml.safe_dump(EVERY_EXEC))
     (workdir / "containers.json").write_text(json.dumps({str(cgroup.path): {}}))
     out = ElasticOutput(ElasticConfig(url, request_timeout=1.0), workdir / "spool",
-                        spool_max_bytes=8 << 10, log=io.StringIO())  # fmt: skip
+                        spool_max_bytes=8 << 10)  # fmt: skip
     sa = Standalone(sensor, workdir / "policy.yaml", workdir / "containers.json", out, "kill",
                     state=StateDir(workdir / "state"), log=io.StringIO())  # fmt: skip
     try:

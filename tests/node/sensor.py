@@ -88,11 +88,13 @@ class SensorProcess:
         self.proc = None
 
     def log_lines(self) -> list[dict[str, Any]]:
-        """The sensor's JSON log lines (anything else in the log fails the test)."""
+        """The sensor's JSON log lines (anything else in the log fails the test, naming it)."""
         lines = []
-        for line in self.log.read_text().splitlines():
-            if line.strip():
+        for n, line in enumerate(self.log.read_text().splitlines(), 1):
+            try:
                 lines.append(json.loads(line))
+            except ValueError:
+                pytest.fail(f"{self.log}:{n}: not a JSON log line: {line!r}")
         return lines
 
     def documents(self, settle: float = 0.3) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from stockade.policy.compiler import compile_bundle
 from stockade.policy.loader import iter_policies
 from stockade.sensor.serve import CLIENT_TIMEOUT_S
 from tests.node.sensor import SensorProcess
-from tests.operator.conftest import Kubectl, Operator, wait_for
+from tests.operator.conftest import Kubectl, Operator, free_port, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -247,6 +247,48 @@ def test_restart_without_the_apiserver_enforces_the_cached_bundle(
     assert any("is the one in force" in m for m in messages[started:])
 
 
+RESTARTS = 8
+
+
+def test_every_exec_after_readyz_is_killed_across_restarts(
+    node_sensor: SensorProcess,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+    tmp_path: Path,
+) -> None:
+    """/readyz 200 means enforcing for the node's containers, from that moment on: a process
+    in the container execs the blocked tool every few ms while the sensor restarts (with the
+    apiserver answering), and every exec that starts after /readyz said 200 is killed —
+    also while the watches' first answers come in (the cluster's id and name before the
+    pods once unlisted the cached containers for a few ms)."""
+    web, _ = web_and_db
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("no-tool", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    statuses = tmp_path / "statuses"  # "<when the exec started> <its exit status>" per line
+    loop = f'while :; do t=$(date +%s.%N); {tool}; echo "$t $?" >> {statuses}; sleep 0.002; done'
+    execs = web.popen("app", ["sh", "-c", loop], start_new_session=True)
+    ran = []
+    try:
+        for _ in range(RESTARTS):
+            assert node_sensor.stop() == 0
+            node_sensor.start(ready=False)
+            while not node_sensor.ready():  # the moment /readyz turns 200, closer than wait_for
+                time.sleep(0.005)
+            ready_at = time.time()
+            time.sleep(1.5)  # the watches' first answers, the first rescan
+            lines = [line.split() for line in statuses.read_text().splitlines()]
+            after = [int(status) for when, status in lines if float(when) > ready_at]
+            assert len(after) > 50, after  # the loop ran all along
+            ran.append(sum(status != 128 + 9 for status in after))
+    finally:
+        execs.kill()
+        execs.wait()
+    assert ran == [0] * RESTARTS, f"execs not killed after /readyz, per restart: {ran}"
+
+
 def test_an_output_that_cant_be_written_loses_documents_not_enforcement(
     node_sensor: SensorProcess,
     web_and_db: tuple[Pod, Pod],
@@ -265,6 +307,28 @@ def test_an_output_that_cant_be_written_loses_documents_not_enforcement(
         time.sleep(0.2)  # its record written (and failed) before the next exec
     assert node_sensor.running()
     assert node_sensor.stop() == 0
+
+
+def test_the_elasticsearch_outputs_complaints_are_json_log_lines(
+    node_sensor: SensorProcess,
+    web_and_db: tuple[Pod, Pod],
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    """The log is JSON lines (docs/sensor.md), also what the output says about an
+    Elasticsearch it can't reach (`log_lines` fails on any other line)."""
+    web, _ = web_and_db
+    node_sensor.start("--output", f"elasticsearch:http://127.0.0.1:{free_port()}")  # nobody
+    kubectl("apply", "-f", "-", input=block_exec("no-tool", namespace, {"app": "web"}, tool))
+    wait_for("blocked", lambda: web.run("app", [str(tool)]).returncode == KILLED)
+    said = wait_for("the output's complaint in the log", lambda: [
+        line for line in node_sensor.log_lines()
+        if line["message"].startswith("elasticsearch: can't connect")])  # fmt: skip
+    assert said[0]["level"] == "warning" and said[0]["logger"] == "stockade.sensor", said
+    assert "spooling to" in said[0]["message"]
+    assert node_sensor.stop() == 0
+    node_sensor.log_lines()  # the last ones too
 
 
 def test_idle_connections_to_the_metrics_port_are_closed(node_sensor: SensorProcess) -> None:

@@ -3,7 +3,6 @@ NodePolicyReport's droppedEvents) and in /metrics by reason."""
 
 from __future__ import annotations
 
-import io
 import socket
 import time
 import urllib.request
@@ -30,7 +29,6 @@ def test_a_full_spool_and_a_full_queue_are_drops_by_reason(tmp_path: Path) -> No
     out = ElasticOutput(
         ElasticConfig(f"http://127.0.0.1:{closed_port()}", request_timeout=1.0),
         tmp_path / "spool", spool_max_bytes=16 << 10, queue_max=100, flush_s=0.05,
-        log=io.StringIO(),
     )  # fmt: skip
     try:
         for seq in range(300):  # a burst: the queue (100) overflows before the writer runs

@@ -89,6 +89,40 @@ def test_relabel_delete_and_a_full_list() -> None:
     assert table.remove_cgroup(3) == {3} and 3 not in table.listed
 
 
+def test_restored_containers_stay_listed_until_the_pods_are_listed() -> None:
+    """A restarted sensor's cached containers: what comes before the pod list (the cluster's
+    id from its lookup, its name from the bundle's annotation, a scan) never unlists them;
+    the list decides."""
+    before = NodeContainers(cluster_name="prod", cluster_id="ks-uid")
+    before.add_cgroup(2, POD_CG)
+    before.add_cgroup(3, CTR_CG)
+    before.put_pod(pod_facts(pod(statuses=RUNNING)))
+    cached = list(before.listed.values())
+
+    table = NodeContainers()
+    table.add_cgroup(2, POD_CG)
+    table.add_cgroup(7, CTR_CG)  # the container's directory made again: another inode
+    kept = table.restore(cached)
+    assert set(kept) == {2, 7} and kept[7].cgroup_id == 7
+    assert kept[7].workload == cached[1].workload  # decided as before the restart
+    assert table.set_cluster("ks-uid", "prod") == set()
+    assert table.set_cluster("other-uid", "prod") == set() and set(table.listed) == {2, 7}
+    assert table.replace_cgroups([(2, POD_CG), (7, CTR_CG)]) == set()
+    assert table.replace_pods([pod_facts(pod(statuses=RUNNING))]) == {2, 7}  # the new id
+    assert table.listed[7].workload.cluster_id == "other-uid"
+    assert table.replace_pods([]) == {2, 7} and table.listed == {}
+
+
+def test_a_restored_container_whose_pod_is_gone_leaves_with_the_first_list() -> None:
+    table = NodeContainers()
+    table.add_cgroup(3, CTR_CG)
+    cached = NodeContainers(cgroups=dict(table.cgroups))
+    cached.put_pod(pod_facts(pod()))
+    assert set(table.restore(cached.listed.values())) == {3}
+    assert table.replace_pods([]) == {3} and table.listed == {}
+    assert table.set_cluster("ks-uid", None) == set()  # no cached facts come back
+
+
 def test_cgroups_that_are_not_a_kubelets_are_ignored() -> None:
     table = NodeContainers()
     table.put_pod(pod_facts(pod()))

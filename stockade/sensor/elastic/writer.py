@@ -15,13 +15,13 @@ goes to the dead-letter file and a counter and is never retried.
 from __future__ import annotations
 
 import json
+import logging
 import queue
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from stockade.sensor.ecs import Document
 from stockade.sensor.elastic import templates
@@ -31,6 +31,7 @@ from stockade.sensor.elastic.spool import Item, Spool
 __all__ = ["ElasticOutput"]
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
+SENSOR_LOG = logging.getLogger("stockade.sensor")  # the mode decides how it is written
 
 
 def _lane(doc: Document) -> str:
@@ -72,7 +73,7 @@ class ElasticOutput:
         batch_bytes: int = 5 << 20,
         flush_s: float = 0.5,
         drain_s: float = 5.0,
-        log: TextIO = sys.stderr,
+        log: logging.Logger = SENSOR_LOG,
     ) -> None:
         self.config = config
         self.client = config.client()
@@ -94,12 +95,15 @@ class ElasticOutput:
             self._say(f"ignoring {len(self.spool.foreign)} files in the spool that aren't its "
                       f"segments: {names}")  # fmt: skip
         if self.spool:
-            self._say(f"{self.spool.count()} documents spooled from before; draining them")
+            self._say(
+                f"{self.spool.count()} documents spooled from before; draining them", logging.INFO
+            )
         self._thread = threading.Thread(target=self._run, name="es-writer", daemon=True)
         self._thread.start()
 
-    def _say(self, message: str) -> None:
-        print(f"stockade sensor: elasticsearch: {message}", file=self.log, flush=True)
+    def _say(self, message: str, level: int = logging.WARNING) -> None:
+        """Through the sensor's logger: a JSON line or a plain one, as the mode logs."""
+        self.log.log(level, f"elasticsearch: {message}")
 
     # -- the reader's side --------------------------------------------------------
 
@@ -175,14 +179,18 @@ class ElasticOutput:
             except OSError as exc:  # a full or read-only disk: counted drops, said once
                 self.spool.dropped[lane] += len(items)
                 if self.counts["spool_errors"] == 0:
-                    self._say(f"can't write the spool ({exc}); dropping what can't be sent")
+                    self._say(
+                        f"can't write the spool ({exc}); dropping what can't be sent", logging.ERROR
+                    )
                 self.counts["spool_errors"] += 1
 
     def _run(self) -> None:
         try:
             self._loop()
         except Exception as exc:  # a bug: say so rather than die silently; the queue then fills
-            self._say(f"the writer stopped ({exc!r}); documents are no longer delivered")
+            self._say(
+                f"the writer stopped ({exc!r}); documents are no longer delivered", logging.ERROR
+            )
             raise
 
     def _loop(self) -> None:
@@ -253,7 +261,7 @@ class ElasticOutput:
         """After an authentication failure: a rotated Secret file is used from the next try."""
         fresh = self.config.reread_secrets()
         if fresh != self.config:
-            self._say("the credentials changed on disk; using them")
+            self._say("the credentials changed on disk; using them", logging.INFO)
             self.config = fresh
             self.client.close()
             self.client = fresh.client()
@@ -304,6 +312,6 @@ class ElasticOutput:
 
     def _recovered(self) -> None:
         if self._problem is not None:
-            self._say(f"delivering again ({self.spool.count()} documents spooled)")
+            self._say(f"delivering again ({self.spool.count()} documents spooled)", logging.INFO)
             self._problem = None
         self._backoff = 0.0
