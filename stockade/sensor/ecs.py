@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
+import json
 import os
 import platform
 import socket
@@ -22,6 +23,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from stockade.policy.bundle import Bundle as PolicyBundle
 from stockade.policy.model import PartName
 from stockade.policy.tables import selector_names
@@ -29,9 +32,30 @@ from stockade.sensor.abi import ActionBits, Hook, RecordKind
 from stockade.sensor.containers import Container
 from stockade.sensor.records import FileRecord, Header, ProcessRecord
 
-__all__ = ["Applied", "Document", "Host", "document"]
+__all__ = ["Applied", "Document", "Host", "document", "serialize"]
 
 Document = dict[str, Any]
+
+# what orjson would write that json.dumps refuses is left to json.dumps (to refuse)
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def serialize(doc: Document) -> bytes:
+    """`doc` as compact ASCII JSON: byte for byte `json.dumps(doc, separators=(",", ":"))`.
+
+    orjson writes it ~8 times faster (documents hold no floats, which it writes
+    differently). What it refuses or writes otherwise goes to json: the lone surrogates
+    that undecodable path bytes decode to (as `\\udcff`), ints beyond 64 bits, non-ASCII
+    (escaped as `\\u00e9`) and DEL (`\\u007f`).
+    """
+    try:
+        out = orjson.dumps(doc, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        pass
+    else:
+        if out.isascii() and b"\x7f" not in out:
+            return out
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)

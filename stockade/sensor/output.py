@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from contextlib import suppress
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from stockade.sensor.ecs import Document
+from stockade.sensor.ecs import Document, serialize
 
 __all__ = ["JsonlOutput", "Output", "OutputSpec", "add_arguments", "open_output"]
 
@@ -46,7 +45,7 @@ class JsonlOutput:
     def write(self, doc: Document) -> None:
         self._unflushed += 1
         try:
-            self.stream.write(json.dumps(doc, separators=(",", ":")) + "\n")
+            self.stream.write(serialize(doc).decode() + "\n")
         except OSError as exc:
             self._failed(exc)
 

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from stockade.sensor.ecs import Document
+from stockade.sensor.ecs import Document, serialize
 from stockade.sensor.elastic import templates
 from stockade.sensor.elastic.config import ElasticConfig
 from stockade.sensor.elastic.spool import Item, Spool
@@ -144,7 +144,7 @@ class ElasticOutput:
 
     def _item(self, doc: Document) -> tuple[str, Item]:
         index = templates.route(doc, self.config.namespace)
-        source = json.dumps(doc, separators=(",", ":")).encode()
+        source = serialize(doc)
         return _lane(doc), Item(index, doc["event"]["id"], source)
 
     def _take(self, wait_s: float) -> list[tuple[str, Item]]:
