@@ -13,9 +13,11 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +47,17 @@ def environ() -> Iterator[dict[str, str]]:
     finally:
         subprocess.run([str(STOCKADE), "down"], env=env, capture_output=True, check=False)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def demo_alerts(url: str) -> list[dict[str, Any]]:
+    """The alerts of the demo's namespace in Elasticsearch."""
+    query = {"size": 100, "query": {"term": {"orchestrator.namespace": DEMO_NS}}}
+    request = urllib.request.Request(
+        f"{url}/logs-cloud_defend.alerts-default/_search",
+        json.dumps(query).encode(), {"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return [hit["_source"] for hit in json.load(response)["hits"]["hits"]]
 
 
 def stockade(env: dict[str, str], *args: str) -> str:
@@ -91,23 +104,33 @@ def test_up_twice_demo_down(environ: dict[str, str]) -> None:
 
     story = stockade(environ, "demo")
     assert "exit status 137" in story or "Operation not permitted" in story, story
-    query = {"size": 100, "query": {"term": {"orchestrator.namespace": DEMO_NS}}}
-    request = urllib.request.Request(
-        f"{stack.env()['ELASTICSEARCH_URL']}/logs-cloud_defend.alerts-default/_search",
-        json.dumps(query).encode(), {"Content-Type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as response:
-        alerts = [hit["_source"] for hit in json.load(response)["hits"]["hits"]]
-    drift = [
-        a["file"]["path"] for a in alerts
-        if "executableChanges" in a["cloud_defend"]["matched_selectors"]
-    ]  # fmt: skip
-    assert drift == ["/tmp/nc"]  # the container's path, not the host's
-    blocked = [
-        a["process"]["executable"] for a in alerts
-        if a["cloud_defend"]["outcome"] in ("killed", "denied")
-    ]  # fmt: skip
-    assert blocked == ["/tmp/nc"]
+    # the sensor's bulk writer sends within seconds, and a document is searchable after the
+    # next refresh: ask until both alerts are there (or the time is up, and say what was)
+    drift: list[str] = []
+    blocked: list[str] = []
+    alerts: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (drift and blocked):
+        alerts = demo_alerts(stack.env()["ELASTICSEARCH_URL"])
+        drift = [
+            a["file"]["path"] for a in alerts
+            if "executableChanges" in a["cloud_defend"]["matched_selectors"]
+        ]  # fmt: skip
+        blocked = [
+            a["process"]["executable"] for a in alerts
+            if a["cloud_defend"]["outcome"] in ("killed", "denied")
+        ]  # fmt: skip
+        time.sleep(0.5)
+    seen = [
+        (
+            a["file"]["path"] if "file" in a else a["process"]["executable"],
+            a["cloud_defend"]["matched_selectors"],
+            a["cloud_defend"]["outcome"],
+        )
+        for a in alerts
+    ]
+    assert drift == ["/tmp/nc"], (seen, story)  # the container's path, not the host's
+    assert blocked == ["/tmp/nc"], (seen, story)
     columns = stack.kubectl(
         "get", "cpol", BLOCK_POLICY, "-n", DEMO_NS, "--no-headers",
         "-o", "custom-columns=B:.status.counts.blocked,N:.status.nodes.summary",
