@@ -104,12 +104,8 @@ def _scope(
     )
 
 
-def applicable(
-    documents: Iterable[PolicyDocument],
-    pods: Iterable[Pod],
-    namespace_labels: Mapping[str, Mapping[str, str]],
-) -> list[PolicyDocument]:
-    """The documents whose scope selects at least one of `pods`, in their order.
+class Audience:
+    """Pods as scoping sees them: whether a document's scope selects one of them.
 
     The one scoping rule, for `compile --pods` and the operator alike. A
     namespace missing from `namespace_labels` is unknown, and a
@@ -118,26 +114,37 @@ def applicable(
     `Scope.holds`; the bundle's scope, from the same labels, agrees). A
     ContainerPolicy is checked only against the pods of its own namespace.
     """
-    by_namespace: dict[str, list[Workload]] = defaultdict(list)
-    for pod in pods:
-        labels = namespace_labels.get(pod.namespace)
-        by_namespace[pod.namespace].append(
-            Workload(
-                namespace=pod.namespace,
-                pod_name=pod.name,
-                pod_labels=dict(pod.labels),
-                namespace_labels=dict(labels) if labels is not None else None,
+
+    def __init__(
+        self, pods: Iterable[Pod], namespace_labels: Mapping[str, Mapping[str, str]]
+    ) -> None:
+        self.by_namespace: dict[str, list[Workload]] = defaultdict(list)
+        for pod in pods:
+            labels = namespace_labels.get(pod.namespace)
+            self.by_namespace[pod.namespace].append(
+                Workload(
+                    namespace=pod.namespace,
+                    pod_name=pod.name,
+                    pod_labels=dict(pod.labels),
+                    namespace_labels=dict(labels) if labels is not None else None,
+                )
             )
-        )
-    everyone = [w for ws in by_namespace.values() for w in ws]
-    return [
-        d
-        for d in documents
-        if any(
-            d.scope.holds(w)
-            for w in (everyone if d.scope.namespace is None else by_namespace[d.scope.namespace])
-        )
-    ]
+        self.everyone = [w for ws in self.by_namespace.values() for w in ws]
+
+    def selected_by(self, doc: PolicyDocument) -> bool:
+        namespace = doc.scope.namespace
+        workloads = self.everyone if namespace is None else self.by_namespace.get(namespace, [])
+        return any(doc.scope.holds(w) for w in workloads)
+
+
+def applicable(
+    documents: Iterable[PolicyDocument],
+    pods: Iterable[Pod],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> list[PolicyDocument]:
+    """The documents whose scope selects at least one of `pods`, in their order (`Audience`)."""
+    audience = Audience(pods, namespace_labels)
+    return [d for d in documents if audience.selected_by(d)]
 
 
 @dataclass(frozen=True)
