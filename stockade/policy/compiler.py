@@ -79,9 +79,15 @@ def _nonempty(selector: LabelSelector | None) -> LabelSelector | None:
 
 
 def _scope(
-    doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]] | None
+    doc: PolicyDocument,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None,
+    resolved: dict[str, list[str]],
 ) -> PolicyScope:
-    """The policy's scope as a predicate: namespaces (None = all) and a pod selector."""
+    """The policy's scope as a predicate: namespaces (None = all) and a pod selector.
+
+    `resolved`: the namespaces each namespaceSelector (by its JSON) selects among
+    `namespace_labels`, filled in as met: one bundle's policies often share one.
+    """
     scope = doc.scope
     namespaces: list[str] | None = None
     if scope.namespace is not None:
@@ -92,12 +98,14 @@ def _scope(
                 f"{doc.kind} {doc.key} has a namespaceSelector: compiling it needs the "
                 "namespaces' labels"
             )
-        assert scope.namespace_selector is not None
-        namespaces = sorted(
-            ns
-            for ns, labels in namespace_labels.items()
-            if scope.namespace_selector.matches(dict(labels))
-        )
+        selector = scope.namespace_selector
+        assert selector is not None
+        key = selector.model_dump_json()
+        if key not in resolved:
+            resolved[key] = sorted(
+                ns for ns, labels in namespace_labels.items() if selector.matches(dict(labels))
+            )
+        namespaces = resolved[key]
     return PolicyScope(
         namespaces=None if namespaces is None else tuple(namespaces),
         pod_selector=_nonempty(scope.pod_selector),
@@ -391,6 +399,7 @@ def compile_bundle(
     cache = cache if cache is not None else FragmentCache()
     process, file = _PartCompiler("process", cache), _PartCompiler("file", cache)
     policies = []
+    resolved: dict[str, list[str]] = {}
     for index, doc in enumerate(chosen):
         policies.append(
             PolicyEntry(
@@ -400,7 +409,7 @@ def compile_bundle(
                 uid=doc.uid,
                 generation=doc.generation,
                 mode=doc.mode,
-                scope=_scope(doc, namespace_labels),
+                scope=_scope(doc, namespace_labels, resolved),
             )
         )
         process.add(index, doc)
