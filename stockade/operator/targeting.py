@@ -14,7 +14,8 @@ from typing import Any
 import kopf
 
 from stockade.operator.objects import PodRef, PolicyKey, PolicyRecord
-from stockade.policy.compiler import applicable
+from stockade.policy.compiler import Audience
+from stockade.policy.document import PolicyDocument
 from stockade.policy.reports import NodePolicyReport
 
 
@@ -55,18 +56,30 @@ class NodeInputs:
         )
 
 
+@dataclass(frozen=True)
+class Verdicts:
+    """Which documents select one of a node's pods, while its pods and labels stay these."""
+
+    pods: tuple[PodRef, ...]
+    labels: dict[str, dict[str, str]]
+    by_document: dict[int, tuple[PolicyDocument, bool]]  # id(document) → (it, selects)
+
+
 @dataclass
 class Targeting:
     targets: dict[str, frozenset[PolicyKey]] = field(default_factory=dict)  # node → policies
     policy_nodes: dict[PolicyKey, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # A policy edit changes one document: only it is scoped again on each node.
+    verdicts: dict[str, Verdicts] = field(default_factory=dict)
 
     def inputs(self, ix: Indexes, node: str) -> NodeInputs | None:
         """The node's inputs from the indexes now; None when the node is gone."""
         node_uid = first(ix.nodes, node)
         if node_uid is None:
+            self.verdicts.pop(node, None)
             return None
-        pods = [p.pod() for p in ix.pods.get(node, {}).values()]
-        namespaces = sorted({p.namespace for p in pods})
+        refs = tuple(ix.pods.get(node, {}).values())
+        namespaces = sorted({p.namespace for p in refs})
         # Only known namespaces have labels: an unknown one is selected by no
         # namespaceSelector until its watch event comes (which marks its nodes).
         labels = {
@@ -79,8 +92,7 @@ class Targeting:
             for r in ix.policies.get(ns, ())
             if r.document is not None
         }
-        documents = [r.document for r in candidates.values() if r.document is not None]
-        chosen = [candidates[id(d)] for d in applicable(documents, pods, labels)]
+        chosen = [candidates[i] for i in self._selecting(node, refs, labels, candidates)]
         resolves_namespaces = any(
             r.document is not None and r.document.scope.namespace_selector is not None
             for r in chosen
@@ -94,6 +106,31 @@ class Targeting:
             else None
         )
         return NodeInputs(node_uid, chosen, labels, labels_key)
+
+    def _selecting(
+        self,
+        node: str,
+        refs: tuple[PodRef, ...],
+        labels: dict[str, dict[str, str]],
+        candidates: dict[int, PolicyRecord],
+    ) -> list[int]:
+        """The ids of the candidates' documents that select one of `refs`, in their order;
+        verdicts from the node's last pass are kept while its pods and labels are the same."""
+        known = self.verdicts.get(node)
+        before = (
+            known.by_document if known and known.pods == refs and known.labels == labels else {}
+        )
+        audience: Audience | None = None
+        now: dict[int, tuple[PolicyDocument, bool]] = {}
+        for key, record in candidates.items():
+            verdict = before.get(key)
+            if verdict is None or verdict[0] is not record.document:
+                assert record.document is not None
+                audience = audience or Audience([r.pod() for r in refs], labels)
+                verdict = (record.document, audience.selected_by(record.document))
+            now[key] = verdict
+        self.verdicts[node] = Verdicts(refs, labels, now)
+        return [key for key, (_, selects) in now.items() if selects]
 
     def assign(self, node: str, targets: frozenset[PolicyKey]) -> set[PolicyKey]:
         """Record the node's policies; returns those that came or went."""

@@ -34,7 +34,7 @@ from stockade.policy.bundle import (
     VolumeMasks,
 )
 from stockade.policy.document import PolicyDocument
-from stockade.policy.model import ContainerCondition, FileSelector, PartName
+from stockade.policy.model import Action, ContainerCondition, FileSelector, PartName
 from stockade.policy.predicates import PathPattern, Workload
 from stockade.policy.resources import LabelSelector
 
@@ -79,9 +79,15 @@ def _nonempty(selector: LabelSelector | None) -> LabelSelector | None:
 
 
 def _scope(
-    doc: PolicyDocument, namespace_labels: Mapping[str, Mapping[str, str]] | None
+    doc: PolicyDocument,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None,
+    resolved: dict[str, list[str]],
 ) -> PolicyScope:
-    """The policy's scope as a predicate: namespaces (None = all) and a pod selector."""
+    """The policy's scope as a predicate: namespaces (None = all) and a pod selector.
+
+    `resolved`: the namespaces each namespaceSelector (by its JSON) selects among
+    `namespace_labels`, filled in as met: one bundle's policies often share one.
+    """
     scope = doc.scope
     namespaces: list[str] | None = None
     if scope.namespace is not None:
@@ -92,24 +98,22 @@ def _scope(
                 f"{doc.kind} {doc.key} has a namespaceSelector: compiling it needs the "
                 "namespaces' labels"
             )
-        assert scope.namespace_selector is not None
-        namespaces = sorted(
-            ns
-            for ns, labels in namespace_labels.items()
-            if scope.namespace_selector.matches(dict(labels))
-        )
+        selector = scope.namespace_selector
+        assert selector is not None
+        key = selector.model_dump_json()
+        if key not in resolved:
+            resolved[key] = sorted(
+                ns for ns, labels in namespace_labels.items() if selector.matches(dict(labels))
+            )
+        namespaces = resolved[key]
     return PolicyScope(
         namespaces=None if namespaces is None else tuple(namespaces),
         pod_selector=_nonempty(scope.pod_selector),
     )
 
 
-def applicable(
-    documents: Iterable[PolicyDocument],
-    pods: Iterable[Pod],
-    namespace_labels: Mapping[str, Mapping[str, str]],
-) -> list[PolicyDocument]:
-    """The documents whose scope selects at least one of `pods`, in their order.
+class Audience:
+    """Pods as scoping sees them: whether a document's scope selects one of them.
 
     The one scoping rule, for `compile --pods` and the operator alike. A
     namespace missing from `namespace_labels` is unknown, and a
@@ -118,47 +122,59 @@ def applicable(
     `Scope.holds`; the bundle's scope, from the same labels, agrees). A
     ContainerPolicy is checked only against the pods of its own namespace.
     """
-    by_namespace: dict[str, list[Workload]] = defaultdict(list)
-    for pod in pods:
-        labels = namespace_labels.get(pod.namespace)
-        by_namespace[pod.namespace].append(
-            Workload(
-                namespace=pod.namespace,
-                pod_name=pod.name,
-                pod_labels=dict(pod.labels),
-                namespace_labels=dict(labels) if labels is not None else None,
+
+    def __init__(
+        self, pods: Iterable[Pod], namespace_labels: Mapping[str, Mapping[str, str]]
+    ) -> None:
+        self.by_namespace: dict[str, list[Workload]] = defaultdict(list)
+        for pod in pods:
+            labels = namespace_labels.get(pod.namespace)
+            self.by_namespace[pod.namespace].append(
+                Workload(
+                    namespace=pod.namespace,
+                    pod_name=pod.name,
+                    pod_labels=dict(pod.labels),
+                    namespace_labels=dict(labels) if labels is not None else None,
+                )
             )
-        )
-    everyone = [w for ws in by_namespace.values() for w in ws]
-    return [
-        d
-        for d in documents
-        if any(
-            d.scope.holds(w)
-            for w in (everyone if d.scope.namespace is None else by_namespace[d.scope.namespace])
-        )
-    ]
+        self.everyone = [w for ws in self.by_namespace.values() for w in ws]
+
+    def selected_by(self, doc: PolicyDocument) -> bool:
+        namespace = doc.scope.namespace
+        workloads = self.everyone if namespace is None else self.by_namespace.get(namespace, [])
+        return any(doc.scope.holds(w) for w in workloads)
+
+
+def applicable(
+    documents: Iterable[PolicyDocument],
+    pods: Iterable[Pod],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> list[PolicyDocument]:
+    """The documents whose scope selects at least one of `pods`, in their order (`Audience`)."""
+    audience = Audience(pods, namespace_labels)
+    return [d for d in documents if audience.selected_by(d)]
 
 
 @dataclass(frozen=True)
 class _Fragment:
     """One document's part, compiled once with its selectors at bits 0..n-1.
 
-    `_PartCompiler.add` shifts it by the bits already taken: the same tables as
-    compiling the selectors in place, at a fraction of the cost (a policy edit
-    recompiles every node's bundle, and each bundle repeats most policies).
+    `_PartCompiler.add` shifts its masks by the bits already taken: the same tables
+    as compiling the selectors in place, at a fraction of the cost (a policy edit
+    recompiles every node's bundle, and each bundle repeats most policies). Masks,
+    not bit lists: a part's tables OR them in, shifted, with no per-bit work.
     """
 
-    selectors: tuple[tuple[str, dict[ContainerCondition, list[str]]], ...]  # name, conditions
-    operations: tuple[tuple[str, tuple[int, ...]], ...]
-    paths: tuple[tuple[str, str, int], ...]  # kind, path, bit
-    any_path: tuple[int, ...]
-    names: tuple[tuple[str, int], ...]
-    any_name: tuple[int, ...]
-    interactive: tuple[tuple[bool, int], ...]
-    ignore_mounts: tuple[int, ...]
-    ignore_files: tuple[int, ...]
-    responses: tuple[tuple[int, int, tuple[str, ...]], ...]  # match, exclude, actions
+    selectors: tuple[tuple[str, dict[ContainerCondition, tuple[str, ...]]], ...]
+    operations: tuple[tuple[str, int], ...]  # operation, mask
+    paths: tuple[tuple[str, str, int], ...]  # kind, path, mask
+    any_path: int
+    names: tuple[tuple[str, int], ...]  # name, mask
+    any_name: int
+    interactive: tuple[tuple[bool, int], ...]  # required value, mask
+    ignore_mounts: int
+    ignore_files: int
+    responses: tuple[tuple[int, int, tuple[Action, ...]], ...]  # match, exclude, actions
 
 
 class FragmentCache:
@@ -246,15 +262,18 @@ def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | Non
         for response in part.responses
     )
     return _Fragment(
-        selectors=tuple(selectors),
-        operations=tuple((op, tuple(bits)) for op, bits in operations.items()),
-        paths=tuple(paths),
-        any_path=tuple(any_path),
-        names=tuple(names),
-        any_name=tuple(any_name),
-        interactive=tuple(interactive),
-        ignore_mounts=tuple(ignore_mounts),
-        ignore_files=tuple(ignore_files),
+        selectors=tuple(
+            (name, {condition: tuple(values) for condition, values in container.items()})
+            for name, container in selectors
+        ),
+        operations=tuple((op, _bits(bits)) for op, bits in operations.items()),
+        paths=tuple((kind, path, 1 << bit) for kind, path, bit in paths),
+        any_path=_bits(any_path),
+        names=tuple((name, 1 << bit) for name, bit in names),
+        any_name=_bits(any_name),
+        interactive=tuple((value, 1 << bit) for value, bit in interactive),
+        ignore_mounts=_bits(ignore_mounts),
+        ignore_files=_bits(ignore_files),
         responses=responses,
     )
 
@@ -266,18 +285,18 @@ class _PartCompiler:
         self.part = part
         self.cache = cache
         self.selectors: list[SelectorEntry] = []
-        self.operations: dict[str, set[int]] = {op: set() for op in PART_OPERATIONS[part]}
-        self.paths: dict[str, dict[str, set[int]]] = {
-            "exact": defaultdict(set),
-            "children": defaultdict(set),
-            "recursive": defaultdict(set),
+        self.operations: dict[str, int] = dict.fromkeys(PART_OPERATIONS[part], 0)
+        self.paths: dict[str, dict[str, int]] = {
+            "exact": defaultdict(int),
+            "children": defaultdict(int),
+            "recursive": defaultdict(int),
         }
-        self.any_path: set[int] = set()
-        self.names: dict[str, set[int]] = defaultdict(set)
-        self.any_name: set[int] = set()
-        self.interactive: dict[bool, set[int]] = {True: set(), False: set()}
-        self.ignore_mounts: set[int] = set()
-        self.ignore_files: set[int] = set()
+        self.any_path = 0
+        self.names: dict[str, int] = defaultdict(int)
+        self.any_name = 0
+        self.interactive: dict[bool, int] = {True: 0, False: 0}
+        self.ignore_mounts = 0
+        self.ignore_files = 0
         self.responses: list[ResponseEntry] = []
 
     def add(self, policy_index: int, doc: PolicyDocument) -> None:
@@ -289,18 +308,18 @@ class _PartCompiler:
             self.selectors.append(
                 SelectorEntry(bit=bit, policy=policy_index, name=name, container=container)
             )
-        for op, bits in fragment.operations:
-            self.operations[op].update(b + offset for b in bits)
-        for kind, path, bit in fragment.paths:
-            self.paths[kind][path].add(bit + offset)
-        self.any_path.update(b + offset for b in fragment.any_path)
-        for name, bit in fragment.names:
-            self.names[name].add(bit + offset)
-        self.any_name.update(b + offset for b in fragment.any_name)
-        for value, bit in fragment.interactive:
-            self.interactive[value].add(bit + offset)
-        self.ignore_mounts.update(b + offset for b in fragment.ignore_mounts)
-        self.ignore_files.update(b + offset for b in fragment.ignore_files)
+        for op, mask in fragment.operations:
+            self.operations[op] |= mask << offset
+        for kind, path, mask in fragment.paths:
+            self.paths[kind][path] |= mask << offset
+        self.any_path |= fragment.any_path << offset
+        for name, mask in fragment.names:
+            self.names[name] |= mask << offset
+        self.any_name |= fragment.any_name << offset
+        for value, mask in fragment.interactive:
+            self.interactive[value] |= mask << offset
+        self.ignore_mounts |= fragment.ignore_mounts << offset
+        self.ignore_files |= fragment.ignore_files << offset
         for match, exclude, actions in fragment.responses:
             self.responses.append(
                 ResponseEntry(
@@ -324,8 +343,8 @@ class _PartCompiler:
                 f"most {MAX_RESPONSES_PER_BUNDLE_PART} per part"
             )
 
-        def table(entries: Mapping[str, set[int]]) -> dict[str, int]:
-            return {key: _bits(bits) for key, bits in sorted(entries.items())}
+        def table(entries: Mapping[str, int]) -> dict[str, int]:
+            return dict(sorted(entries.items()))
 
         fields: dict[str, Any] = {
             "selectors": self.selectors,
@@ -334,19 +353,18 @@ class _PartCompiler:
                 exact=table(self.paths["exact"]),
                 children=table(self.paths["children"]),
                 recursive=table(self.paths["recursive"]),
-                any=_bits(self.any_path),
+                any=self.any_path,
             ),
             "responses": self.responses,
         }
         if self.part == "process":
-            fields["names"] = NameMasks(exact=table(self.names), any=_bits(self.any_name))
+            fields["names"] = NameMasks(exact=table(self.names), any=self.any_name)
             fields["interactive"] = InteractiveMasks(
-                require_true=_bits(self.interactive[True]),
-                require_false=_bits(self.interactive[False]),
+                require_true=self.interactive[True], require_false=self.interactive[False]
             )
         else:
             fields["volumes"] = VolumeMasks(
-                ignore_mounts=_bits(self.ignore_mounts), ignore_files=_bits(self.ignore_files)
+                ignore_mounts=self.ignore_mounts, ignore_files=self.ignore_files
             )
         return fields
 
@@ -381,6 +399,7 @@ def compile_bundle(
     cache = cache if cache is not None else FragmentCache()
     process, file = _PartCompiler("process", cache), _PartCompiler("file", cache)
     policies = []
+    resolved: dict[str, list[str]] = {}
     for index, doc in enumerate(chosen):
         policies.append(
             PolicyEntry(
@@ -390,7 +409,7 @@ def compile_bundle(
                 uid=doc.uid,
                 generation=doc.generation,
                 mode=doc.mode,
-                scope=_scope(doc, namespace_labels),
+                scope=_scope(doc, namespace_labels, resolved),
             )
         )
         process.add(index, doc)
