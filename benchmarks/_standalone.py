@@ -68,15 +68,17 @@ class Sensor:
 
     def __init__(
         self, d: Path, output: str, cpu: int | None = None, stats_s: float = 0.25,
-        extra: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (), state: Path | None = None,
     ) -> None:  # fmt: skip
+        """`state`: the sensor's state dir (a given one carries its cached bundle from one
+        sensor to the next; default a new one: a cold start)."""
         self.started = time.monotonic()
-        state = tempfile.mkdtemp(prefix="state-", dir=d)  # no cached bundle: a cold start
+        state = state or Path(tempfile.mkdtemp(prefix="state-", dir=d))
         self.proc = subprocess.Popen(
             [*(["taskset", "-c", str(cpu)] if cpu is not None else []), sys.executable, "-m",
              "stockade.sensor.cli", "--standalone", "--policy", str(d / "policy.yaml"),
              "--containers", str(d / "containers.json"), "--output", output,
-             "--stats-interval", str(stats_s), "--state-dir", state, *extra],
+             "--stats-interval", str(stats_s), "--state-dir", str(state), *extra],
             stderr=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         self.lines: list[tuple[float, str]] = []

@@ -27,15 +27,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from _figures import Figure, add_arguments, figure, report
+from _standalone import Sensor
 
 REPO = Path(__file__).resolve().parents[1]
 CGROUP2 = Path("/sys/fs/cgroup/unified")
@@ -111,42 +110,13 @@ def policy(
     return json.dumps(doc, indent=1)  # JSON is YAML; indented as a person would write it
 
 
-class Sensor:
-    """`stockade sensor --standalone` in the background; its stderr lines are collected."""
-
-    def __init__(self, d: Path, state: Path) -> None:
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stockade.sensor.cli", "--standalone", "--policy",
-             str(d / "p.yaml"), "--containers", str(d / "c.json"), "--output",
-             f"jsonl:{d / 'out.jsonl'}", "--stats-interval", "3600", "--state-dir", str(state)],
-            stderr=subprocess.PIPE, text=True, cwd=REPO,
-        )  # fmt: skip
-        self.lines: list[tuple[float, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def wait_for(self, pattern: str, timeout: float = 120.0) -> float:
-        """The time the first line matching `pattern` appeared."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, line in list(self.lines):
-                if re.search(pattern, line):
-                    return at
-            time.sleep(0.01)
-        raise RuntimeError(f"no {pattern!r} from the sensor: {self.lines}")
-
-    def stop(self) -> dict[str, int]:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        time.sleep(0.1)
-        stats = [line for _, line in self.lines if " stats " in line][-1]
-        result: dict[str, int] = json.loads(stats.split(" stats ", 1)[1])
-        return result
+def stop(sensor: Sensor) -> dict[str, int]:
+    """Stop the sensor; the counters of its last stats line (written as it stops)."""
+    sensor.stop()
+    time.sleep(0.1)  # the stderr reader's last lines
+    stats = [line for _, line in sensor.lines if " stats " in line][-1]
+    result: dict[str, int] = json.loads(stats.split(" stats ", 1)[1])
+    return result
 
 
 def start_loop(
@@ -165,8 +135,8 @@ def reload_large(
 ) -> list[Figure]:
     target = d / "target"
     target.write_text("")
-    (d / "p.yaml").write_text(policy(binary, ["log"], target))
-    sensor = Sensor(d, d / "state-reload")
+    (d / "policy.yaml").write_text(policy(binary, ["log"], target))
+    sensor = Sensor(d, f"jsonl:{d / 'out.jsonl'}", stats_s=3600, state=d / "state-reload")
     sensor.wait_for("applied generation 1")
     big = policy(binary, ["log"], target, args.selectors, args.values)
     runner = start_loop(loop, 3600, "open", target, cgroup)
@@ -174,8 +144,8 @@ def reload_large(
         time.sleep(1)
         out = d / "out.jsonl"
         samples: list[tuple[float, int]] = []
-        (d / "p.yaml.new").write_text(big)
-        os.replace(d / "p.yaml.new", d / "p.yaml")
+        (d / "policy.yaml.new").write_text(big)
+        os.replace(d / "policy.yaml.new", d / "policy.yaml")
         written = time.monotonic()
         done = threading.Event()
 
@@ -193,7 +163,7 @@ def reload_large(
     finally:
         runner.kill()
         runner.wait()
-    stats = sensor.stop()
+    stats = stop(sensor)
     stall, last_growth = 0.0, samples[0][0]
     for (_, size0), (t1, size1) in itertools.pairwise(samples):
         if size1 != size0:
@@ -216,15 +186,15 @@ def restart_gap(d: Path, cgroup: Path, loop: Path, binary: Path, size: str) -> l
     """kill -9 and restart a sensor enforcing `size` ("small": the binary's selector only,
     else SELECTORSxVALUES more file selectors, as for the reload)."""
     many = (0, 0) if size == "small" else tuple(int(n) for n in size.split("x"))
-    (d / "p.yaml").write_text(policy(binary, ["alert", "block"], d / "target", *many))
+    (d / "policy.yaml").write_text(policy(binary, ["alert", "block"], d / "target", *many))
     state = d / f"state-restart-{size}"
-    first = Sensor(d, state)
+    first = Sensor(d, f"jsonl:{d / 'out.jsonl'}", stats_s=3600, state=state)
     first.wait_for("applied generation 1")
     runner = start_loop(loop, 3600, "exec", binary, cgroup, stdout=d / "execs")
     time.sleep(1)
     first.proc.kill()  # kill -9
     first.proc.wait()
-    second = Sensor(d, state)
+    second = Sensor(d, f"jsonl:{d / 'out.jsonl'}", stats_s=3600, state=state)
     second.wait_for("applied generation 1")
     time.sleep(1)
     runner.kill()
@@ -262,7 +232,9 @@ def main() -> None:
         subprocess.run(["gcc", "-O2", "-o", str(loop), str(d / "loop.c")], check=True)
         subprocess.run(["gcc", "-static", "-nostdlib", "-O2", "-o", str(binary),
                         str(d / "tiny.c")], check=True)  # fmt: skip
-        (d / "c.json").write_text(json.dumps({str(cgroup): {"kubernetes": {"namespace": "b"}}}))
+        (d / "containers.json").write_text(
+            json.dumps({str(cgroup): {"kubernetes": {"namespace": "b"}}})
+        )
         figures = reload_large(d, cgroup, loop, binary, args)
         figures += restart_gap(d, cgroup, loop, binary, "small")
         figures += restart_gap(d, cgroup, loop, binary, f"{args.selectors}x{args.values}")
