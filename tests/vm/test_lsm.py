@@ -27,13 +27,10 @@ from ..kernel.test_standalone import BLOCKING, WEB, every_operation, policy, set
 
 pytestmark = pytest.mark.vm
 
-# tries each operation, prints [name, errno or 0] per line; never stops early
-TRY = textwrap.dedent(
+# the scripts' prelude: attempt() runs one operation and prints [name, errno or 0]; never stops
+ATTEMPT = textwrap.dedent(
     """
-    import json, os, sys
-    os.umask(0)
-    w = sys.argv[1]
-    e = w + "/etc"
+    import json, os, subprocess, sys
     def attempt(name, fn):
         try:
             fn()
@@ -41,6 +38,15 @@ TRY = textwrap.dedent(
         except OSError as exc:
             err = exc.errno
         print(json.dumps([name, err]), flush=True)
+    """
+)
+
+# tries each operation, prints [name, errno or 0] per line
+TRY = ATTEMPT + textwrap.dedent(
+    """
+    os.umask(0)
+    w = sys.argv[1]
+    e = w + "/etc"
     W, C, X = os.O_WRONLY, os.O_CREAT, os.O_EXCL
     attempt("create", lambda: os.close(os.open(e + "/new", W | C | X, 0o644)))
     attempt("open_trunc", lambda: os.close(os.open(e + "/existing", os.O_WRONLY | os.O_TRUNC)))

@@ -18,23 +18,15 @@ from ..kernel.conftest import Cgroup
 from ..kernel.scenario import PY, Harness
 from ..kernel.test_attacks import PROGS
 from ..kernel.test_standalone import BLOCKING, WEB
-from .test_lsm import EPERM, file_block_policy, hook_point, tree
+from .test_lsm import ATTEMPT, EPERM, file_block_policy, hook_point, tree
 
 pytestmark = pytest.mark.vm
 
 # argv: workdir, compat, uring — tries each attack, prints [name, errno or 0] per line
-ATTACKS = textwrap.dedent(
+ATTACKS = ATTEMPT + textwrap.dedent(
     """
-    import json, os, subprocess, sys
     w, compat, uring = sys.argv[1:]
     e = w + "/etc"
-    def attempt(name, fn):
-        try:
-            fn()
-            err = 0
-        except OSError as exc:
-            err = exc.errno
-        print(json.dumps([name, err]), flush=True)
     def run(*argv):  # the attack programs exit with the errno
         rc = subprocess.run(argv, stderr=subprocess.DEVNULL).returncode
         if rc:
@@ -88,18 +80,10 @@ def test_attacks_are_denied(
 
 
 # argv: workdir — the hard-link and new-executable attacks, [name, errno or 0] per line
-LINKS = textwrap.dedent(
+LINKS = ATTEMPT + textwrap.dedent(
     """
-    import json, os, sys
     w = sys.argv[1]
     e = w + "/etc"
-    def attempt(name, fn):
-        try:
-            fn()
-            err = 0
-        except OSError as exc:
-            err = exc.errno
-        print(json.dumps([name, err]), flush=True)
     attempt("link_out", lambda: os.link(e + "/existing", w + "/link"))
     attempt("write_early_link", lambda: os.close(os.open(w + "/early", os.O_WRONLY)))
     attempt("write_many_links", lambda: os.close(os.open(w + "/many0", os.O_WRONLY)))
