@@ -43,7 +43,7 @@ KEEP_GENERATIONS = 16  # far more than can be in the ring buffer at once (0.2 s 
 DRAIN_RECORDS = 1 << 15  # more than the 4 MiB ring buffer holds (records are >= 232 bytes)
 POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGTERM get a turn
 # after a poll that caught up, how long log records may gather before the next (cgroup
-# records and alerts end the wait at once): a wakeup per record cost fork+exec+wait ~10 %
+# records and alerts end the wait at once), instead of a wakeup per record (docs/kernel.md)
 GATHER_MS = 5
 # the stats counting events that never reached the output's destination: the kernel's ring
 # buffer or in-flight table full, records we couldn't decode, the Elasticsearch output's

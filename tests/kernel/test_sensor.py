@@ -389,7 +389,7 @@ def test_log_records_gather_and_alerts_end_the_wait_at_once(
     collector: Collector, cgroup: Cgroup, tiny: Path, load: Load
 ) -> None:
     """RingBuffer.gather (Enforcer.pump's wait after it caught up): a log record waits for
-    the next poll (a wakeup per record slowed fork+exec+wait ~10 %); an alert ends the wait
+    the next poll (not a wakeup per record: docs/kernel.md, "Output"); an alert ends the wait
     at once (a cgroup record too, and those of the whole machine come at any time: hence the
     tries, of which one must wait the full time)."""
     log = part_tables("process", {"exec": 1}, [(1, 0, ActionBits.LOG)], any_path=1, any_name=1)
