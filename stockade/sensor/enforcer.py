@@ -42,6 +42,9 @@ PENDING_COUNTS: Final = ("pending_executable", "pending_not_executable", "pendin
 KEEP_GENERATIONS = 16  # far more than can be in the ring buffer at once (0.2 s grace per flip)
 DRAIN_RECORDS = 1 << 15  # more than the 4 MiB ring buffer holds (records are >= 232 bytes)
 POLL_RECORDS = 2048  # records written per poll at most: reloads, stats and SIGTERM get a turn
+# after a poll that caught up, how long log records may gather before the next (cgroup
+# records and alerts end the wait at once), instead of a wakeup per record (docs/kernel.md)
+GATHER_MS = 5
 # the stats counting events that never reached the output's destination: the kernel's ring
 # buffer or in-flight table full, records we couldn't decode, the Elasticsearch output's
 # queue or spool full (alerts, logs), documents Elasticsearch refused for their content
@@ -268,10 +271,13 @@ class Enforcer:
                 tally.logged += 1
 
     def pump(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for records and write them; returns how many."""
+        """Wait up to timeout_ms for records and write them; returns how many. Having caught
+        up, let the next records gather for up to GATHER_MS (RingBuffer.gather)."""
         n = self._ring.poll(timeout_ms, POLL_RECORDS)
         if n:
             self.output.flush()
+        if 0 < n < POLL_RECORDS:
+            self._ring.gather(GATHER_MS)
         return n
 
     def drain(self) -> None:

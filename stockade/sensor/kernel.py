@@ -442,10 +442,10 @@ class KillSensor(Closing):
 
     def ring(self, callback: Callable[[bytes], None]) -> RingBuffer:
         """A consumer of the three ring buffers: cgroup records first (a container's cgroup
-        before its processes), then alerts and blocks, then the rest."""
-        return RingBuffer(
-            [self.maps["cgroups"], self.maps["alerts"], self.maps["events"]], callback
-        )
+        before its processes), then alerts and blocks, then the rest; the first two are
+        urgent (they end a gather at once)."""
+        urgent = [self.maps["cgroups"], self.maps["alerts"]]
+        return RingBuffer([*urgent, self.maps["events"]], callback, urgent)
 
     def stats(self) -> dict[str, int]:
         """Counters summed over CPUs (rb_fail: records lost; lost_*: of which log, alert, exit;

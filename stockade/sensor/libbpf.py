@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import errno as errno_mod
 import os
+import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -447,10 +448,16 @@ class Btf(Closing):
 
 class RingBuffer:
     """A libbpf ring-buffer consumer calling `callback(record_bytes)` for the records of one
-    or more ring-buffer maps (each consume reads them in the order given)."""
+    or more ring-buffer maps (each consume reads them in the order given). `urgent`: those of
+    the maps whose records end a `gather` at once."""
 
-    def __init__(self, maps: Sequence[Map], callback: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, maps: Sequence[Map], callback: Callable[[bytes], None], urgent: Sequence[Map] = ()
+    ) -> None:
         self._callback = callback
+        self._urgent = select.epoll()
+        for m in urgent:
+            self._urgent.register(m.fd, select.EPOLLIN)  # readable: the ring has a record
         self._error: BaseException | None = None
         self._limit = 0  # records per poll/consume (0: all there are)
         self._taken = 0
@@ -500,8 +507,16 @@ class RingBuffer:
         self._limit = limit
         return self._raise(_lib.ring_buffer__consume(self._ptr), "ring_buffer__consume")
 
+    def gather(self, timeout_ms: int) -> None:
+        """Wait up to timeout_ms without consuming, so that records gather; returns at once
+        when an urgent map has one. (The kernel wakes the reader for every record that finds
+        the ring empty: a reader that consumes each as it comes costs the producer an IRQ
+        work and a wakeup per record.)"""
+        self._urgent.poll(timeout_ms / 1000)
+
     def close(self) -> None:
         """Free the consumer."""
+        self._urgent.close()
         if self._ptr:
             _lib.ring_buffer__free(self._ptr)
             self._ptr = None

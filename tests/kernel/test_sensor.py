@@ -6,6 +6,8 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -381,3 +383,33 @@ def test_string_paths_are_normalised(
     assert res.returncode == 0, res.stderr
     got = [r.path for r in file_records(recs, d)]
     assert got == [f"{d}/a/b", f"{d}/a/c", f"{d}/e", f"{d}/a/f"]
+
+
+def test_log_records_gather_and_alerts_end_the_wait_at_once(
+    collector: Collector, cgroup: Cgroup, tiny: Path, load: Load
+) -> None:
+    """RingBuffer.gather (Enforcer.pump's wait after it caught up): a log record waits for
+    the next poll (not a wakeup per record: docs/kernel.md, "Output"); an alert ends the wait
+    at once (a cgroup record too, and those of the whole machine come at any time: hence the
+    tries, of which one must wait the full time)."""
+    log = part_tables("process", {"exec": 1}, [(1, 0, ActionBits.LOG)], any_path=1, any_name=1)
+    load(Bundle(1, {cgroup.id: {"process": 1}}, {"process": log}))
+    waits = []
+    for _ in range(5):
+        collector.drain()
+        subprocess.run([str(tiny)], preexec_fn=cgroup.join(), check=True)
+        t = time.monotonic()
+        collector.rb.gather(300)
+        waits.append(time.monotonic() - t)
+    assert max(waits) >= 0.29, waits
+    alert = part_tables("process", {"exec": 1}, [(1, 0, ActionBits.ALERT)], any_path=1, any_name=1)
+    load(Bundle(2, {cgroup.id: {"process": 1}}, {"process": alert}))
+    collector.drain()
+    later = threading.Timer(0.1, subprocess.run, [[str(tiny)]], {"preexec_fn": cgroup.join()})
+    t = time.monotonic()
+    later.start()
+    collector.rb.gather(10_000)
+    waited = time.monotonic() - t
+    later.join()
+    assert waited < 5, waited
+    assert any(r.header.actions & ActionBits.ALERT for r in collector.drain())
