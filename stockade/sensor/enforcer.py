@@ -10,8 +10,10 @@ ever flips.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import stat
 import struct
@@ -267,8 +269,15 @@ class Enforcer:
             if ActionBits.LOG in actions:
                 tally.logged += 1
 
-    def pump(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for records and write them; returns how many."""
+    def pump(self, timeout_ms: int, wake: int | None = None) -> int:
+        """Wait up to timeout_ms for records, or for `wake` (a pipe's reading end, emptied
+        here) to be readable, and write them; returns how many."""
+        if wake is not None:
+            readable, _, _ = select.select([self._ring.epoll_fd, wake], [], [], timeout_ms / 1000)
+            if wake in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake, 4096)
+            timeout_ms = 0
         n = self._ring.poll(timeout_ms, POLL_RECORDS)
         if n:
             self.output.flush()

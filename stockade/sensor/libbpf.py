@@ -97,6 +97,7 @@ _sig("ring_buffer__add", _int, _vp, _int, _SAMPLE_CB, _vp)
 _sig("ring_buffer__poll", _int, _vp, _int)
 _sig("ring_buffer__consume", _int, _vp)
 _sig("ring_buffer__free", None, _vp)
+_sig("ring_buffer__epoll_fd", _int, _vp)
 _PRINT_CB = ctypes.CFUNCTYPE(_int, _int, _cp, _vp)
 _sig("libbpf_set_print", _vp, _PRINT_CB)
 _libc.vsnprintf.restype = _int
@@ -493,6 +494,12 @@ class RingBuffer:
         assert self._ptr
         self._limit = limit
         return self._raise(_lib.ring_buffer__poll(self._ptr, timeout_ms), "ring_buffer__poll")
+
+    @property
+    def epoll_fd(self) -> int:
+        """Readable when a record is there: to wait for records and something else at once."""
+        assert self._ptr
+        return int(_lib.ring_buffer__epoll_fd(self._ptr))
 
     def consume(self, limit: int = 0) -> int:
         """Consume what is there without waiting, at most `limit` (0: no limit)."""
