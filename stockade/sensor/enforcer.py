@@ -273,8 +273,10 @@ class Enforcer:
         """Wait up to timeout_ms for records, or for `wake` (a pipe's reading end, emptied
         here) to be readable, and write them; returns how many."""
         if wake is not None:
-            readable, _, _ = select.select([self._ring.epoll_fd, wake], [], [], timeout_ms / 1000)
-            if wake in readable:
+            waiter = select.poll()  # not select.select: no limit on the fds' numbers
+            waiter.register(self._ring.epoll_fd, select.POLLIN)
+            waiter.register(wake, select.POLLIN)
+            if any(fd == wake for fd, _ in waiter.poll(timeout_ms)):
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake, 4096)
             timeout_ms = 0

@@ -100,7 +100,8 @@ class NodeSensor(Enforcer):
         self.started = time.monotonic()
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         # the watches wake the loop with their news (a pod bound: its cgroup's masks into the
-        # kernel before the kubelet makes it), rather than leave it for the next record
+        # kernel before the kubelet makes it), rather than leave it for the next record; never
+        # closed: a watch thread may still write to it after `close` (stopping doesn't join)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.errors: OrderedDict[str, NodeError] = OrderedDict()  # current, by what failed
         self.applied_time: datetime | None = None
@@ -540,8 +541,6 @@ class NodeSensor(Enforcer):
         if self.node_uid is not None:
             self._report(time.monotonic())
         self.reporter.stop()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
         acknowledged = self.reporter.acknowledged
         unreported = []
         for key, t in self.tallies.items():
