@@ -20,6 +20,7 @@ enum stk_const {
 	STK_MAX_RESPONSES = 1024,  /* response rows per slot and part (= the compiler's limit) */
 	STK_CGROUP_PATH = 512,     /* path bytes in a cgroup record at most (longer: truncated) */
 	STK_CGROUP_MAX_LEVEL = 8,  /* cgroups deeper than this get no cgroup record */
+	STK_POD_CGROUP_NAME = 68,  /* name bytes in a stk_pod_cgroup_key (the longest is 65) */
 };
 
 enum stk_part { STK_PART_PROCESS = 0, STK_PART_FILE = 1 };
@@ -138,6 +139,12 @@ struct stk_cgroup_key {
 
 struct stk_cgroup_val {
 	struct stk_mask part[2]; /* indexed by enum stk_part */
+};
+
+/* a known pod's cgroup not made yet: its directory's name, zero-padded */
+struct stk_pod_cgroup_key {
+	__u32 slot;
+	char name[STK_POD_CGROUP_NAME];
 };
 
 /* exact / children hash maps: tag = slot << 8 | part */
@@ -326,6 +333,7 @@ struct stk_abi {
 	struct stk_mask mask;
 	struct stk_cgroup_key cgroup_key;
 	struct stk_cgroup_val cgroup_val;
+	struct stk_pod_cgroup_key pod_cgroup_key;
 	struct stk_path_key path_key;
 	struct stk_lpm_key lpm_key;
 	struct stk_long_key long_key;

@@ -25,6 +25,16 @@ struct {
 	__type(value, struct stk_cgroup_val);
 } stk_cgroup_masks SEC(".maps");
 
+/* the pods known to user space whose cgroup isn't made yet, by the name it will have: its
+ * cgroup_mkdir lists it in stk_cgroup_masks at once (lib/cgroup.h, pod_cgroup_made) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct stk_pod_cgroup_key);
+	__type(value, struct stk_cgroup_val);
+} stk_pod_cgroups SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2 * STK_OP_SLOTS);

@@ -327,12 +327,15 @@ class Kubelet:
         *,
         status: bool = True,
         resources: Mapping[str, Mapping[str, str]] | None = None,
+        bound: Callable[[], None] | None = None,
     ) -> Pod:
         """A pod started on this node, in the order it happens there: the Pod created and
         bound, the kubelet's Pending status, the pod cgroup, the sandbox's and then each
         container's cgroup, and (if `status`) the Running status naming the containers.
         `containers` are (name, image); `resources` (requests and limits, for every
-        container) decide the QoS class and so where the pod cgroup goes."""
+        container) decide the QoS class and so where the pod cgroup goes; `bound` is called
+        between the Pending status and the first cgroup (what else happens on the node
+        meanwhile)."""
         specs = [
             client.V1Container(
                 name=c, image=image, resources=client.V1ResourceRequirements(**(resources or {}))
@@ -357,6 +360,8 @@ class Kubelet:
         # The client can't decode what the binding returns (a Status, not a Binding).
         self.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False)
         self._write_pending_status(namespace, name, containers)
+        if bound is not None:
+            bound()
         cgroup = self.pod_cgroup(uid, qos)
         pod = Pod(
             kubelet=self,

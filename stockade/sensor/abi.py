@@ -31,6 +31,7 @@ __all__ = [
     "OPERATIONS",
     "PART_MASKS",
     "PATH_KEY",
+    "POD_CGROUP_KEY",
     "PROBE_STATE",
     "PROC_REC",
     "REC_HDR",
@@ -63,6 +64,7 @@ class Const(IntEnum):
     MAX_RESPONSES = 1024  # response rows per slot and part
     CGROUP_PATH = 512  # path bytes in a cgroup record at most (longer: truncated)
     CGROUP_MAX_LEVEL = 8  # cgroups deeper than this get no cgroup record
+    POD_CGROUP_NAME = 68  # name bytes in a stk_pod_cgroup_key (the longest is 65)
 
 
 class Part(IntEnum):
@@ -324,6 +326,9 @@ _MASK = f"{Const.MASK_WORDS * 8}s"
 MASK: Final = Layout("stk_mask", (("w", _MASK),))
 CGROUP_KEY: Final = Layout("stk_cgroup_key", (("slot", "I"), ("pad", "I"), ("cgroup_id", "Q")))
 CGROUP_VAL: Final = Layout("stk_cgroup_val", (("part", f"{2 * Const.MASK_WORDS * 8}s"),))
+POD_CGROUP_KEY: Final = Layout(
+    "stk_pod_cgroup_key", (("slot", "I"), ("name", f"{Const.POD_CGROUP_NAME}s"))
+)
 PATH_KEY: Final = Layout("stk_path_key", (("tag", "I"), ("path", f"{Const.PATH_KEY}s")))
 LPM_KEY: Final = Layout(
     "stk_lpm_key", (("prefixlen", "I"), ("tag", "B"), ("path", f"{Const.LPM_PATH}s"))
@@ -443,6 +448,7 @@ LAYOUTS: Final = (
     MASK,
     CGROUP_KEY,
     CGROUP_VAL,
+    POD_CGROUP_KEY,
     PATH_KEY,
     LPM_KEY,
     LONG_KEY,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-__all__ = ["CgroupScanError", "KubeCgroup", "parse", "scan", "v2_root"]
+__all__ = ["CgroupScanError", "KubeCgroup", "parse", "pod_cgroup_names", "scan", "v2_root"]
 
 MAX_PATH = 1000  # a kubelet path is under 300; cgroup_mkdir truncates at 1023 characters
 MAX_NAME = 255  # NAME_MAX
@@ -146,6 +146,17 @@ def _match_systemd(parts: list[str]) -> tuple[_Kind, KubeCgroup | None]:
     if pod is None or below or scope is None:
         return _Kind.DEAD, None
     return _Kind.CONTAINER, replace(pod, container_id=scope[2], runtime=_RUNTIMES[scope[1]])
+
+
+def pod_cgroup_names(pod_uid: str) -> tuple[str, ...]:
+    """The names a kubelet with the default --cgroup-root gives the cgroup of the pod whose
+    cgroups carry `pod_uid`, under either driver and any QoS class (none for a uid no
+    kubelet writes)."""
+    if not re.fullmatch(_UID, pod_uid):
+        return ()
+    slice_uid = pod_uid.replace("-", "_")
+    qos_levels = ("", "burstable-", "besteffort-")
+    return (f"pod{pod_uid}", *(f"kubepods-{q}pod{slice_uid}.slice" for q in qos_levels))
 
 
 def scan(root: Path, max_entries: int = 100_000) -> Iterator[tuple[int, str, KubeCgroup]]:

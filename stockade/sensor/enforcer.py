@@ -10,8 +10,10 @@ ever flips.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import stat
 import struct
@@ -270,14 +272,23 @@ class Enforcer:
             if ActionBits.LOG in actions:
                 tally.logged += 1
 
-    def pump(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for records and write them; returns how many. Having caught
-        up, let the next records gather for up to GATHER_MS (RingBuffer.gather)."""
+    def pump(self, timeout_ms: int, wake: int | None = None) -> int:
+        """Wait up to timeout_ms for records, or for `wake` (a pipe's reading end, emptied
+        here) to be readable, and write them; returns how many. Having caught up, let the next
+        log records gather for up to GATHER_MS (RingBuffer.gather; `wake` ends it too)."""
+        if wake is not None:
+            waiter = select.poll()  # not select.select: no limit on the fds' numbers
+            waiter.register(self._ring.epoll_fd, select.POLLIN)
+            waiter.register(wake, select.POLLIN)
+            if any(fd == wake for fd, _ in waiter.poll(timeout_ms)):
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake, 4096)
+            timeout_ms = 0
         n = self._ring.poll(timeout_ms, POLL_RECORDS)
         if n:
             self.output.flush()
         if 0 < n < POLL_RECORDS:
-            self._ring.gather(GATHER_MS)
+            self._ring.gather(GATHER_MS, wake)
         return n
 
     def drain(self) -> None:

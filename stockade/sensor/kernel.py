@@ -28,6 +28,7 @@ from stockade.sensor.abi import (
     OPERATIONS,
     PART_MASKS,
     PATH_KEY,
+    POD_CGROUP_KEY,
     RESPONSE,
     SYSCALL_HOOKS,
     ActionBits,
@@ -169,10 +170,14 @@ def _blocking(tables: PartTables) -> int:
     return mask
 
 
+def _cgroup_value(masks: Mapping[PartName, int]) -> bytes:
+    """A stk_cgroup_val: a cgroup's process and file selector masks."""
+    return mask_bytes(masks.get("process", 0)) + mask_bytes(masks.get("file", 0))
+
+
 def _cgroup_entry(slot: int, cgid: int, masks: Mapping[PartName, int]) -> tuple[bytes, bytes]:
-    """A stk_cgroup_masks entry: the cgroup's process and file selector masks in `slot`."""
-    value = mask_bytes(masks.get("process", 0)) + mask_bytes(masks.get("file", 0))
-    return CGROUP_KEY.pack(slot, 0, cgid), value
+    """A stk_cgroup_masks entry: the cgroup's masks in `slot`."""
+    return CGROUP_KEY.pack(slot, 0, cgid), _cgroup_value(masks)
 
 
 def _head_keys(heads: Mapping[str, PathTable]) -> dict[tuple[int, bytes], int]:
@@ -209,7 +214,7 @@ class KillSensor(Closing):
             for n in (
                 "control", "cgroup_masks", "op_masks", "part_masks", "exact_paths",
                 "child_paths", "dir_paths", "recursive_paths", "long_paths", "path_heads",
-                "names", "responses", "cgroups", "alerts", "events", "stats",
+                "names", "responses", "cgroups", "alerts", "events", "stats", "pod_cgroups",
             )
         }  # fmt: skip
 
@@ -415,6 +420,19 @@ class KillSensor(Closing):
             self.maps["cgroup_masks"].delete(CGROUP_KEY.pack(slot, 0, cgroup_id))
         else:
             self.maps["cgroup_masks"].update(*_cgroup_entry(slot, cgroup_id, masks))
+
+    def set_pod_cgroups(self, slot: int, names: Mapping[str, Mapping[PartName, int]]) -> None:
+        """The cgroups of known pods that aren't made yet, in `slot`: each by the name it will
+        have, with the masks its `cgroup_mkdir` lists it with at once (bpf/lib/cgroup.h).
+        Replaces what the slot held; entries that stay the same aren't written."""
+        m = self.maps["pod_cgroups"]
+        want = {POD_CGROUP_KEY.pack(slot, n.encode()): _cgroup_value(v) for n, v in names.items()}
+        for key in list(m.keys()):
+            if POD_CGROUP_KEY.member(key, "slot") == slot and key not in want:
+                m.delete(key)
+        for key, value in want.items():
+            if m.lookup(key) != value:
+                m.update(key, value)
 
     def activate(self, slot: int) -> None:
         """Flip the programs to `slot` (one u32 write)."""

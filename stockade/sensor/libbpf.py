@@ -98,6 +98,7 @@ _sig("ring_buffer__add", _int, _vp, _int, _SAMPLE_CB, _vp)
 _sig("ring_buffer__poll", _int, _vp, _int)
 _sig("ring_buffer__consume", _int, _vp)
 _sig("ring_buffer__free", None, _vp)
+_sig("ring_buffer__epoll_fd", _int, _vp)
 _PRINT_CB = ctypes.CFUNCTYPE(_int, _int, _cp, _vp)
 _sig("libbpf_set_print", _vp, _PRINT_CB)
 _libc.vsnprintf.restype = _int
@@ -501,18 +502,31 @@ class RingBuffer:
         self._limit = limit
         return self._raise(_lib.ring_buffer__poll(self._ptr, timeout_ms), "ring_buffer__poll")
 
+    @property
+    def epoll_fd(self) -> int:
+        """Readable when a record is there: to wait for records and something else at once."""
+        assert self._ptr
+        return int(_lib.ring_buffer__epoll_fd(self._ptr))
+
     def consume(self, limit: int = 0) -> int:
         """Consume what is there without waiting, at most `limit` (0: no limit)."""
         assert self._ptr
         self._limit = limit
         return self._raise(_lib.ring_buffer__consume(self._ptr), "ring_buffer__consume")
 
-    def gather(self, timeout_ms: int) -> None:
+    def gather(self, timeout_ms: int, wake: int | None = None) -> None:
         """Wait up to timeout_ms without consuming, so that records gather; returns at once
-        when an urgent map has one. (The kernel wakes the reader for every record that finds
-        the ring empty: a reader that consumes each as it comes costs the producer an IRQ
-        work and a wakeup per record.)"""
-        self._urgent.poll(timeout_ms / 1000)
+        when an urgent map has one, or `wake` (an fd, left unread) is readable. (The kernel
+        wakes the reader for every record that finds the ring empty: a reader that consumes
+        each as it comes costs the producer an IRQ work and a wakeup per record.)"""
+        if wake is None:
+            self._urgent.poll(timeout_ms / 1000)
+            return
+        self._urgent.register(wake, select.EPOLLIN)
+        try:
+            self._urgent.poll(timeout_ms / 1000)
+        finally:
+            self._urgent.unregister(wake)
 
     def close(self) -> None:
         """Free the consumer."""

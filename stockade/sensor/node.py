@@ -13,6 +13,7 @@ directory and enforced at start, before the apiserver answers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -53,7 +54,7 @@ from stockade.sensor.state import StateDir
 __all__ = ["NodeOptions", "NodeSensor"]
 
 log = logging.getLogger("stockade.sensor")
-POLL_MS = 50  # the loop's longest wait for records: what the watches' news may wait
+POLL_MS = 50  # the loop's longest wait for records or the watches' news
 KEEP_GONE = 4096  # facts of removed cgroups kept for their records still in the ring buffer
 MAX_ERRORS = 8
 MAX_PREFIX_PARTS = 8  # cgroup levels above a cgroup namespace's root we look through
@@ -98,6 +99,10 @@ class NodeSensor(Enforcer):
         self.instance_id = secrets.token_hex(8)
         self.started = time.monotonic()
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        # the watches wake the loop with their news (a pod bound: its cgroup's masks into the
+        # kernel before the kubelet makes it), rather than leave it for the next record; never
+        # closed: a watch thread may still write to it after `close` (stopping doesn't join)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.errors: OrderedDict[str, NodeError] = OrderedDict()  # current, by what failed
         self.applied_time: datetime | None = None
         self.heartbeat = time.monotonic()  # the loop's last turn (/healthz)
@@ -105,6 +110,7 @@ class NodeSensor(Enforcer):
         self.last_apply_s = 0.0  # how long the last one took
         self.node_uid: str | None = None
         self._written: dict[int, Mapping[PartName, int]] = {}  # the active slot's cgroups
+        self._unmade: dict[str, Container] | None = None  # the active slot's unmade pod cgroups
         self._slot = 0
         self._prefix = 0  # path components the kernel's cgroup paths have above our mount
         self._pending: Body | None = None  # the newest bundle ConfigMap not yet applied
@@ -122,19 +128,25 @@ class NodeSensor(Enforcer):
             ListWatch(
                 "bundle watch",
                 client.CoreV1Api(api).list_namespaced_config_map,
-                lambda items: self.events.put(("bundle", items[0] if items else None)),
-                lambda kind, obj: self.events.put(("bundle", None if kind == "DELETED" else obj)),
+                lambda items: self._news("bundle", items[0] if items else None),
+                lambda kind, obj: self._news("bundle", None if kind == "DELETED" else obj),
                 log=log, namespace=options.namespace,
                 field_selector=f"metadata.name={configmap_name(options.node)}",
             ),
             ListWatch(
                 "pod watch",
                 client.CoreV1Api(api).list_pod_for_all_namespaces,
-                lambda items: self.events.put(("pods", items)),
-                lambda kind, obj: self.events.put(("pod", (kind, obj))),
+                lambda items: self._news("pods", items),
+                lambda kind, obj: self._news("pod", (kind, obj)),
                 log=log, field_selector=f"spec.nodeName={options.node}",
             ),
         ]  # fmt: skip
+
+    def _news(self, what: str, value: Any) -> None:
+        """From a watch thread: for the loop, woken now."""
+        self.events.put((what, value))
+        with contextlib.suppress(BlockingIOError):  # full: the loop is woken already
+            os.write(self._wake_w, b"!")
 
     # -- logging and errors -------------------------------------------------------
 
@@ -207,7 +219,7 @@ class NodeSensor(Enforcer):
                 node = core.read_node(self.options.node, _request_timeout=10)
                 ns = core.read_namespace("kube-system", _request_timeout=10)
                 uids = (node.metadata and node.metadata.uid, ns.metadata and ns.metadata.uid)
-                self.events.put(("lookups", uids))
+                self._news("lookups", uids)
                 return
             except Exception as exc:  # whatever the client raises: try again later
                 attempts += 1
@@ -226,8 +238,9 @@ class NodeSensor(Enforcer):
     def activate(self, prepared: Generation, slot: int, how: str) -> None:
         # the containers that changed since the slot was written, into it before the flip:
         # none of them is undecided for a moment in the new generation
-        self._slot, self._written = slot, dict(prepared.cgroups)
+        self._slot, self._written, self._unmade = slot, dict(prepared.cgroups), None
         self._sync_cgroups(set(self.table.listed) | set(self._written), prepared.applied.bundle)
+        self._sync_unmade(prepared.applied.bundle)
         super().activate(prepared, slot, how)
         self.applied_time = now()
         self._dirty = True
@@ -304,6 +317,27 @@ class NodeSensor(Enforcer):
         if not failed:
             self._error("cgroups", None)
 
+    def _sync_unmade(self, bundle: PolicyBundle | None = None) -> None:
+        """The known pods whose cgroup isn't made yet, into `_slot` (`KillSensor.set_pod_cgroups`)
+        with the masks their cgroup will be listed with: the kernel lists it in its mkdir."""
+        if bundle is None:
+            current = self.in_force
+            if current is None:
+                return
+            bundle = current.applied.bundle
+        unmade = self.table.unmade()
+        if unmade == self._unmade:
+            return
+        names = {name: container_masks(bundle, facts.workload) for name, facts in unmade.items()}
+        try:
+            self.sensor.set_pod_cgroups(self._slot, names)
+        except BpfError as exc:  # the map is full: say so, the next change retries
+            self._error("pod cgroups", f"can't list the cgroups of pods not started yet: {exc}")
+            self._unmade = None
+            return
+        self._error("pod cgroups", None)
+        self._unmade = unmade
+
     def _changed(self, cgroup_ids: set[int], removed: Mapping[int, Container] = {}) -> None:
         if not cgroup_ids:
             return
@@ -321,6 +355,7 @@ class NodeSensor(Enforcer):
         facts kept a while for the records still on their way."""
         before = dict(self.table.listed)
         self._changed(change(*args), before)
+        self._sync_unmade()
 
     def on_cgroup(self, rec: CgroupRecord) -> None:
         self.counts["cgroup_records"] += 1
@@ -491,7 +526,7 @@ class NodeSensor(Enforcer):
 
     def run(self, stop: Callable[[], bool]) -> None:
         while not stop():
-            self.pump(POLL_MS)
+            self.pump(POLL_MS, self._wake_r)
             self._handle_events()
             self._advance()
             monotonic = time.monotonic()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stockade.policy.evaluator import ContainerFacts, KubernetesFacts
-from stockade.sensor.cgroups import KubeCgroup, parse
+from stockade.sensor.cgroups import KubeCgroup, parse, pod_cgroup_names
 from stockade.sensor.containers import Container
 
 __all__ = ["NodeContainers", "PodError", "PodFacts", "image_facts", "pod_facts"]
@@ -156,14 +156,17 @@ class NodeContainers:
         claims = [self.pods[uid] for uid in self.mirrors.get(cgroup_uid, ())]
         return min(claims, key=lambda p: (p.created, p.uid), default=None)
 
+    def _kubernetes(self, pod: PodFacts) -> KubernetesFacts:
+        return pod.kubernetes.model_copy(
+            update={"cluster_id": self.cluster_id, "cluster_name": self.cluster_name}
+        )
+
     def _facts(self, cgroup_id: int) -> Container | None:
         path, kc = self.cgroups[cgroup_id]
         pod = self._owner(kc.pod_uid)
         if pod is None:
             return None if self.pods_listed else self.restored.get(cgroup_id)
-        kubernetes = pod.kubernetes.model_copy(
-            update={"cluster_id": self.cluster_id, "cluster_name": self.cluster_name}
-        )
+        kubernetes = self._kubernetes(pod)
         container = ContainerFacts()
         named = pod.containers.get(kc.container_id) if kc.container_id else None
         if named is not None:
@@ -207,6 +210,20 @@ class NodeContainers:
         self.pods[pod.uid] = pod
         if pod.cgroup_uid != pod.uid:
             self.mirrors.setdefault(pod.cgroup_uid, set()).add(pod.uid)
+
+    def unmade(self) -> dict[str, Container]:
+        """The known pods whose own cgroup isn't seen yet: each name it may be made with
+        (`pod_cgroup_names`) → the facts it will be listed with (path and id unknown), so
+        that the kernel can list it in its mkdir, however late the record is read."""
+        made = {kc.pod_uid for _, kc in self.cgroups.values() if kc.container_id is None}
+        unmade: dict[str, Container] = {}
+        for uid in {p.uid for p in self.pods.values()} | set(self.mirrors):
+            pod = self._owner(uid)
+            if uid in made or pod is None:
+                continue
+            facts = Container("", 0, ContainerFacts(), self._kubernetes(pod))
+            unmade.update(dict.fromkeys(pod_cgroup_names(uid), facts))
+        return unmade
 
     def put_pod(self, pod: PodFacts) -> set[int]:
         old = self.pods.get(pod.uid)

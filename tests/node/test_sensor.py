@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import shutil
+import signal
 import socket
 import time
 import urllib.request
@@ -202,6 +203,46 @@ def test_pod_level_predicates_hold_before_the_status_names_the_container(
             if d["orchestrator"]["resource"]["name"] == "web-early"
         ),
     )  # fmt: skip
+
+
+def test_a_known_pods_first_exec_is_decided_by_the_kernel_alone(
+    node_sensor: SensorProcess,
+    kubelet: Kubelet,
+    kubectl: Kubectl,
+    namespace: str,
+    tool: Path,
+) -> None:
+    """A pod known to the sensor before its cgroups are made: the kernel lists the pod's
+    cgroup in its mkdir, so the first exec in its container is decided even with the
+    sensor's user space stopped (SIGSTOP) from before the mkdir to after the exec, 20 times;
+    once it runs again, those execs' documents name their pods."""
+    node_sensor.start()
+    kubectl("apply", "-f", "-", input=block_exec("frozen", namespace, {"app": "web"}, tool))
+    first = kubelet.start_pod(namespace, "web-0", {"app": "web"})
+    wait_for("in force", lambda: first.run("app", [str(tool)]).returncode == KILLED)
+    proc = node_sensor.proc
+    assert proc is not None
+
+    def freeze() -> None:  # the pod bound: its watch event reaches the sensor in a few ms
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGSTOP)
+
+    first_execs = []
+    for i in range(20):
+        try:
+            pod = kubelet.start_pod(
+                namespace, f"frozen-{i}", {"app": "web"}, status=False, bound=freeze
+            )
+            first_execs.append(pod.run("app", [str(tool)]).returncode)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    assert first_execs == [KILLED] * 20
+    named = {
+        d["orchestrator"]["resource"]["name"]
+        for d in node_sensor.documents()
+        if d["process"].get("executable") == str(tool)
+    }
+    assert {f"frozen-{i}" for i in range(20)} <= named
 
 
 def test_restart_without_the_apiserver_enforces_the_cached_bundle(

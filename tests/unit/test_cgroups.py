@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stockade.sensor.cgroups import CgroupScanError, KubeCgroup, parse, scan, v2_root
+from stockade.sensor import abi
+from stockade.sensor.cgroups import (
+    CgroupScanError,
+    KubeCgroup,
+    parse,
+    pod_cgroup_names,
+    scan,
+    v2_root,
+)
 
 UID = "0f5b2c9e-1d2a-4b3c-8d4e-5f6a7b8c9d0e"
 ESC = UID.replace("-", "_")  # as the systemd driver writes it in a slice name
@@ -154,6 +162,24 @@ LOOK_ALIKES = [
     "/r" * 2100 + f"/kubepods/pod{UID}",
     "",
 ]
+
+
+@pytest.mark.parametrize("uid", [str(uuid.uuid4()), "d41d8cd98f00b204e9800998ecf8427e"])
+def test_pod_cgroup_names_are_the_pod_cgroups_of_every_layout(uid: str) -> None:
+    """What the kernel lists a known pod's cgroup by (bpf/lib/cgroup.h): its name in each
+    driver and QoS class, short enough for the map's key."""
+    cgroupfs, guaranteed, burstable, besteffort = pod_cgroup_names(uid)
+    layouts = {
+        f"/kubepods/{cgroupfs}": "Guaranteed",
+        f"/kubepods/burstable/{cgroupfs}": "Burstable",
+        f"/kubepods.slice/{guaranteed}": "Guaranteed",
+        f"/kubepods.slice/kubepods-burstable.slice/{burstable}": "Burstable",
+        f"/kubepods.slice/kubepods-besteffort.slice/{besteffort}": "BestEffort",
+    }
+    for path, qos in layouts.items():
+        assert parse(path) == KubeCgroup(uid, None, None, qos), path
+    assert max(len(n) for n in pod_cgroup_names(uid)) < abi.Const.POD_CGROUP_NAME
+    assert pod_cgroup_names("../" + uid) == pod_cgroup_names(uid.upper()) == ()
 
 
 @pytest.mark.parametrize("path", LOOK_ALIKES)

@@ -225,3 +225,21 @@ def test_a_static_pods_cgroups_get_its_oldest_mirror_pods_facts() -> None:
     assert table.listed[4].workload.pod_labels == {"c": "etcd"}
     assert table.remove_pod(later) == set()
     assert table.remove_pod(real) == {4} and 4 not in table.listed
+
+
+def test_a_known_pod_is_unmade_until_its_cgroup_is_seen() -> None:
+    """What the kernel lists a pod's cgroup with in its mkdir: the facts the sensor lists it
+    with once it reads the record, under every name a kubelet may give it."""
+    table = NodeContainers(cluster_name="prod")
+    assert table.unmade() == {}
+    table.put_pod(pod_facts(pod()))
+    unmade = table.unmade()
+    assert POD_SLICE in unmade and f"pod{UID}" in unmade and len(unmade) == 4
+    table.add_cgroup(3, CTR_CG)  # a container's cgroup is not the pod's
+    assert table.unmade() == unmade
+    table.add_cgroup(2, POD_CG)
+    assert unmade[POD_SLICE].workload == table.listed[2].workload
+    assert table.unmade() == {}
+    table.remove_cgroup(2)
+    table.remove_pod(UID)
+    assert table.unmade() == {}
