@@ -54,6 +54,14 @@ exits 0 once it measured: a missed target is a figure, not a failure.
 The machine is shared with other work unless a section says otherwise: the load average
 beside each section is part of its figures. Ratios measured side by side in one run are
 the honest form there; absolute rates move with the load.
+
+**Not in `make bench`: lsm mode's overhead.** This machine's kernel refuses BPF LSM, so
+`sensor_overhead` measures kill mode here; lsm mode's rows come from the same script inside
+the test VM (Debian 6.1 under qemu TCG: ~4 min on a quiet machine, 13-18 min at load 5-12;
+ratios only indicative under emulation, void under load):
+`sudo .venv/bin/python benchmarks/sensor_overhead.py --vm --rounds 3 [--json PATH]`,
+figures named `lsm.*` without targets (those are for a real node). Their last runs are in
+[kernel.md](kernel.md#overhead-benchmarkssensor_overheadpy).
 """
 
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
-__all__ = ["Figure", "add_arguments", "command", "figure", "missed", "report"]
+__all__ = ["Figure", "add_arguments", "command", "figure", "missed", "report", "without_json"]
 
 
 class Figure(TypedDict):
@@ -50,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures here")
 
 
-def command() -> str:
-    """This process's command line as a reader would rerun it: without --json PATH."""
-    argv, out = sys.argv[1:], []
+def without_json(argv: Sequence[str]) -> list[str]:
+    """Arguments without --json PATH."""
+    out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
@@ -61,8 +61,13 @@ def command() -> str:
             skip = True
         elif not arg.startswith("--json="):
             out.append(arg)
+    return out
+
+
+def command() -> str:
+    """This process's command line as a reader would rerun it: without --json PATH."""
     script = Path(sys.argv[0]).resolve().relative_to(Path(__file__).resolve().parents[1])
-    return shlex.join([".venv/bin/python", str(script), *out])
+    return shlex.join([".venv/bin/python", str(script), *without_json(sys.argv[1:])])
 
 
 def _number(x: float) -> str:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from stockade.operator.kube import DEFAULT_WRITERS
 from tests.integration.conftest import Kubectl
 
 from .conftest import CHART, REPO, Helm, dry_run
@@ -21,6 +22,7 @@ CUSTOM = [
     "--set", "clusterName=prod-eu-1",
     "--set", "defaultPolicy.enabled=false",
     "--set", "operator.replicas=3",
+    "--set", "operator.writeConcurrency=48",
     "--set", "operator.image.repository=mirror.example/stockade-operator",
     "--set", "sensor.image.tag=0.1.0-rc1",
     "--set", "sensor.output=elasticsearch",
@@ -81,7 +83,8 @@ def test_defaults_render_what_the_install_needs(helm: Helm) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert op["securityContext"]["readOnlyRootFilesystem"] is True
     assert op["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert {"--namespace=stockade-system", "--lease=stockade-operator"} <= set(op["args"])
+    assert {"--namespace=stockade-system", "--lease=stockade-operator",
+            f"--write-concurrency={DEFAULT_WRITERS}"} <= set(op["args"])  # fmt: skip
     assert op["livenessProbe"]["httpGet"]["port"] == "metrics" and op["readinessProbe"]
     assert op["resources"]["requests"] and op["resources"]["limits"]
     pdb = one(objects, "PodDisruptionBudget")["spec"]
@@ -148,7 +151,9 @@ def test_custom_values_render(helm: Helm) -> None:
                                                     "ValidatingAdmissionPolicy")]  # fmt: skip
     assert one(objects, "Deployment")["spec"]["replicas"] == 3
     assert container(objects, "Deployment")["image"].startswith("mirror.example/stockade-operator:")
-    assert "--cluster=prod-eu-1" in container(objects, "Deployment")["args"]
+    assert {"--cluster=prod-eu-1", "--write-concurrency=48"} <= set(
+        container(objects, "Deployment")["args"]
+    )
     assert container(objects, "DaemonSet")["image"].endswith("/stockade-sensor:0.1.0-rc1")
     cgroup = next(v for v in one(objects, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
                   if v["name"] == "cgroup")  # fmt: skip
@@ -170,8 +175,15 @@ def test_custom_values_render(helm: Helm) -> None:
         (["--set", "operator.replica=3"], "replica"),
         (["--set", "elasticsearch.auth=token"], "auth"),
         (["--set", "sensor.stateDir=relative/dir"], "stateDir"),
+        (["--set", "operator.writeConcurrency=0"], "writeConcurrency"),
     ],
-    ids=["elasticsearch-without-secret", "misspelt-key", "unknown-auth", "relative-state-dir"],
+    ids=[
+        "elasticsearch-without-secret",
+        "misspelt-key",
+        "unknown-auth",
+        "relative-state-dir",
+        "no-writes",
+    ],
 )
 def test_the_schema_refuses_values_that_cant_work(
     helm: Helm, values: list[str], message: str
