@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from stockade.policy.bundle import HASH_ANNOTATION, Bundle, configmap_payload
+from stockade.policy.bundle import HASH_ANNOTATION, Bundle, Sealed, configmap_payload
 from stockade.policy.compiler import CompileError
 
 T = TypeVar("T")
@@ -38,7 +38,7 @@ def configmap_name(node: str) -> str:
     return f"{keep}-{digest}"
 
 
-def policy_labels(bundle: Bundle) -> str:
+def policy_labels(bundle: Bundle | Sealed) -> str:
     """The bundle's policies as `namespace/name@generation`, one per line, for kubectl."""
     return "\n".join(
         (f"{p.namespace}/" if p.namespace else "") + f"{p.name}@{p.generation}"
@@ -47,7 +47,7 @@ def policy_labels(bundle: Bundle) -> str:
 
 
 def configmap(
-    bundle: Bundle, node: str, node_uid: str, namespace: str, cluster: str
+    bundle: Bundle | Sealed, node: str, node_uid: str, namespace: str, cluster: str
 ) -> dict[str, Any]:
     """The whole ConfigMap for `bundle` on `node`, owned by the Node (garbage-collected with it)."""
     data, binary_data = configmap_payload(bundle)
