@@ -473,7 +473,9 @@ def compile_bundle(
     """
     policies, process, file = _compile(documents, pods, namespace_labels, cache)
     entries = tuple(entry for entry, _ in policies)
-    return Bundle.seal(node, entries, process.table_set(), file.table_set())
+    process_tables, file_tables = process.table_set(), file.table_set()
+    assert isinstance(process_tables, ProcessTableSet) and isinstance(file_tables, FileTableSet)
+    return Bundle.seal(node, entries, process_tables, file_tables)
 
 
 def compile_sealed(
