@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -81,9 +80,17 @@ def configmap(
 
 def payload_digest(data: Mapping[str, str] | None, binary_data: Mapping[str, str] | None) -> str:
     """A digest of a ConfigMap's payload exactly as written: equal digests, equal bytes
-    (cheap next to `from_configmap`'s decode, ~6 ms for a 13 KB bundle)."""
-    both = json.dumps([data or {}, binary_data or {}], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(both.encode()).hexdigest()
+    (cheap next to `from_configmap`'s decode, ~6 ms for a 13 KB bundle). Every key and
+    value length-prefixed, not JSON: escaping a ~40 KiB bundle took most of its time."""
+    digest = hashlib.sha256()
+    for section in (data or {}, binary_data or {}):
+        digest.update(b"%d;" % len(section))
+        for key in sorted(section):
+            for text in (key, section[key]):
+                raw = text.encode("utf-8", "surrogatepass")
+                digest.update(b"%d:" % len(raw))
+                digest.update(raw)
+    return digest.hexdigest()
 
 
 def payload_bytes(body: dict[str, Any]) -> int:
