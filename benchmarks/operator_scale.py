@@ -12,7 +12,8 @@ with namespaceSelectors, some with podSelectors too), then runs `stockade operat
 1. cold start: operator start → every Node's ConfigMap holds exactly the expected policies;
 2. policy edits (the widest cluster policy, a new generation each; `--edits`, one after
    another) → every affected bundle holds the new generation (target <= 5 s), and the
-   bundle writes per second that makes;
+   bundle writes per second that makes, and the CPU the operator, the apiserver and etcd
+   (found by `services/up`'s pid files) use in each edit;
 3. a pod bound to a node whose bundle lacks its policy → that bundle holds it, p50/p99
    over `--samples` (target p99 <= 2 s);
 4. the operator's peak RSS, VmHWM (target <= 500 MiB);
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -348,6 +350,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def service_pids() -> dict[str, int]:
+    """The apiserver's and etcd's pids, from `services/up`'s state dir (none: not found)."""
+    run = Path(os.environ.get("STOCKADE_STATE", "/tmp/stockade-services")) / "run"
+    pids = {}
+    for name in ("kube-apiserver", "etcd"):
+        with contextlib.suppress(OSError, ValueError):
+            pids[name] = int((run / f"{name}.pid").read_text())
+    return pids
+
+
 # --- the benchmark ---------------------------------------------------------------------------
 
 
@@ -494,9 +506,12 @@ def main() -> int:
         affected = [n for n, v in expected.items() if f"{name}@1" in v]
         edits: list[float] = []
         cpu: list[float] = []  # the operator's CPU seconds in each edit
+        services = service_pids()
+        service_cpu: dict[str, list[float]] = {s: [] for s in services}  # theirs, the same
         for generation in range(2, 2 + args.edits):
             before, after = f"{name}@{generation - 1}", f"{name}@{generation}"
             t0, cpu0 = time.monotonic(), cpu_seconds(op.pid)
+            service0 = {s: cpu_seconds(pid) for s, pid in services.items()}
             custom.patch_cluster_custom_object(
                 GROUP, VERSION, "clustercontainerpolicies", name,
                 {"spec": {"mode": "audit" if generation % 2 == 0 else "enforce"}},
@@ -506,6 +521,8 @@ def main() -> int:
             )
             edits.append(edit_done - t0)
             cpu.append(cpu_seconds(op.pid) - cpu0)
+            for s, pid in services.items():
+                service_cpu[s].append(cpu_seconds(pid) - service0[s])
             log(f"edit to generation {generation}: {edits[-1]:.2f} s")
             for n in affected:
                 expected[n] = (expected[n] - {before}) | {after}
@@ -516,8 +533,10 @@ def main() -> int:
                         f"{', '.join(f'{e:.2f}' for e in edits)}; target <= 5 s"))  # fmt: skip
         rates = [len(affected) / e for e in edits]
         results.append(("bundle writes per second in an edit", f"{statistics.median(rates):.0f}/s",
-                        f"{args.write_concurrency} in flight; operator CPU "
-                        f"{', '.join(f'{c:.1f}' for c in cpu)} s in the edits"))  # fmt: skip
+                        f"{args.write_concurrency} in flight; CPU in the edits: operator "
+                        f"{', '.join(f'{c:.1f}' for c in cpu)} s"
+                        + "".join(f"; {s} {', '.join(f'{c:.1f}' for c in cs)} s"
+                                  for s, cs in service_cpu.items())))  # fmt: skip
         figures.append(figure(f"policy edit → all {len(affected)} affected bundles", edits, "s",
                               "<= 5"))  # fmt: skip
         figures.append(figure("bundle writes per second in an edit", rates, "1/s",

@@ -26,8 +26,8 @@ from stockade.operator.kube import Kube
 from stockade.operator.objects import PolicyKey, PolicyRecord
 from stockade.operator.status import BUNDLE_TOO_LARGE, COMPILING, WRITE_FAILED, NodeProblem
 from stockade.operator.targeting import NodeInputs
-from stockade.policy.bundle import Bundle
-from stockade.policy.compiler import CompileError, FragmentCache, compile_bundle
+from stockade.policy.bundle import Sealed
+from stockade.policy.compiler import CompileError, FragmentCache, compile_sealed
 
 log = logging.getLogger("stockade.operator")
 # What a write can fail with: the apiserver's refusal, no answer from it, or the
@@ -159,10 +159,10 @@ class BundleWriter:
         self.inputs[node] = memo
         compile_started = time.perf_counter()
 
-        def build(records: Sequence[PolicyRecord]) -> tuple[Bundle, dict[str, Any]]:
+        def build(records: Sequence[PolicyRecord]) -> tuple[Sealed, dict[str, Any]]:
             # the node's policies and labels already: no need to pass (and re-check) pods
             documents = [r.document for r in records if r.document is not None]
-            bundle = compile_bundle(
+            bundle = compile_sealed(
                 documents, node=node, namespace_labels=inputs.labels, cache=self.cache
             )
             return bundle, configmap(bundle, node, inputs.uid, self.namespace, self.cluster)

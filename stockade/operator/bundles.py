@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from stockade.policy.bundle import HASH_ANNOTATION, Bundle, configmap_payload
+from stockade.policy.bundle import HASH_ANNOTATION, Bundle, Sealed, configmap_payload
 from stockade.policy.compiler import CompileError
 
 T = TypeVar("T")
@@ -38,7 +37,7 @@ def configmap_name(node: str) -> str:
     return f"{keep}-{digest}"
 
 
-def policy_labels(bundle: Bundle) -> str:
+def policy_labels(bundle: Bundle | Sealed) -> str:
     """The bundle's policies as `namespace/name@generation`, one per line, for kubectl."""
     return "\n".join(
         (f"{p.namespace}/" if p.namespace else "") + f"{p.name}@{p.generation}"
@@ -47,7 +46,7 @@ def policy_labels(bundle: Bundle) -> str:
 
 
 def configmap(
-    bundle: Bundle, node: str, node_uid: str, namespace: str, cluster: str
+    bundle: Bundle | Sealed, node: str, node_uid: str, namespace: str, cluster: str
 ) -> dict[str, Any]:
     """The whole ConfigMap for `bundle` on `node`, owned by the Node (garbage-collected with it)."""
     data, binary_data = configmap_payload(bundle)
@@ -81,9 +80,17 @@ def configmap(
 
 def payload_digest(data: Mapping[str, str] | None, binary_data: Mapping[str, str] | None) -> str:
     """A digest of a ConfigMap's payload exactly as written: equal digests, equal bytes
-    (cheap next to `from_configmap`'s decode, ~6 ms for a 13 KB bundle)."""
-    both = json.dumps([data or {}, binary_data or {}], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(both.encode()).hexdigest()
+    (cheap next to `from_configmap`'s decode, ~6 ms for a 13 KB bundle). Every key and
+    value length-prefixed, not JSON: escaping a ~40 KiB bundle took most of its time."""
+    digest = hashlib.sha256()
+    for section in (data or {}, binary_data or {}):
+        digest.update(b"%d;" % len(section))
+        for key in sorted(section):
+            for text in (key, section[key]):
+                raw = text.encode("utf-8", "surrogatepass")
+                digest.update(b"%d:" % len(raw))
+                digest.update(raw)
+    return digest.hexdigest()
 
 
 def payload_bytes(body: dict[str, Any]) -> int:

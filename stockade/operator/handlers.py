@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 import kopf
@@ -20,6 +21,7 @@ from stockade.operator.objects import PolicyRecord, node_report, policy_record
 from stockade.operator.pods import PodIndex
 from stockade.operator.reconciler import Reconciler
 from stockade.operator.targeting import Indexes
+from stockade.policy.document import PolicyDocument
 from stockade.policy.reports import NodePolicyReport
 from stockade.policy.resources import GROUP
 
@@ -54,10 +56,15 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, pods: PodI
     def node_uids(name: str, uid: str, **_: Any) -> dict[str, str]:
         return {name: uid}
 
+    # while a record holds its document: (uid, generation) → it (`policy_record`)
+    parsed: weakref.WeakValueDictionary[tuple[str, int], PolicyDocument] = (
+        weakref.WeakValueDictionary()
+    )
+
     @kopf.index(GROUP, "containerpolicies", id="policies_by_namespace", registry=registry)
     @kopf.index(GROUP, "clustercontainerpolicies", id="policies_by_namespace", registry=registry)
     def policies_by_namespace(body: kopf.Body, **_: Any) -> dict[str, PolicyRecord]:
-        record = policy_record(body)
+        record = policy_record(body, parsed)
         return {record.namespace: record}
 
     @kopf.index(GROUP, "nodepolicyreports", id="reports_by_node", registry=registry)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,14 +87,34 @@ class PolicyRecord:
         )
 
 
-def policy_record(body: Mapping[str, Any]) -> PolicyRecord:
-    """Validate a policy as the CLI does; what the apiserver can't check becomes `errors`."""
+def policy_record(
+    body: Mapping[str, Any],
+    parsed: MutableMapping[tuple[str, int], PolicyDocument] | None = None,
+) -> PolicyRecord:
+    """Validate a policy as the CLI does; what the apiserver can't check becomes `errors`.
+
+    `parsed`: valid documents by (uid, generation), reused and added to. A status
+    write (the operator's own, after each pass) changes neither, nor the spec; a new
+    document object would have every node scope and compile the policy afresh (the
+    verdicts and the compile cache go by document object).
+    """
     meta = body["metadata"]
-    data = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-    loaded = load_document(YamlDocument(data, line=0), source=meta["name"])
-    errors = tuple(
-        f"{f.path}: {f.message}" for f in loaded.findings if f.severity == Severity.ERROR
-    )
+    uid, generation = meta.get("uid", ""), int(meta.get("generation") or 0)
+    identity = (uid, generation) if parsed is not None and uid and generation else None
+    document = parsed.get(identity) if parsed is not None and identity is not None else None
+    errors: tuple[str, ...] = ()
+    if document is None:
+        data = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+        loaded = load_document(YamlDocument(data, line=0), source=meta["name"])
+        errors = tuple(
+            f"{f.path}: {f.message}" for f in loaded.findings if f.severity == Severity.ERROR
+        )
+        if loaded.valid:
+            document = loaded.document
+            if parsed is not None and identity is not None and document is not None:
+                parsed[identity] = document
+        elif not errors:
+            errors = ("spec: not a valid policy",)
     status: PolicyStatus | None = None
     try:
         status = PolicyStatus.model_validate(body.get("status") or {})
@@ -104,10 +124,10 @@ def policy_record(body: Mapping[str, Any]) -> PolicyRecord:
         kind=body["kind"],
         namespace=meta.get("namespace") or "",
         name=meta["name"],
-        uid=meta.get("uid", ""),
-        generation=int(meta.get("generation") or 0),
-        document=loaded.document if loaded.valid else None,
-        errors=errors or (() if loaded.valid else ("spec: not a valid policy",)),
+        uid=uid,
+        generation=generation,
+        document=document,
+        errors=errors,
         status=status,
         created=str(meta.get("creationTimestamp") or ""),
         version=str(meta.get("resourceVersion") or ""),

@@ -19,9 +19,9 @@ import gzip
 import hashlib
 import json
 import re
-import weakref
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -227,16 +227,10 @@ class Bundle(_Frozen):
             "file": file,
         }
         unsealed = cls.model_validate({**content, "hash": "sha256:" + "0" * 64})
-        # The hash is over the canonical bytes without it, the payload those bytes with
-        # it: both from one dump and one serialization (`encode` returns these).
         pieces = _canonical_pieces(
             unsealed.model_dump(mode="json", by_alias=True, exclude={"hash"})
         )
-        digest = "sha256:" + hashlib.sha256(_joined(pieces)).hexdigest()
-        sealed = unsealed.model_copy(update={"hash": digest})
-        _ENCODED[id(sealed)] = _joined({**pieces, "hash": _canonical(digest)})
-        weakref.finalize(sealed, _ENCODED.pop, id(sealed), None)
-        return sealed
+        return unsealed.model_copy(update={"hash": _sealed(pieces)[0]})
 
     @model_validator(mode="after")
     def _references(self) -> Bundle:
@@ -295,15 +289,57 @@ def _joined(pieces: Mapping[str, bytes]) -> bytes:
     return b"{" + b",".join(_canonical(k) + b":" + pieces[k] for k in sorted(pieces)) + b"}"
 
 
-# id(bundle) → its canonical bytes, for bundles made by `Bundle.seal` while they live:
-# the operator would otherwise dump and serialize each bundle twice (hash, payload).
-_ENCODED: dict[int, bytes] = {}
+def _sealed(content: Mapping[str, bytes]) -> tuple[str, bytes]:
+    """(hash, canonical bytes) of the bundle whose top-level values but the hash have the
+    canonical bytes `content`: the hash is over those, the bytes are them with it."""
+    digest = "sha256:" + hashlib.sha256(_joined(content)).hexdigest()
+    return digest, _joined({**content, "hash": _canonical(digest)})
 
 
-def encode(bundle: Bundle) -> bytes:
+def entry_bytes(entry: PolicyEntry | SelectorEntry | ResponseEntry) -> bytes:
+    """An entry's canonical bytes, as they appear in its bundle's."""
+    return _canonical(entry.model_dump(mode="json", by_alias=True))
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A bundle as its canonical bytes (`decode(raw)` is the `Bundle`), with the hash and
+    policies the operator reads: made without a model per selector and response."""
+
+    hash: str
+    policies: tuple[PolicyEntry, ...]
+    raw: bytes
+
+
+SplicedPart = tuple[ProcessTableSet | FileTableSet, Sequence[bytes], Sequence[bytes]]
+
+
+def seal_spliced(
+    node: str | None,
+    policies: Sequence[tuple[PolicyEntry, bytes]],
+    process: SplicedPart,
+    file: SplicedPart,
+) -> Sealed:
+    """The bytes of `Bundle.seal(node, policies, process, file)`, spliced: each part is
+    its tables without selectors and responses, and those entries' `entry_bytes`, each
+    item one or more comma-joined entries (the compiler keeps them per policy)."""
+    content = {
+        "schemaVersion": _canonical(SCHEMA_VERSION),
+        "node": _canonical(node),
+        "policies": b"[" + b",".join(raw for _, raw in policies) + b"]",
+    }
+    for name, (tables, selectors, responses) in (("process", process), ("file", file)):
+        pieces = _canonical_pieces(tables.model_dump(mode="json", by_alias=True))
+        pieces["selectors"] = b"[" + b",".join(selectors) + b"]"
+        pieces["responses"] = b"[" + b",".join(responses) + b"]"
+        content[name] = _joined(pieces)
+    digest, raw = _sealed(content)
+    return Sealed(digest, tuple(entry for entry, _ in policies), raw)
+
+
+def encode(bundle: Bundle | Sealed) -> bytes:
     """The canonical bytes of a bundle: sorted keys, no whitespace, UTF-8."""
-    raw = _ENCODED.get(id(bundle))
-    return raw if raw is not None else _canonical(bundle.to_json())
+    return bundle.raw if isinstance(bundle, Sealed) else _canonical(bundle.to_json())
 
 
 def content_hash(bundle: Bundle) -> str:
@@ -361,7 +397,7 @@ GZIP_ABOVE = 64 * 1024
 MAX_BYTES = 64 * 1024 * 1024  # unpacked: far above any bundle (1024 selectors per part)
 
 
-def configmap_payload(bundle: Bundle) -> tuple[dict[str, str], dict[str, str]]:
+def configmap_payload(bundle: Bundle | Sealed) -> tuple[dict[str, str], dict[str, str]]:
     """(data, binaryData) of the ConfigMap that carries `bundle`; annotate it with
     `{HASH_ANNOTATION: bundle.hash}`."""
     raw = encode(bundle)

@@ -30,8 +30,12 @@ from stockade.policy.bundle import (
     PolicyScope,
     ProcessTableSet,
     ResponseEntry,
+    Sealed,
     SelectorEntry,
+    SplicedPart,
     VolumeMasks,
+    entry_bytes,
+    seal_spliced,
 )
 from stockade.policy.document import PolicyDocument
 from stockade.policy.model import Action, ContainerCondition, FileSelector, PartName
@@ -42,6 +46,11 @@ from stockade.policy.resources import LabelSelector
 MAX_SELECTORS_PER_BUNDLE_PART = 1024
 # Response rows per part in one bundle: the kernel's table size (STK_MAX_RESPONSES).
 MAX_RESPONSES_PER_BUNDLE_PART = 1024
+# Encoded placements (bit offset, policy index) kept per fragment: a document sits at
+# a few in a cluster's bundles; past this many the oldest are dropped.
+MAX_PLACEMENTS = 64
+# Policy entries kept per document, by the namespaces its scope has on a node.
+MAX_SCOPES = 4096
 PART_OPERATIONS: dict[PartName, tuple[str, ...]] = {
     "process": ("fork", "exec"),
     "file": ("createExecutable", "modifyExecutable", "createFile", "modifyFile", "deleteFile"),
@@ -78,37 +87,46 @@ def _nonempty(selector: LabelSelector | None) -> LabelSelector | None:
     return selector
 
 
-def _scope(
+def _namespaces(
     doc: PolicyDocument,
     namespace_labels: Mapping[str, Mapping[str, str]] | None,
-    resolved: dict[str, list[str]],
-) -> PolicyScope:
-    """The policy's scope as a predicate: namespaces (None = all) and a pod selector.
+    resolved: dict[str, tuple[str, ...]],
+) -> tuple[str, ...] | None:
+    """The namespaces the policy's scope applies in (None = all).
 
     `resolved`: the namespaces each namespaceSelector (by its JSON) selects among
     `namespace_labels`, filled in as met: one bundle's policies often share one.
     """
     scope = doc.scope
-    namespaces: list[str] | None = None
     if scope.namespace is not None:
-        namespaces = [scope.namespace]
-    elif _nonempty(scope.namespace_selector) is not None:
-        if namespace_labels is None:
-            raise CompileError(
-                f"{doc.kind} {doc.key} has a namespaceSelector: compiling it needs the "
-                "namespaces' labels"
-            )
-        selector = scope.namespace_selector
-        assert selector is not None
-        key = selector.model_dump_json()
-        if key not in resolved:
-            resolved[key] = sorted(
-                ns for ns, labels in namespace_labels.items() if selector.matches(dict(labels))
-            )
-        namespaces = resolved[key]
-    return PolicyScope(
-        namespaces=None if namespaces is None else tuple(namespaces),
-        pod_selector=_nonempty(scope.pod_selector),
+        return (scope.namespace,)
+    if _nonempty(scope.namespace_selector) is None:
+        return None
+    if namespace_labels is None:
+        raise CompileError(
+            f"{doc.kind} {doc.key} has a namespaceSelector: compiling it needs the "
+            "namespaces' labels"
+        )
+    selector = scope.namespace_selector
+    assert selector is not None
+    key = selector.model_dump_json()
+    if key not in resolved:
+        resolved[key] = tuple(
+            sorted(ns for ns, labels in namespace_labels.items() if selector.matches(dict(labels)))
+        )
+    return resolved[key]
+
+
+def _policy_entry(doc: PolicyDocument, namespaces: tuple[str, ...] | None) -> PolicyEntry:
+    """The policy's entry in a bundle, its scope a predicate: namespaces and a pod selector."""
+    return PolicyEntry(
+        kind=doc.kind,
+        namespace=doc.namespace,
+        name=doc.name,
+        uid=doc.uid,
+        generation=doc.generation,
+        mode=doc.mode,
+        scope=PolicyScope(namespaces=namespaces, pod_selector=_nonempty(doc.scope.pod_selector)),
     )
 
 
@@ -175,10 +193,55 @@ class _Fragment:
     ignore_mounts: int
     ignore_files: int
     responses: tuple[tuple[int, int, tuple[Action, ...]], ...]  # match, exclude, actions
+    # (offset, policy index) → `encoded` there: a policy edit re-seals every node's
+    # bundle, and the other policies' entries sit where they sat.
+    placements: dict[tuple[int, int], tuple[bytes, bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def entries(self, offset: int, policy: int) -> tuple[list[SelectorEntry], list[ResponseEntry]]:
+        """Its selector and response entries at bits from `offset`, as policy `policy`."""
+        selectors = [
+            SelectorEntry(bit=bit, policy=policy, name=name, container=container)
+            for bit, (name, container) in enumerate(self.selectors, offset)
+        ]
+        responses = [
+            ResponseEntry(
+                policy=policy, match=match << offset, exclude=exclude << offset, actions=actions
+            )
+            for match, exclude, actions in self.responses
+        ]
+        return selectors, responses
+
+    def encoded(self, offset: int, policy: int) -> tuple[bytes, bytes]:
+        """`entries`' `entry_bytes`, comma-joined (selectors, responses); kept."""
+        key = (offset, policy)
+        found = self.placements.get(key)
+        if found is None:
+            if len(self.placements) >= MAX_PLACEMENTS:
+                del self.placements[next(iter(self.placements))]
+            selectors, responses = self.entries(offset, policy)
+            found = (
+                b",".join(map(entry_bytes, selectors)),
+                b",".join(map(entry_bytes, responses)),
+            )
+            self.placements[key] = found
+        return found
+
+
+@dataclass
+class _Compiled:
+    """What the cache keeps of one document."""
+
+    ref: weakref.ref[PolicyDocument]
+    parts: dict[PartName, _Fragment | None] = field(default_factory=dict)
+    # its scope's namespaces on a node → its entry and `entry_bytes`
+    entries: dict[tuple[str, ...] | None, tuple[PolicyEntry, bytes]] = field(default_factory=dict)
 
 
 class FragmentCache:
-    """Each document's compiled parts, for compiling it into many bundles (the operator).
+    """Each document's compiled parts and entries, for compiling it into many bundles
+    (the operator).
 
     By document object (a new generation, or a re-parse, is a new document): an
     entry leaves with its document, so the cache keeps nothing alive; documents
@@ -186,29 +249,43 @@ class FragmentCache:
     """
 
     def __init__(self) -> None:
-        # id(document) → (weak reference to it, {part: fragment})
-        self._entries: dict[
-            int, tuple[weakref.ref[PolicyDocument], dict[PartName, _Fragment | None]]
-        ] = {}
+        self._compiled: dict[int, _Compiled] = {}  # by id(document)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._compiled)
+
+    def _of(self, doc: PolicyDocument) -> _Compiled:
+        key = id(doc)
+        compiled = self._compiled.get(key)
+        if compiled is None or compiled.ref() is not doc:
+            compiled = _Compiled(weakref.ref(doc, lambda ref: self._forget(key, ref)))
+            self._compiled[key] = compiled
+        return compiled
 
     def fragment(self, doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
-        key = id(doc)
-        entry = self._entries.get(key)
-        if entry is None or entry[0]() is not doc:
-            entry = (weakref.ref(doc, lambda ref: self._forget(key, ref)), {})
-            self._entries[key] = entry
-        parts = entry[1]
+        parts = self._of(doc).parts
         if part_name not in parts:
             parts[part_name] = _build_fragment(doc, part_name)
         return parts[part_name]
 
+    def policy_entry(
+        self, doc: PolicyDocument, namespaces: tuple[str, ...] | None
+    ) -> tuple[PolicyEntry, bytes]:
+        """The document's `PolicyEntry` with these namespaces, and its `entry_bytes`."""
+        entries = self._of(doc).entries
+        found = entries.get(namespaces)
+        if found is None:
+            # a namespaceSelector's namespaces differ from node to node: one per node at most
+            if len(entries) >= MAX_SCOPES:
+                del entries[next(iter(entries))]
+            entry = _policy_entry(doc, namespaces)
+            found = entries[namespaces] = (entry, entry_bytes(entry))
+        return found
+
     def _forget(self, key: int, ref: weakref.ref[PolicyDocument]) -> None:
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is ref:
-            del self._entries[key]
+        compiled = self._compiled.get(key)
+        if compiled is not None and compiled.ref is ref:
+            del self._compiled[key]
 
 
 def _build_fragment(doc: PolicyDocument, part_name: PartName) -> _Fragment | None:
@@ -284,7 +361,9 @@ class _PartCompiler:
     def __init__(self, part: PartName, cache: FragmentCache) -> None:
         self.part = part
         self.cache = cache
-        self.selectors: list[SelectorEntry] = []
+        self.placed: list[tuple[_Fragment, int, int]] = []  # fragment, offset, policy index
+        self.selector_count = 0
+        self.response_count = 0
         self.operations: dict[str, int] = dict.fromkeys(PART_OPERATIONS[part], 0)
         self.paths: dict[str, dict[str, int]] = {
             "exact": defaultdict(int),
@@ -297,17 +376,15 @@ class _PartCompiler:
         self.interactive: dict[bool, int] = {True: 0, False: 0}
         self.ignore_mounts = 0
         self.ignore_files = 0
-        self.responses: list[ResponseEntry] = []
 
     def add(self, policy_index: int, doc: PolicyDocument) -> None:
         fragment = self.cache.fragment(doc, self.part)
         if fragment is None:
             return
-        offset = len(self.selectors)
-        for bit, (name, container) in enumerate(fragment.selectors, offset):
-            self.selectors.append(
-                SelectorEntry(bit=bit, policy=policy_index, name=name, container=container)
-            )
+        offset = self.selector_count
+        self.placed.append((fragment, offset, policy_index))
+        self.selector_count += len(fragment.selectors)
+        self.response_count += len(fragment.responses)
         for op, mask in fragment.operations:
             self.operations[op] |= mask << offset
         for kind, path, mask in fragment.paths:
@@ -320,26 +397,37 @@ class _PartCompiler:
             self.interactive[value] |= mask << offset
         self.ignore_mounts |= fragment.ignore_mounts << offset
         self.ignore_files |= fragment.ignore_files << offset
-        for match, exclude, actions in fragment.responses:
-            self.responses.append(
-                ResponseEntry(
-                    policy=policy_index,
-                    match=match << offset,
-                    exclude=exclude << offset,
-                    actions=actions,
-                )
-            )
 
-    def tables(self) -> dict[str, Any]:
-        """The fields of this part's `ProcessTableSet` or `FileTableSet`."""
-        if len(self.selectors) > MAX_SELECTORS_PER_BUNDLE_PART:
+    def table_set(self) -> ProcessTableSet | FileTableSet:
+        """This part's tables, every entry a model."""
+        selectors: list[SelectorEntry] = []
+        responses: list[ResponseEntry] = []
+        for fragment, offset, policy in self.placed:
+            placed_selectors, placed_responses = fragment.entries(offset, policy)
+            selectors += placed_selectors
+            responses += placed_responses
+        return self._tables(selectors, responses)
+
+    def spliced(self) -> SplicedPart:
+        """This part's tables without entries, and the entries' bytes (`seal_spliced`)."""
+        encoded = [fragment.encoded(offset, policy) for fragment, offset, policy in self.placed]
+        return (
+            self._tables([], []),
+            [selectors for selectors, _ in encoded if selectors],
+            [responses for _, responses in encoded if responses],
+        )
+
+    def _tables(
+        self, selectors: list[SelectorEntry], responses: list[ResponseEntry]
+    ) -> ProcessTableSet | FileTableSet:
+        if self.selector_count > MAX_SELECTORS_PER_BUNDLE_PART:
             raise CompileError(
-                f"{len(self.selectors)} {self.part} selectors on one node; a bundle holds at "
+                f"{self.selector_count} {self.part} selectors on one node; a bundle holds at "
                 f"most {MAX_SELECTORS_PER_BUNDLE_PART} per part"
             )
-        if len(self.responses) > MAX_RESPONSES_PER_BUNDLE_PART:
+        if self.response_count > MAX_RESPONSES_PER_BUNDLE_PART:
             raise CompileError(
-                f"{len(self.responses)} {self.part} responses on one node; a bundle holds at "
+                f"{self.response_count} {self.part} responses on one node; a bundle holds at "
                 f"most {MAX_RESPONSES_PER_BUNDLE_PART} per part"
             )
 
@@ -347,7 +435,7 @@ class _PartCompiler:
             return dict(sorted(entries.items()))
 
         fields: dict[str, Any] = {
-            "selectors": self.selectors,
+            "selectors": selectors,
             "operations": table(self.operations),
             "paths": PathMasks(
                 exact=table(self.paths["exact"]),
@@ -355,7 +443,7 @@ class _PartCompiler:
                 recursive=table(self.paths["recursive"]),
                 any=self.any_path,
             ),
-            "responses": self.responses,
+            "responses": responses,
         }
         if self.part == "process":
             fields["names"] = NameMasks(exact=table(self.names), any=self.any_name)
@@ -366,7 +454,8 @@ class _PartCompiler:
             fields["volumes"] = VolumeMasks(
                 ignore_mounts=self.ignore_mounts, ignore_files=self.ignore_files
             )
-        return fields
+            return FileTableSet(**fields)
+        return ProcessTableSet(**fields)
 
 
 def compile_bundle(
@@ -382,6 +471,34 @@ def compile_bundle(
     `namespace_labels` maps namespace → labels; ClusterContainerPolicies with a
     namespaceSelector need it. `cache`: fragments kept from earlier bundles.
     """
+    policies, process, file = _compile(documents, pods, namespace_labels, cache)
+    entries = tuple(entry for entry, _ in policies)
+    process_tables, file_tables = process.table_set(), file.table_set()
+    assert isinstance(process_tables, ProcessTableSet) and isinstance(file_tables, FileTableSet)
+    return Bundle.seal(node, entries, process_tables, file_tables)
+
+
+def compile_sealed(
+    documents: Iterable[PolicyDocument],
+    *,
+    node: str | None = None,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    cache: FragmentCache | None = None,
+) -> Sealed:
+    """`compile_bundle`'s bundle (all of `documents`) as its bytes, for the operator: each
+    policy's entries are encoded once per place they take in a bundle (kept in `cache`)
+    and spliced, not made into ~25 models per policy and serialized per bundle."""
+    policies, process, file = _compile(documents, None, namespace_labels, cache)
+    return seal_spliced(node, policies, process.spliced(), file.spliced())
+
+
+def _compile(
+    documents: Iterable[PolicyDocument],
+    pods: Iterable[Pod] | None,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None,
+    cache: FragmentCache | None,
+) -> tuple[list[tuple[PolicyEntry, bytes]], _PartCompiler, _PartCompiler]:
+    """The policies chosen, in bundle order, and each part's bits and tables."""
     chosen = sorted(documents, key=_sort_key)
     if pods is not None:
         pod_list = list(pods)
@@ -399,24 +516,9 @@ def compile_bundle(
     cache = cache if cache is not None else FragmentCache()
     process, file = _PartCompiler("process", cache), _PartCompiler("file", cache)
     policies = []
-    resolved: dict[str, list[str]] = {}
+    resolved: dict[str, tuple[str, ...]] = {}
     for index, doc in enumerate(chosen):
-        policies.append(
-            PolicyEntry(
-                kind=doc.kind,
-                namespace=doc.namespace,
-                name=doc.name,
-                uid=doc.uid,
-                generation=doc.generation,
-                mode=doc.mode,
-                scope=_scope(doc, namespace_labels, resolved),
-            )
-        )
+        policies.append(cache.policy_entry(doc, _namespaces(doc, namespace_labels, resolved)))
         process.add(index, doc)
         file.add(index, doc)
-    return Bundle.seal(
-        node,
-        tuple(policies),
-        ProcessTableSet(**process.tables()),
-        FileTableSet(**file.tables()),
-    )
+    return policies, process, file

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stockade.operator.bundles import configmap, fit
+from stockade.operator.bundles import configmap, fit, payload_digest
 from stockade.operator.objects import policy_record
 from stockade.policy.bundle import Bundle
 from stockade.policy.compiler import compile_bundle
@@ -93,3 +93,26 @@ def test_the_order_cluster_policies_then_the_oldest() -> None:
     ]
     ordered = sorted(records, key=lambda r: r.fit_order)
     assert [r.label for r in ordered] == ["late@0", "bank/a@0", "shop/b@0", "shop/a@0"]
+
+
+def test_payload_digest_tells_every_payload_apart() -> None:
+    """The operator rewrites a bundle whose stored payload's digest differs from what it
+    would write: payloads that differ anywhere, even only in where a key ends and its value
+    begins, or in which of data and binaryData holds it, must digest differently."""
+    payloads: list[tuple[dict[str, str] | None, dict[str, str] | None]] = [
+        ({"bundle.json": "{}"}, None),
+        ({"bundle.json": "{} "}, None),
+        ({"bundle.jso": "n{}"}, None),
+        ({"bundle.json": "{}", "x": ""}, None),
+        (None, {"bundle.json": "{}"}),
+        ({"a": "1", "b": "2"}, None),
+        ({"a": "1b", "": "2"}, None),
+        ({"a": "1"}, {"b": "2"}),
+        ({"é": "1"}, None),
+        ({"e": "1"}, None),
+        (None, None),
+    ]
+    digests = [payload_digest(data, binary) for data, binary in payloads]
+    assert len(set(digests)) == len(payloads)
+    assert payload_digest({}, {}) == payload_digest(None, None)  # absent is empty
+    assert payload_digest({"a": "1", "b": "2"}, None) == payload_digest({"b": "2", "a": "1"}, {})
