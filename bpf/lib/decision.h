@@ -320,6 +320,7 @@ struct entry {
 	struct scratch *s;
 	__u64 cgid;
 	__u32 slot;
+	__u32 seq; /* stk_control.seq, read before the masks */
 };
 
 /*
@@ -360,6 +361,9 @@ static __always_inline int enter_slot(struct entry *e, __u32 slot)
 	e->ctl = bpf_map_lookup_elem(&stk_control, &zero);
 	if (!e->ctl)
 		return 0;
+	/* seq before the slot and the masks: a flip or a change after this read bumps it again */
+	e->seq = e->ctl->seq;
+	asm volatile("" ::: "memory");
 	e->slot = (slot == ACTIVE_SLOT ? e->ctl->active_slot : slot) & 1;
 	e->cgid = bpf_get_current_cgroup_id();
 	key.slot = e->slot;
