@@ -589,7 +589,8 @@ def test_masks_changed_during_a_write_open_decide_it(
     holder.stdin.write("release\n")
     holder.stdin.flush()
     assert holder.wait(10) == 0
-    assert child.stdout and child.wait(10) == -9, child.stdout.read()
+    assert child.stdout is not None
+    assert child.wait(10) == -9, child.stdout.read()  # killed before "opened"
     recs = collector.drain()
     got = [(r.path, r.header.outcome) for r in recs if isinstance(r, FileRecord)]
     assert got == [(str(f), "killed")]
