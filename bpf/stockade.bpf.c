@@ -44,11 +44,24 @@ int stk_mmap_exec(struct trace_event_raw_sys_enter *ctx)
 
 /* --------------------------------------------------------- file programs */
 
-/* a file syscall's arguments, from its sys_enter to its sys_exit (per thread) */
-struct inflight {
+/* a file syscall's arguments, from its sys_enter to its sys_exit */
+struct call {
 	__u64 args[5];
 	__u32 hook; /* 0: nothing stashed */
 	__u32 extra; /* open flags (open family), old mode (fchmod), 1: strings saved (path-string calls) */
+};
+
+/*
+ * Per thread: the call, and the listed cgroup and masks its sys_enter found, which its
+ * sys_exit reuses instead of looking them up again unless stk_control.seq moved since
+ * (a cgroup's masks changed, or the active slot flipped: then it looks them up afresh).
+ */
+struct inflight {
+	struct call call;
+	__u64 cgid;
+	__u32 slot;
+	__u32 seq;
+	struct stk_cgroup_val cg;
 };
 
 struct {
@@ -223,7 +236,8 @@ static __always_inline int stash(__u32 hook, __u64 *args)
 	/*
 	 * A container without file selectors: no operation can be a candidate (stk_candidates
 	 * ANDs this mask), so nothing to stash. Masks changed while the syscall runs
-	 * (KillSensor.set_cgroup) apply from its next syscall.
+	 * (KillSensor.set_cgroup) apply from its next syscall; for a stashed call, from its
+	 * sys_exit (stk_control.seq).
 	 */
 	if (mask_zero(&e.cg->part[STK_PART_FILE]))
 		return 0;
@@ -240,11 +254,17 @@ static __always_inline int stash(__u32 hook, __u64 *args)
 		stat_inc(STK_STAT_INFLIGHT_FAIL);
 		return 0;
 	}
-	__builtin_memcpy(v->args, args, sizeof(v->args));
+	__builtin_memcpy(v->call.args, args, sizeof(v->call.args));
 	if (hook >= STK_HOOK_UNLINK)
 		extra = hook == STK_HOOK_FCHMOD ? extra : save_strings(hook, args);
-	v->extra = extra;
-	v->hook = hook;
+	v->call.extra = extra;
+	v->call.hook = hook;
+	v->cgid = e.cgid;
+	v->slot = e.slot;
+	v->seq = e.seq;
+	/* the exit decides file operations only: the process part stays as created (zero) */
+	__builtin_memcpy(&v->cg.part[STK_PART_FILE], &e.cg->part[STK_PART_FILE],
+			 sizeof(v->cg.part[STK_PART_FILE]));
 	return 0;
 }
 
@@ -363,7 +383,7 @@ struct {
  * linked), from the strings saved at sys_enter (upath: the strings' addresses, to read them
  * again: a string that differs now is flagged swapped). 0: nothing.
  */
-static __always_inline int string_ops(struct inflight *v, struct path_src *srcs, __u32 *opv,
+static __always_inline int string_ops(struct call *v, struct path_src *srcs, __u32 *opv,
 				      __u64 *upath, __u32 *flagsp, __u32 *modep, char *head,
 				      __u32 *unknown_exe)
 {
@@ -460,25 +480,48 @@ static __always_inline int string_ops(struct inflight *v, struct path_src *srcs,
 	return 1;
 }
 
+/*
+ * The exit's entry: the listed cgroup and masks its sys_enter stashed while stk_control.seq
+ * is what it was then (one array load instead of the cgroup id and a hash lookup), else
+ * looked up afresh. The call is decided as the cgroup it was made in.
+ */
+static __always_inline int reenter(struct entry *e, struct inflight *vp)
+{
+	__u32 zero = 0;
+
+	e->ctl = bpf_map_lookup_elem(&stk_control, &zero);
+	if (!e->ctl)
+		return 0;
+	if (e->ctl->seq != vp->seq)
+		return enter(e);
+	e->seq = vp->seq;
+	e->slot = vp->slot & 1;
+	e->cgid = vp->cgid;
+	e->cg = &vp->cg;
+	e->s = bpf_map_lookup_elem(&stk_scratch, &zero);
+	return e->s != NULL;
+}
+
 /* a syscall's exit: decide and report what its entry stashed */
 static __always_inline int finish(long ret)
 {
-	struct inflight *vp, v;
+	struct inflight *vp;
 	struct finish_state *st;
 	struct path_src *src, *p;
 	struct entry e;
+	struct call v;
 	__u32 ops = 0, mode = 0, fmode = 0, flags = 0, zero = 0, j;
 	int i;
 
 	vp = bpf_task_storage_get(&stk_inflight, bpf_get_current_task_btf(), 0, 0);
-	if (!vp || !vp->hook)
+	if (!vp || !vp->call.hook)
 		return 0;
-	__builtin_memcpy(&v, vp, sizeof(v));
-	vp->hook = 0;
+	__builtin_memcpy(&v, &vp->call, sizeof(v));
+	vp->call.hook = 0;
 	if (ret < 0)
 		return 0;
 	st = bpf_map_lookup_elem(&stk_finish, &zero);
-	if (!st || !enter(&e))
+	if (!st || !reenter(&e, vp))
 		return 0;
 	__builtin_memset(st, 0, sizeof(*st));
 	st->srcs[0].dirfd = st->srcs[1].dirfd = AT_FDCWD;

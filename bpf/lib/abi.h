@@ -221,7 +221,9 @@ struct stk_response {
 
 struct stk_control {
 	__u32 active_slot;
-	__u32 pad;
+	/* bumped by user space after every change of a listed cgroup's masks and every flip of
+	 * active_slot: kill mode's syscall exit reuses its entry's masks while it is unchanged */
+	__u32 seq;
 	__u64 generation[2];
 	__u32 n_responses[2][2]; /* [slot][part] */
 };

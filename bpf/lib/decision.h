@@ -320,6 +320,7 @@ struct entry {
 	struct scratch *s;
 	__u64 cgid;
 	__u32 slot;
+	__u32 seq; /* stk_control.seq, read before the masks */
 };
 
 /*
@@ -360,6 +361,9 @@ static __always_inline int enter_slot(struct entry *e, __u32 slot)
 	e->ctl = bpf_map_lookup_elem(&stk_control, &zero);
 	if (!e->ctl)
 		return 0;
+	/* seq before the slot and the masks: a flip or a change after this read bumps it again */
+	e->seq = e->ctl->seq;
+	asm volatile("" ::: "memory");
 	e->slot = (slot == ACTIVE_SLOT ? e->ctl->active_slot : slot) & 1;
 	e->cgid = bpf_get_current_cgroup_id();
 	key.slot = e->slot;
@@ -469,6 +473,24 @@ static __always_inline int may_block(struct entry *e, __u32 part)
 static __always_inline __u32 evaluate(struct scratch *s, struct rpath *rp, const char *comm,
 				      int interactive, int moves, int unseen)
 {
+	/*
+	 * A path the head filter ruled out of every table (not walked, so not truncated): only
+	 * the selectors without a path condition can match it, as in stk_evaluate's first step.
+	 */
+	if (rp->ok && !rp->tables && !unseen) {
+		__u32 idx = (s->in.slot & 1) * 2 + (s->in.part & 1);
+		struct stk_part_masks *pm = bpf_map_lookup_elem(&stk_part_masks, &idx);
+		__u64 acc = 0;
+		int i;
+
+		if (!pm)
+			return 0;
+#pragma clang loop unroll(disable)
+		for (i = 0; i < STK_MASK_WORDS; i++)
+			acc |= s->matched.w[i] & pm->any_path.w[i];
+		if (!acc)
+			return 0;
+	}
 	s->in.start = rp->start;
 	s->in.len = rp->len;
 	s->in.leaf = rp->leaf;

@@ -194,8 +194,8 @@ static __always_inline int file_decide_names(struct entry *e, __u32 hook, __u32 
 	int verdict = 0;
 
 	if (d) {
-		inode = BPF_CORE_READ(d, d_inode);
-		nlink = BPF_CORE_READ(inode, __i_nlink);
+		inode = KREAD(struct dentry, d, d_inode);
+		nlink = KREAD(struct inode, inode, __i_nlink);
 		if (nlink > 1 && candidates(e, STK_PART_FILE, ops))
 			c = bpf_map_lookup_elem(&stk_names_ctx, &zero);
 	}

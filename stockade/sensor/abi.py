@@ -358,7 +358,7 @@ RESPONSE: Final = Layout(
 )
 CONTROL: Final = Layout(
     "stk_control",
-    (("active_slot", "I"), ("pad", "I"), ("generation", "2Q"), ("n_responses", "4I")),
+    (("active_slot", "I"), ("seq", "I"), ("generation", "2Q"), ("n_responses", "4I")),
 )
 REC_HDR: Final = Layout(
     "stk_rec_hdr",

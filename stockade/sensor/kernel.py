@@ -285,13 +285,21 @@ class KillSensor(Closing):
 
     # -- bundles ----------------------------------------------------------------
 
-    def _control(self) -> tuple[int, list[int], list[int]]:
+    def _control(self) -> tuple[int, int, list[int], list[int]]:
         raw = self.maps["control"].lookup(_U32.pack(0)) or bytes(CONTROL.size)
         c = CONTROL.unpack_fields(raw)
-        return c["active_slot"], list(c["generation"]), list(c["n_responses"])
+        return c["active_slot"], c["seq"], list(c["generation"]), list(c["n_responses"])
 
-    def _write_control(self, active: int, gens: list[int], counts: list[int]) -> None:
-        self.maps["control"].update(_U32.pack(0), CONTROL.pack(active, 0, *gens, *counts))
+    def _write_control(self, active: int, seq: int, gens: list[int], counts: list[int]) -> None:
+        self.maps["control"].update(
+            _U32.pack(0), CONTROL.pack(active, seq & 0xFFFFFFFF, *gens, *counts)
+        )
+
+    def _changed(self) -> None:
+        """Bump stk_control.seq after a listed cgroup's masks changed: a file syscall in
+        flight then looks its masks up again at its exit instead of reusing its entry's."""
+        active, seq, gens, counts = self._control()
+        self._write_control(active, seq + 1, gens, counts)
 
     @property
     def active_slot(self) -> int:
@@ -405,12 +413,12 @@ class KillSensor(Closing):
         self.maps["names"].update_batch(names)
 
         # counts and generation of this slot; the active slot is left as it is
-        active, gens, counts = self._control()
+        active, seq, gens, counts = self._control()
         gens[slot] = bundle.generation
         for part in Part:
             t = bundle.parts.get(_PART_NAMES[part])
             counts[slot * 2 + part] = len(t.responses) if t is not None else 0
-        self._write_control(active, gens, counts)
+        self._write_control(active, seq, gens, counts)
 
     def set_cgroup(self, slot: int, cgroup_id: int, masks: Mapping[PartName, int] | None) -> None:
         """List one cgroup in `slot` with its masks, or unlist it (None): how a container that
@@ -420,6 +428,7 @@ class KillSensor(Closing):
             self.maps["cgroup_masks"].delete(CGROUP_KEY.pack(slot, 0, cgroup_id))
         else:
             self.maps["cgroup_masks"].update(*_cgroup_entry(slot, cgroup_id, masks))
+        self._changed()
 
     def set_pod_cgroups(self, slot: int, names: Mapping[str, Mapping[PartName, int]]) -> None:
         """The cgroups of known pods that aren't made yet, in `slot`: each by the name it will
@@ -435,9 +444,9 @@ class KillSensor(Closing):
                 m.update(key, value)
 
     def activate(self, slot: int) -> None:
-        """Flip the programs to `slot` (one u32 write)."""
-        _, gens, counts = self._control()
-        self._write_control(slot, gens, counts)
+        """Flip the programs to `slot` (active_slot and seq: one 8-byte word)."""
+        _, seq, gens, counts = self._control()
+        self._write_control(slot, seq + 1, gens, counts)
         self._last_flip = time.monotonic()
 
     def prepare(self, bundle: Bundle) -> int:

@@ -550,6 +550,52 @@ def test_a_path_string_changed_mid_call_is_decided_both_ways(
     assert real.read_text() == "" and decoy.read_text() == "data"  # kill mode: after the fact
 
 
+# argv: path — a write-open of it (it waits while another process holds a lease on it)
+OPEN_SCRIPT = """
+import os, sys
+os.open(sys.argv[1], os.O_WRONLY)
+print("opened", flush=True)
+"""
+
+
+def test_masks_changed_during_a_write_open_decide_it(
+    sensor: KillSensor, collector: Collector, cgroup: Cgroup, workdir: Path, load: Load
+) -> None:
+    """A container's masks changed (KillSensor.set_cgroup) while its write-open runs (held in
+    break_lease by a file lease) decide that open: the sys_exit reuses the masks its
+    sys_enter found only while stk_control.seq is unchanged. The open starts with a selector
+    that can't match; the masks gain the one guarding the file meanwhile: killed, recorded.
+    (With the entry's masks reused regardless: no record, the open done.)"""
+    f = workdir / "g" / "f"
+    f.parent.mkdir()
+    f.write_text("data")
+    tables = part_tables(
+        "file",
+        {"modifyFile": 0b11},
+        [(0b10, 0, ActionBits.ALERT | ActionBits.BLOCK)],
+        recursive_lpm={"/nonexistent/": 0b01, f"{f.parent}/": 0b10},
+    )
+    load(Bundle(1, {cgroup.id: {"file": 0b01}}, {"file": tables}))
+    holder = subprocess.Popen(
+        py(LEASE_SCRIPT, str(f)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout and holder.stdin and holder.stdout.readline() == "leased\n"
+    collector.drain()
+    child = subprocess.Popen(
+        py(OPEN_SCRIPT, str(f)), preexec_fn=cgroup.join(), stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)  # the open is waiting in break_lease by now (past its sys_enter)
+    sensor.set_cgroup(sensor.active_slot, cgroup.id, {"file": 0b11})
+    holder.stdin.write("release\n")
+    holder.stdin.flush()
+    assert holder.wait(10) == 0
+    assert child.stdout is not None
+    assert child.wait(10) == -9, child.stdout.read()  # killed before "opened"
+    recs = collector.drain()
+    got = [(r.path, r.header.outcome) for r in recs if isinstance(r, FileRecord)]
+    assert got == [(str(f), "killed")]
+
+
 # argv: how, old, new — gives old the name new (by path), then waits to be killed
 MOVE_SCRIPT = """
 import os, sys, time
