@@ -492,8 +492,19 @@ static __always_inline int reenter(struct entry *e, struct inflight *vp)
 	e->ctl = bpf_map_lookup_elem(&stk_control, &zero);
 	if (!e->ctl)
 		return 0;
-	if (e->ctl->seq != vp->seq)
-		return enter(e);
+	if (e->ctl->seq != vp->seq) {
+		if (!enter(e))
+			return 0;
+		/*
+		 * The fresh masks into the stash, so that e->cg points into task storage either
+		 * way: the verifier then checks what follows once, not once per kind of pointer
+		 * (twice made kill mode's load take 1.7 s instead of 0.8 s).
+		 */
+		__builtin_memcpy(&vp->cg.part[STK_PART_FILE], &e->cg->part[STK_PART_FILE],
+				 sizeof(vp->cg.part[STK_PART_FILE]));
+		e->cg = &vp->cg;
+		return 1;
+	}
 	e->seq = vp->seq;
 	e->slot = vp->slot & 1;
 	e->cgid = vp->cgid;
